@@ -1,0 +1,173 @@
+"""python -m pyusdt: run a program with the pyusdt probes.
+
+The program sees what it would see under plain ``python``: ``sys.argv``,
+``sys.path[0]``, its ``__main__`` module and ``__file__``, stdin, its exit
+code, and on an uncaught exception the same traceback and exit status.
+"""
+
+import importlib.machinery
+import io
+import os
+import runpy
+import sys
+import types
+
+USAGE = """\
+usage: python -m pyusdt [--check-msec N] script.py [args ...]
+       python -m pyusdt [--check-msec N] -m module [args ...]
+       python -m pyusdt [--check-msec N] -c command [args ...]
+
+Runs a Python program with the pyusdt USDT probes (provider "pyusdt"), so
+that pyusdt-prof or bpftrace can trace it. Nothing runs per Python call
+until a tracer attaches.
+
+options:
+  --check-msec N  how often to look for tracers, in milliseconds (1-60000;
+                  default: $PYUSDT_CHECK_MSEC, else 100)
+  -h, --help      show this help and exit
+
+examples:
+  python -m pyusdt app.py --port 8000
+  python -m pyusdt -m http.server 8000
+  sudo pyusdt-prof record -p "$(pgrep -f 'pyusdt app.py')"
+"""
+
+
+def _usage_error(message):
+    sys.stderr.write(USAGE.split("\n\n")[0] + "\n")
+    sys.stderr.write(f"python -m pyusdt: error: {message}\n")
+    sys.exit(2)
+
+
+def _parse(argv):
+    check_msec = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            sys.exit(0)
+        if arg == "--check-msec" or arg.startswith("--check-msec="):
+            if "=" in arg:
+                check_msec = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                check_msec = argv[i]
+            else:
+                _usage_error("--check-msec needs a value")
+            i += 1
+            continue
+        if arg in ("-m", "-c"):
+            if i + 1 >= len(argv):
+                _usage_error(f"argument {arg} needs a value")
+            return check_msec, arg, argv[i + 1], argv[i + 2 :]
+        if arg.startswith("-") and arg != "-":
+            _usage_error(f"unknown option {arg}")
+        return check_msec, "script", arg, argv[i + 1 :]
+    _usage_error("give a script, -m module or -c command to run")
+
+
+def _fresh_main():
+    """A __main__ module like the one the interpreter makes at start-up."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        {
+            "__builtins__": sys.modules["builtins"],
+            "__loader__": importlib.machinery.BuiltinImporter,
+            "__spec__": None,
+            "__package__": None,
+            "__annotations__": {},
+        }
+    )
+    sys.modules["__main__"] = main
+    return main
+
+
+def _run_script(path, args):
+    sys.argv[:] = [path, *args]
+    if not os.path.isfile(path):
+        if os.path.exists(path):
+            # A directory or a zip file with a __main__.py: what the
+            # interpreter does for `python DIR` is to put it first on the
+            # path and run __main__ from there.
+            if not sys.flags.safe_path:
+                sys.path[0] = path
+            _fresh_main()
+            runpy._run_module_as_main("__main__", alter_argv=False)
+            return
+        sys.stderr.write(
+            f"{sys.executable}: can't open file {os.path.abspath(path)!r}: "
+            f"[Errno 2] No such file or directory\n"
+        )
+        sys.exit(2)
+    full = os.path.abspath(path)
+    if not sys.flags.safe_path:
+        sys.path[0] = os.path.dirname(os.path.realpath(path))
+    with io.open_code(full) as f:
+        source = f.read()
+    code = compile(source, full, "exec", dont_inherit=True)
+    main = _fresh_main()
+    main.__dict__.update(
+        {
+            "__file__": full,
+            "__cached__": None,
+            "__loader__": importlib.machinery.SourceFileLoader("__main__", full),
+        }
+    )
+    exec(code, main.__dict__)
+
+
+def _run_module(name, args):
+    sys.argv[:] = ["-m", *args]
+    _fresh_main()
+    runpy._run_module_as_main(name, alter_argv=True)
+
+
+def _run_command(command, args):
+    sys.argv[:] = ["-c", *args]
+    if not sys.flags.safe_path:
+        sys.path[0] = ""
+    main = _fresh_main()
+    exec(compile(command, "<string>", "exec", dont_inherit=True), main.__dict__)
+
+
+def _uncaught(exc):
+    """Reports an uncaught exception as the interpreter would, without our
+    own frames, then lets the interpreter end the process as it would."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
+    if sys.version_info >= (3, 12):
+        sys.last_exc = exc
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:
+        sys.__excepthook__(type(exc), exc, tb)
+    # The interpreter must still see the exception to set the exit status
+    # (1, or death by SIGINT for KeyboardInterrupt) after a normal
+    # shutdown; it has been printed already.
+    sys.excepthook = lambda *args: None
+
+
+def main():
+    check_msec, kind, what, args = _parse(sys.argv[1:])
+    import pyusdt
+
+    try:
+        pyusdt.enable(check_msec)
+    except ValueError as e:
+        _usage_error(str(e))
+    run = {"script": _run_script, "-m": _run_module, "-c": _run_command}[kind]
+    try:
+        run(what, args)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        _uncaught(e)
+        raise
+
+
+if __name__ == "__main__":
+    main()

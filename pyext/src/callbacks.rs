@@ -1,0 +1,128 @@
+//! The `sys.monitoring` callbacks behind the per-call probes.
+//!
+//! A callback runs only while its event is on, which is only while a tracer
+//! is attached to its probe; so `repr()` of a value is computed only then.
+//! A callback never raises into the user's program: on an unexpected error
+//! it turns its own probe off and says so once on stderr.
+
+use std::ffi::{c_char, CStr};
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::monitor;
+use crate::probes::{self, Probe, Site};
+
+const UNENCODABLE: &CStr = c"<unencodable>";
+const REPR_FAILED: &CStr = c"<repr failed>";
+
+/// The NUL-terminated UTF-8 text of a `str`, owned by that object; a fixed
+/// text for anything that has none.
+fn utf8(s: &Bound<'_, PyAny>) -> *const c_char {
+    // SAFETY: `s` is a live object and we hold the GIL. The buffer belongs
+    // to the str and lives as long as it does.
+    let p = unsafe { ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), std::ptr::null_mut()) };
+    if p.is_null() {
+        // SAFETY: GIL held; drop the TypeError or UnicodeEncodeError.
+        unsafe { ffi::PyErr_Clear() };
+        return UNENCODABLE.as_ptr();
+    }
+    p
+}
+
+/// A code object's qualname, file and first line; the strings stay owned
+/// by the code object, which outlives the probe.
+fn site(code: &Bound<'_, PyAny>) -> PyResult<Site> {
+    let py = code.py();
+    let function = code.getattr(intern!(py, "co_qualname"))?;
+    let file = code.getattr(intern!(py, "co_filename"))?;
+    Ok(Site {
+        function: utf8(&function),
+        file: utf8(&file),
+        firstlineno: code.getattr(intern!(py, "co_firstlineno"))?.extract()?,
+    })
+}
+
+fn entry(probe: Probe, code: &Bound<'_, PyAny>, offset: i64) {
+    match site(code) {
+        Ok(s) => probes::fire_entry(probe, &s, offset),
+        Err(e) => monitor::disable(code.py(), probe, &e),
+    }
+}
+
+fn with_value(probe: Probe, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
+    let s = match site(code) {
+        Ok(s) => s,
+        Err(e) => return monitor::disable(code.py(), probe, &e),
+    };
+    // A value whose repr() raises is the program's business, not an error
+    // of the probe: it is shown as a fixed text.
+    match value.repr() {
+        Ok(text) => probes::fire_value(probe, &s, offset, utf8(text.as_any())),
+        Err(_) => probes::fire_value(probe, &s, offset, REPR_FAILED.as_ptr()),
+    }
+}
+
+#[pyfunction]
+pub fn on_py_start(code: &Bound<'_, PyAny>, offset: i64) {
+    entry(Probe::PyStart, code, offset)
+}
+
+#[pyfunction]
+pub fn on_py_resume(code: &Bound<'_, PyAny>, offset: i64) {
+    entry(Probe::PyResume, code, offset)
+}
+
+#[pyfunction]
+pub fn on_py_return(code: &Bound<'_, PyAny>, offset: i64, retval: &Bound<'_, PyAny>) {
+    with_value(Probe::PyReturn, code, offset, retval)
+}
+
+#[pyfunction]
+pub fn on_py_yield(code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
+    with_value(Probe::PyYield, code, offset, value)
+}
+
+#[pyfunction]
+pub fn on_call(
+    code: &Bound<'_, PyAny>,
+    offset: i64,
+    callable: &Bound<'_, PyAny>,
+    _arg0: &Bound<'_, PyAny>,
+) {
+    with_value(Probe::Call, code, offset, callable)
+}
+
+#[pyfunction]
+pub fn on_py_unwind(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
+    with_value(Probe::PyUnwind, code, offset, exception)
+}
+
+#[pyfunction]
+pub fn on_py_throw(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
+    with_value(Probe::PyThrow, code, offset, exception)
+}
+
+#[pyfunction]
+pub fn on_line(code: &Bound<'_, PyAny>, line: i64) {
+    match site(code) {
+        Ok(s) => probes::fire_line(&s, line),
+        Err(e) => monitor::disable(code.py(), Probe::Line, &e),
+    }
+}
+
+/// The callback object for `probe`.
+pub fn for_probe<'py>(py: Python<'py>, probe: Probe) -> PyResult<Bound<'py, PyAny>> {
+    let f = match probe {
+        Probe::PyStart => wrap_pyfunction!(on_py_start, py)?,
+        Probe::PyResume => wrap_pyfunction!(on_py_resume, py)?,
+        Probe::PyReturn => wrap_pyfunction!(on_py_return, py)?,
+        Probe::PyYield => wrap_pyfunction!(on_py_yield, py)?,
+        Probe::Call => wrap_pyfunction!(on_call, py)?,
+        Probe::Line => wrap_pyfunction!(on_line, py)?,
+        Probe::PyUnwind => wrap_pyfunction!(on_py_unwind, py)?,
+        Probe::PyThrow => wrap_pyfunction!(on_py_throw, py)?,
+    };
+    Ok(f.into_any())
+}

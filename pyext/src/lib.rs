@@ -1,0 +1,103 @@
+//! `pyusdt._native`: the instrumented side of pyusdt-prof.
+//!
+//! A Python program that loads this module carries the USDT probes of
+//! provider `pyusdt` ([`probes`]). While no tracer is attached nothing runs
+//! per Python call: `sys.monitoring` stays off and a poll thread ([`monitor`])
+//! only reads the probes' semaphores. When a tracer attaches to a per-call
+//! probe, the poll thread turns on exactly that probe's `sys.monitoring`
+//! event, whose callback ([`callbacks`]) fires the probe. When a tracer
+//! attaches to `pyusdt:layout`, the poll thread fires it with the address of
+//! a `pyusdt_layout::PyusdtLayout` that tells a BPF program how to walk this
+//! interpreter's threads and frames without any per-call probe.
+
+mod callbacks;
+mod layout_ffi;
+mod monitor;
+mod probes;
+mod usdt;
+
+use std::mem::{offset_of, size_of_val};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use pyusdt_layout::{for_each_layout_field, PyusdtLayout};
+use crate::probes::Probe;
+
+/// Starts the poll thread (once per process; again in a forked child).
+/// Returns whether it started now.
+#[pyfunction]
+fn _start(py: Python<'_>, check_msec: u64) -> PyResult<bool> {
+    layout_ffi::init(py);
+    monitor::start(check_msec)
+}
+
+/// Stops the poll thread and turns `sys.monitoring` off.
+#[pyfunction]
+fn _stop(py: Python<'_>) {
+    monitor::stop(py)
+}
+
+/// The layout announced through `pyusdt:layout`, as a dict of its fields.
+#[pyfunction]
+fn layout(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let l = layout_ffi::init(py);
+    let d = PyDict::new(py);
+    macro_rules! put {
+        ($($f:ident),*) => { $( d.set_item(stringify!($f), l.$f)?; )* };
+    }
+    for_each_layout_field!(put);
+    d.set_item("address", l as *const PyusdtLayout as usize)?;
+    Ok(d)
+}
+
+/// Each layout field's (offset, size) in the Rust struct, for tests.
+#[pyfunction]
+fn _layout_offsets(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let l = PyusdtLayout::default();
+    let d = PyDict::new(py);
+    macro_rules! put {
+        ($($f:ident),*) => {
+            $( d.set_item(stringify!($f), (offset_of!(PyusdtLayout, $f), size_of_val(&l.$f)))?; )*
+        };
+    }
+    for_each_layout_field!(put);
+    d.set_item("__size__", (0, size_of_val(&l)))?;
+    Ok(d)
+}
+
+/// What the extension is doing now: the poll thread, each probe's
+/// semaphore, the `sys.monitoring` tool id held and the probes whose
+/// events are on.
+#[pyfunction]
+fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (tool, on, unavailable) = monitor::current();
+    let d = PyDict::new(py);
+    d.set_item("enabled", monitor::running())?;
+    d.set_item("check_msec", monitor::check_msec())?;
+    let sems = PyDict::new(py);
+    for p in Probe::ALL {
+        sems.set_item(p.name(), p.attached())?;
+    }
+    sems.set_item("layout", probes::layout_attached())?;
+    d.set_item("semaphores", sems)?;
+    d.set_item("tool_id", tool)?;
+    d.set_item("active", monitor::names(on))?;
+    d.set_item("disabled", monitor::names(monitor::disabled()))?;
+    d.set_item("per_call_unavailable", unavailable)?;
+    Ok(d)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(layout, m)?)?;
+    m.add_function(wrap_pyfunction!(_layout_offsets, m)?)?;
+    m.add_function(wrap_pyfunction!(status, m)?)?;
+    let names: Vec<&str> = Probe::ALL.iter().map(|p| p.name()).collect();
+    m.add("PER_CALL_PROBES", PyTuple::new(m.py(), names)?)?;
+    m.add("TOOL_IDS", PyTuple::new(m.py(), monitor::TOOL_IDS)?)?;
+    m.add("LAYOUT_VERSION", pyusdt_layout::VERSION)?;
+    Ok(())
+}

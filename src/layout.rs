@@ -1,0 +1,120 @@
+//! Receiving a process's layout announcement.
+//!
+//! The BPF program in `bpf/layout.bpf.c` is attached to `pyusdt:layout` in
+//! the target. Attaching raises the probe's semaphore; the extension's poll
+//! thread sees it within `PYUSDT_CHECK_MSEC` and fires the probe with the
+//! address and size of its layout struct, which the BPF program copies out
+//! of the target into a ring buffer.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::RingBufferBuilder;
+use pyusdt_layout::for_each_layout_field;
+
+use crate::bpf::layout::{types, LayoutSkelBuilder};
+use crate::target::Target;
+use crate::Result;
+
+/// The layout struct as the BPF side sees it (the skeleton's type, built
+/// from `bpf/pyusdt_layout.h`).
+pub type Layout = types::pyusdt_layout;
+
+/// Checks that an announcement is one this profiler can read.
+pub fn check(pid: u32, l: &Layout, announced_size: u64) -> Result<()> {
+    if l.magic != pyusdt_layout::MAGIC {
+        bail!("process {pid} announced something that is not a pyusdt layout");
+    }
+    let size = std::mem::size_of::<Layout>() as u64;
+    if l.version != pyusdt_layout::VERSION || announced_size != size || u64::from(l.size) != size
+    {
+        bail!(
+            "process {pid} runs a pyusdt with layout version {} ({} bytes); this pyusdt-prof \
+             reads version {} ({size} bytes): use the pyusdt and pyusdt-prof of one release",
+            l.version,
+            announced_size,
+            pyusdt_layout::VERSION
+        );
+    }
+    Ok(())
+}
+
+/// Attaches to `pyusdt:layout` in `target` and waits up to `timeout` for its
+/// announcement.
+pub fn receive(target: &Target, timeout: Duration) -> Result<Layout> {
+    let mut storage = MaybeUninit::uninit();
+    let open = LayoutSkelBuilder::default()
+        .open(&mut storage)
+        .context("open the layout BPF object")?;
+    let skel = open.load().context("load the layout BPF program")?;
+    let path = target.extension_path();
+    let _link = skel
+        .progs
+        .on_layout
+        .attach_usdt(target.pid as i32, &path, "pyusdt", "layout")
+        .with_context(|| format!("attach to pyusdt:layout in {}", path.display()))?;
+
+    let got: Rc<RefCell<Option<types::layout_event>>> = Rc::default();
+    let sink = Rc::clone(&got);
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(&skel.maps.layout_events, move |data: &[u8]| {
+            let mut e = types::layout_event::default();
+            if plain::copy_from_bytes(&mut e, data).is_ok() {
+                *sink.borrow_mut() = Some(e);
+            }
+            0
+        })
+        .context("watch the layout ring buffer")?;
+    let ring = builder.build().context("build the layout ring buffer")?;
+
+    let deadline = Instant::now() + timeout;
+    loop {
+        ring.poll(Duration::from_millis(50))
+            .context("poll the layout ring buffer")?;
+        if let Some(e) = got.borrow_mut().take() {
+            if e.read_error != 0 {
+                bail!(
+                    "could not read the layout out of process {} (error {})",
+                    target.pid,
+                    e.read_error
+                );
+            }
+            check(target.pid, &e.layout, e.announced_size)?;
+            return Ok(e.layout);
+        }
+        if !target.alive() {
+            bail!("process {} exited before it announced its layout", target.pid);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "process {} ({}) did not announce its layout within {:.1}s: pyusdt is loaded \
+                 but not enabled (start the program with `python -m pyusdt`, or call \
+                 `pyusdt.enable()`), or its poll thread is stopped",
+                target.pid,
+                target.comm,
+                timeout.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Every field of a layout, by name, as JSON.
+pub fn to_json(l: &Layout) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    macro_rules! put {
+        ($($f:ident),*) => { $( m.insert(stringify!($f).into(), l.$f.into()); )* };
+    }
+    for_each_layout_field!(put);
+    serde_json::Value::Object(m)
+}
+
+/// The interpreter version a layout names, as `3.12.1`.
+pub fn python_version(l: &Layout) -> String {
+    let v = l.py_version_hex;
+    format!("{}.{}.{}", v >> 24, (v >> 16) & 0xff, (v >> 8) & 0xff)
+}

@@ -1,0 +1,120 @@
+//! Finding a target process and the pyusdt extension it has loaded.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::Result;
+
+/// A process that runs Python with the pyusdt extension loaded.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The process id.
+    pub pid: u32,
+    /// The process's command name (`/proc/PID/comm`).
+    pub comm: String,
+    /// The extension's file as the process mapped it.
+    pub extension: PathBuf,
+}
+
+impl Target {
+    /// The extension's path as seen from here, through the target's root,
+    /// so that it resolves even when the target runs in another mount
+    /// namespace.
+    pub fn extension_path(&self) -> PathBuf {
+        let mut p = PathBuf::from(format!("/proc/{}/root", self.pid));
+        p.push(self.extension.strip_prefix("/").unwrap_or(&self.extension));
+        p
+    }
+
+    /// Whether the process still exists.
+    pub fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks for existence and permission.
+        let r = unsafe { libc::kill(self.pid as libc::pid_t, 0) };
+        r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+/// Whether a mapped file is the pyusdt extension module.
+fn is_extension(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    path.contains("/pyusdt/") && file.starts_with("_native.") && file.ends_with(".so")
+}
+
+/// Whether a mapped file is a CPython interpreter or libpython.
+fn is_python(path: &str) -> bool {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.starts_with("python") || file.starts_with("libpython")
+}
+
+/// Finds process `pid` and its pyusdt extension, or says plainly why not.
+pub fn find(pid: u32) -> Result<Target> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let comm = match fs::read_to_string(proc.join("comm")) {
+        Ok(c) => c.trim_end().to_string(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("no process with PID {pid}"),
+        Err(e) => return Err(e).with_context(|| format!("read /proc/{pid}/comm")),
+    };
+    let maps = fs::read_to_string(proc.join("maps"))
+        .with_context(|| format!("read the memory map of process {pid} ({comm})"))?;
+    let paths = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'));
+    let mut python = false;
+    for path in paths {
+        if is_extension(path) {
+            return Ok(Target {
+                pid,
+                comm,
+                extension: PathBuf::from(path),
+            });
+        }
+        python |= is_python(path);
+    }
+    if python {
+        bail!(
+            "process {pid} ({comm}) runs Python without pyusdt: start it with \
+             `python -m pyusdt app.py` (or `-m module`), or call \
+             `import pyusdt; pyusdt.enable()` in it"
+        )
+    }
+    bail!("process {pid} ({comm}) is not a Python process")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_extension() {
+        assert!(is_extension(
+            "/v/lib/python3.12/site-packages/pyusdt/_native.cpython-312-x86_64-linux-gnu.so"
+        ));
+        assert!(!is_extension("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(!is_extension("/x/pyusdt/other.so"));
+        assert!(is_python("/root/.pyenv/versions/3.12.1/bin/python3.12"));
+        assert!(is_python("/usr/lib/libpython3.12.so.1.0"));
+        assert!(!is_python("/usr/bin/bash"));
+    }
+
+    #[test]
+    fn missing_pid_is_named() {
+        let err = find(u32::MAX - 1).unwrap_err().to_string();
+        assert_eq!(err, format!("no process with PID {}", u32::MAX - 1));
+    }
+
+    #[test]
+    fn non_python_process_is_named() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let err = find(child.id()).unwrap_err().to_string();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(err.ends_with("is not a Python process"), "{err}");
+    }
+}
