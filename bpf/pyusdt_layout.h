@@ -97,6 +97,8 @@ struct pyusdt_layout {
 	__u32 gil_locked;
 	__u32 gil_last_holder;
 	__u32 gil_switch_number;
+
+	__u32 reserved; /* zero; keeps the struct free of padding */
 };
 
 #endif /* PYUSDT_LAYOUT_H */

@@ -11,10 +11,16 @@ fn main() {
         .map(str::to_owned)
         .expect("pyo3 found no Python interpreter; set PYO3_PYTHON");
     let out = Command::new(&exe)
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['include'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("run {exe}: {e}"));
-    assert!(out.status.success(), "{exe} could not name its include directory");
+    assert!(
+        out.status.success(),
+        "{exe} could not name its include directory"
+    );
     let include = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let internal = include.join("internal");
     assert!(

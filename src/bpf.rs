@@ -1,6 +1,11 @@
 //! The BPF skeletons that build.rs generates from `bpf/*.bpf.c`.
 
-#![allow(clippy::all, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+#![allow(
+    clippy::all,
+    clippy::unwrap_used,
+    missing_debug_implementations,
+    unsafe_op_in_unsafe_fn
+)]
 
 /// `bpf/layout.bpf.c`: receives `pyusdt:layout` announcements.
 pub mod layout {

@@ -14,6 +14,14 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
             false
         };
         if denied {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } == 0 {
+                return Some(
+                    "permission was denied even to root: the process may belong to another \
+                     user namespace, or a security module (Yama, SELinux, AppArmor) forbids \
+                     tracing it",
+                );
+            }
             return Some(
                 "pyusdt-prof loads BPF programs: run it as root (sudo), or give it \
                  CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE \

@@ -30,8 +30,7 @@ pub fn check(pid: u32, l: &Layout, announced_size: u64) -> Result<()> {
         bail!("process {pid} announced something that is not a pyusdt layout");
     }
     let size = std::mem::size_of::<Layout>() as u64;
-    if l.version != pyusdt_layout::VERSION || announced_size != size || u64::from(l.size) != size
-    {
+    if l.version != pyusdt_layout::VERSION || announced_size != size || u64::from(l.size) != size {
         bail!(
             "process {pid} runs a pyusdt with layout version {} ({} bytes); this pyusdt-prof \
              reads version {} ({size} bytes): use the pyusdt and pyusdt-prof of one release",
@@ -88,7 +87,10 @@ pub fn receive(target: &Target, timeout: Duration) -> Result<Layout> {
             return Ok(e.layout);
         }
         if !target.alive() {
-            bail!("process {} exited before it announced its layout", target.pid);
+            bail!(
+                "process {} exited before it announced its layout",
+                target.pid
+            );
         }
         if Instant::now() >= deadline {
             bail!(

@@ -22,6 +22,9 @@
 #error "pyusdt needs CPython 3.11 or later"
 #endif
 
+/* The size the Rust side checks against its twin before it trusts us. */
+const size_t pyusdt_layout_c_size = sizeof(struct pyusdt_layout);
+
 /* The bit at which a one-bit-wide or kind field of PyASCIIObject.state sits:
  * set it in a zeroed struct and look at the 32-bit word. */
 static __u32 state_bit(int which)

@@ -21,8 +21,8 @@ use std::mem::{offset_of, size_of_val};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use pyusdt_layout::{for_each_layout_field, PyusdtLayout};
 use crate::probes::Probe;
+use pyusdt_layout::{for_each_layout_field, PyusdtLayout};
 
 /// Starts the poll thread (once per process; again in a forked child).
 /// Returns whether it started now.

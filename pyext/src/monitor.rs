@@ -6,7 +6,7 @@
 //! attached probes changed: then it claims a `sys.monitoring` tool id (the
 //! first free of [`TOOL_IDS`]), turns on exactly the events of the attached
 //! probes, and gives the id back when the last tracer has gone. It also
-//! fires `pyusdt:layout` whenever a tracer attaches to that probe.
+//! fires `pyusdt:layout` on each tick while a tracer is attached to it.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -193,17 +193,31 @@ pub fn disabled() -> u16 {
     DISABLED.load(Ordering::Relaxed)
 }
 
+/// Keeps process-directed signals (Ctrl-C above all) away from the poll
+/// thread, so that the interpreter's main thread gets them as it would
+/// without pyusdt.
+fn block_signals() {
+    // SAFETY: a zeroed sigset_t is valid storage that sigfillset fills;
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 fn poll_loop() {
-    let mut layout_seen = 0u16;
+    block_signals();
     while !STOP.load(Ordering::Relaxed) {
-        // Announce the layout to each tracer that attached since last time.
-        let n = probes::layout_attached();
-        if n > layout_seen {
+        // Announce the layout on every tick while a tracer is attached: a
+        // count that rose cannot tell a tracer that detached and another
+        // that attached between two ticks, and one uprobe hit per tick
+        // costs nothing that matters.
+        if probes::layout_attached() != 0 {
             if let Some(l) = layout_ffi::get() {
                 probes::fire_layout(l as *const _ as u64, std::mem::size_of_val(l) as u64);
             }
         }
-        layout_seen = n;
         if wanted() != RECONCILED.load(Ordering::Relaxed) {
             Python::attach(reconcile);
         }

@@ -70,6 +70,7 @@ pub struct PyusdtLayout {
     pub gil_locked: u32,
     pub gil_last_holder: u32,
     pub gil_switch_number: u32,
+    pub reserved: u32,
 }
 
 /// Calls `$m!` with every field of [`PyusdtLayout`], in declaration order,
@@ -86,7 +87,7 @@ macro_rules! for_each_layout_field {
             object_type, code_qualname, code_name, code_filename, code_firstlineno,
             code_linetable, code_adaptive, unicode_length, unicode_state, unicode_ascii_data,
             unicode_compact_data, unicode_kind_shift, unicode_compact_bit, unicode_ascii_bit,
-            bytes_size, bytes_data, gil_locked, gil_last_holder, gil_switch_number
+            bytes_size, bytes_data, gil_locked, gil_last_holder, gil_switch_number, reserved
         }
     };
 }

@@ -91,12 +91,12 @@ def _run_script(path, args):
             # interpreter does for `python DIR` is to put it first on the
             # path and run __main__ from there.
             if not sys.flags.safe_path:
-                sys.path[0] = path
+                sys.path[0] = os.path.abspath(path)
             _fresh_main()
             runpy._run_module_as_main("__main__", alter_argv=False)
             return
         sys.stderr.write(
-            f"{sys.executable}: can't open file {os.path.abspath(path)!r}: "
+            f"{sys.orig_argv[0]}: can't open file {os.path.abspath(path)!r}: "
             f"[Errno 2] No such file or directory\n"
         )
         sys.exit(2)

@@ -1,0 +1,90 @@
+# pyusdt-prof: one command to set up and run each job.
+#
+#   make demo    install what is missing, build, trace the bundled example
+#   make test    everything: fmt, clippy, Rust tests, Python tests per
+#                interpreter, BPF end-to-end tests
+#   make bench   per-call cost of `python -m pyusdt` without a tracer
+#
+# PYTHONS lists the interpreters to build and test the extension for; it
+# defaults to the 3.11, 3.12 and 3.13 found under pyenv or on PATH:
+#   make test PYTHONS="/usr/bin/python3.12"
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.PHONY: help deps deps-apt deps-python build demo test test-rust test-python lint bench clean
+
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
+                          $(shell command -v python$(1) 2>/dev/null))
+PYTHONS ?= $(strip $(foreach v,3.11 3.12 3.13,$(call find_python,$(v))))
+# The interpreter for the demo, the benchmark and clippy: the newest one.
+PYTHON := $(lastword $(PYTHONS))
+
+APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool bpftrace
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PROF := target/release/pyusdt-prof
+# The venv of an interpreter: .venv/X.Y
+venv_of = .venv/$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+help:
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "PYTHONS = $(PYTHONS)"
+
+deps: deps-apt deps-python
+
+deps-apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "deps: installing" $$missing; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+deps-python:
+	@[ -n "$(PYTHONS)" ] || { echo "deps: no Python 3.11-3.13 found; set PYTHONS" >&2; exit 1; }
+	@for py in $(PYTHONS); do \
+	    v=$(call venv_of,$$py); \
+	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ]; then \
+	        echo "deps: $$v from $$py"; \
+	        $$py -m venv $$v && $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' || exit 1; \
+	    fi; \
+	done
+
+# The profiler, and the extension built into each interpreter's venv.
+build: deps
+	cargo build --release --locked
+	@for py in $(PYTHONS); do \
+	    v=$(call venv_of,$$py); \
+	    echo "build: pyusdt for $$v"; \
+	    (cd pyext && VIRTUAL_ENV=$(CURDIR)/$$v PATH=$(CURDIR)/$$v/bin:$$PATH \
+	        CARGO_TARGET_DIR=$(CURDIR)/target/$$(basename $$v) \
+	        maturin develop --release --locked -q) || exit 1; \
+	done
+
+demo: build
+	examples/demo.sh $(call venv_of,$(PYTHON))/bin/python $(PROF)
+
+lint: deps
+	cargo fmt --all --check
+	PYO3_PYTHON=$(PYTHON) cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+test-rust: build
+	cargo test --release --locked -p pyusdt-prof -p pyusdt-layout
+
+test-python: build
+	@for py in $(PYTHONS); do \
+	    v=$(call venv_of,$$py); \
+	    echo "test: Python tests under $$v"; \
+	    PYUSDT_PROF=$(CURDIR)/$(PROF) $$v/bin/python -m pytest -q -p no:cacheprovider tests/python \
+	        || exit 1; \
+	done
+
+test: lint test-rust test-python
+
+bench: build
+	$(call venv_of,$(PYTHON))/bin/python bench/overhead.py
+
+clean:
+	cargo clean
+	rm -rf .venv pyext/python/pyusdt/*.so

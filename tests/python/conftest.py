@@ -1,0 +1,209 @@
+"""Shared helpers for the Python-side tests.
+
+Each test runs under one interpreter: the one pytest runs in (the Makefile
+runs the suite once per interpreter in PYTHONS). Children are started
+behind guards that kill them when the test ends, pass or fail.
+
+Tests that need root and BPF (bpftrace, pyusdt-prof) skip with the reason
+when they cannot run, unless PYUSDT_REQUIRE_BPF=1, which turns the skip
+into a failure (CI sets it).
+"""
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "tests" / "scripts"
+PY = sys.executable
+PER_CALL = sys.version_info >= (3, 12)
+REQUIRE_BPF = os.environ.get("PYUSDT_REQUIRE_BPF") == "1"
+# How long any one wait may take before the test fails (not a sleep: the
+# waits below return as soon as their condition holds).
+TIMEOUT = 30.0
+# bpftrace's str() length: two of them in a map key must fit its 512-byte
+# BPF stack.
+STRLEN = 96
+
+
+def need_bpf(*tools):
+    """Skips (or, with PYUSDT_REQUIRE_BPF=1, fails) unless this process can
+    load BPF programs and each tool exists."""
+    why = None
+    if os.geteuid() != 0:
+        why = "needs root for BPF"
+    for t in tools:
+        if why is None and not (shutil.which(t) or Path(t).is_file()):
+            why = f"needs {t}"
+    if why is not None:
+        if REQUIRE_BPF:
+            pytest.fail(f"PYUSDT_REQUIRE_BPF=1 but this test {why}")
+        pytest.skip(why)
+
+
+def prof_binary():
+    """The pyusdt-prof binary under test."""
+    p = os.environ.get("PYUSDT_PROF") or str(ROOT / "target" / "release" / "pyusdt-prof")
+    return p
+
+
+def extension_path():
+    import pyusdt._native
+
+    return pyusdt._native.__file__
+
+
+class Child:
+    """A child process with line-based stdin/stdout, killed on exit."""
+
+    def __init__(self, argv, env=None, **kw):
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            **kw,
+        )
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self.lines = []
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def readline(self, timeout=TIMEOUT):
+        """The next stdout line; fails the test if none comes in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._sel.select(deadline - time.monotonic()):
+                line = self.proc.stdout.readline()
+                if line == "":
+                    raise AssertionError(
+                        f"{self.argv[0]} closed stdout (exit {self.proc.poll()}); "
+                        f"stderr: {self.proc.stderr.read()}"
+                    )
+                self.lines.append(line)
+                return line.rstrip("\n")
+        raise AssertionError(f"no output from {self.argv} within {timeout}s")
+
+    def expect(self, pattern, timeout=TIMEOUT):
+        """Reads lines until one matches `pattern`; returns the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(max(0.0, deadline - time.monotonic()))
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+    def send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, command):
+        """Sends a command to a tests/scripts/controlled.py child and
+        returns its JSON answer."""
+        self.send(command)
+        return json.loads(self.readline())
+
+    def ask_first(self):
+        """The JSON line a controlled.py child prints at start."""
+        return json.loads(self.readline())
+
+    def finish(self, timeout=TIMEOUT):
+        """Waits for exit; returns (returncode, rest of stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.communicate(timeout=TIMEOUT)
+        except (ValueError, OSError):
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+def pyusdt_child(script, *args, env=None, **kw):
+    """`python -m pyusdt tests/scripts/SCRIPT ARGS` behind a guard."""
+    e = dict(os.environ)
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        e.update(env)
+    return Child([PY, "-m", "pyusdt", str(SCRIPTS / script), *map(str, args)], env=e, **kw)
+
+
+# A probe bpftrace attaches last: the first call of pyusdt_sync() it sees
+# proves every probe before it live. (A tracer raises a probe's semaphore
+# before its program is attached, so "the events are on" is not enough.)
+SYNC_PROBE = (
+    'usdt:{ext}:pyusdt:PY_START /str(arg0) == "pyusdt_sync"/ '
+    '{{ if (@synced == 0) {{ @synced = 1; printf("synced\\n"); }} }}'
+)
+
+
+class Bpftrace(Child):
+    """bpftrace attached to `pid`, running `program`; ready once it has
+    said it attached its probes. With `sync`, SYNC_PROBE is added last."""
+
+    def __init__(self, pid, program, sync=False):
+        env = dict(os.environ, BPFTRACE_STRLEN=str(STRLEN))
+        if sync:
+            program += SYNC_PROBE.format(ext=extension_path())
+        super().__init__(["bpftrace", "-p", str(pid), "-e", program], env=env)
+        self.expect(r"^Attaching \d+ probe")
+
+    def sync(self, child):
+        """Waits until the probes are live in `child`, which runs
+        pyusdt_sync() in a loop until it is sent "go"."""
+        self.expect(r"^synced$")
+        child.send("go")
+
+    def stop(self):
+        """Detaches (as Ctrl-C does) and returns its printed maps."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.maps()
+
+    def maps(self, timeout=TIMEOUT):
+        """Waits for bpftrace to end (it ends with its target) and parses
+        the maps it printed: {map: {key tuple: value}}."""
+        _, out, err = self.finish(timeout)
+        return parse_maps(out)
+
+
+def parse_maps(text):
+    maps = {}
+    for line in text.splitlines():
+        m = re.match(r"^@(\w*)\[(.*)\]: (-?\d+)$", line)
+        if m:
+            key = tuple(k.strip() for k in m.group(2).split(", "))
+            maps.setdefault(m.group(1), {})[key] = int(m.group(3))
+            continue
+        m = re.match(r"^@(\w*): (-?\d+)$", line)
+        if m:
+            maps.setdefault(m.group(1), {})[()] = int(m.group(2))
+    maps.pop("synced", None)
+    return maps
+
+
+def usdt(probe):
+    """A bpftrace probe spec for pyusdt:PROBE in the extension under test."""
+    return f"usdt:{extension_path()}:pyusdt:{probe}"
