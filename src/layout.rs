@@ -115,6 +115,28 @@ pub fn to_json(l: &Layout) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// Every field of a layout in declaration order, for people: addresses and
+/// the magic in hex, absent offsets as `-`.
+pub fn describe(l: &Layout) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    macro_rules! put {
+        ($($f:ident),*) => { $(
+            let name = stringify!($f);
+            let v = u64::from(l.$f);
+            let text = if name.ends_with("_addr") || name == "magic" || name == "flags" {
+                format!("{v:#x}")
+            } else if name != "reserved" && v == u64::from(pyusdt_layout::NO_OFFSET) {
+                "-".to_string()
+            } else {
+                v.to_string()
+            };
+            rows.push((name, text));
+        )* };
+    }
+    for_each_layout_field!(put);
+    rows
+}
+
 /// The interpreter version a layout names, as `3.12.1`.
 pub fn python_version(l: &Layout) -> String {
     let v = l.py_version_hex;

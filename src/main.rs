@@ -74,10 +74,8 @@ fn run(cli: Cli) -> Result<()> {
                     layout::python_version(&l),
                     l.version
                 )?;
-                if let serde_json::Value::Object(m) = layout::to_json(&l) {
-                    for (k, v) in m {
-                        writeln!(out, "  {k:<26} {v}")?;
-                    }
+                for (name, value) in layout::describe(&l) {
+                    writeln!(out, "  {name:<26} {value}")?;
                 }
             }
             out.flush().context("write to stdout")?;
