@@ -6,7 +6,9 @@
 //! it turns its own probe off and says so once on stderr.
 
 use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicU16, Ordering};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -31,10 +33,23 @@ fn utf8(s: &Bound<'_, PyAny>) -> *const c_char {
     p
 }
 
+/// Probes whose next callback fails on purpose (`_inject_fault`, for the
+/// tests of the error path).
+static FAULTS: AtomicU16 = AtomicU16::new(0);
+
+/// Makes the next callback of `probe` fail as an unexpected error would.
+pub fn inject_fault(probe: Probe) {
+    FAULTS.fetch_or(probe.bit(), Ordering::Relaxed);
+}
+
 /// A code object's qualname, file and first line; the strings stay owned
 /// by the code object, which outlives the probe.
-fn site(code: &Bound<'_, PyAny>) -> PyResult<Site> {
+fn site(probe: Probe, code: &Bound<'_, PyAny>) -> PyResult<Site> {
     let py = code.py();
+    if FAULTS.load(Ordering::Relaxed) & probe.bit() != 0 {
+        FAULTS.fetch_and(!probe.bit(), Ordering::Relaxed);
+        return Err(PyRuntimeError::new_err("injected fault"));
+    }
     let function = code.getattr(intern!(py, "co_qualname"))?;
     let file = code.getattr(intern!(py, "co_filename"))?;
     Ok(Site {
@@ -45,14 +60,14 @@ fn site(code: &Bound<'_, PyAny>) -> PyResult<Site> {
 }
 
 fn entry(probe: Probe, code: &Bound<'_, PyAny>, offset: i64) {
-    match site(code) {
+    match site(probe, code) {
         Ok(s) => probes::fire_entry(probe, &s, offset),
         Err(e) => monitor::disable(code.py(), probe, &e),
     }
 }
 
 fn with_value(probe: Probe, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
-    let s = match site(code) {
+    let s = match site(probe, code) {
         Ok(s) => s,
         Err(e) => return monitor::disable(code.py(), probe, &e),
     };
@@ -106,7 +121,7 @@ pub fn on_py_throw(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, P
 
 #[pyfunction]
 pub fn on_line(code: &Bound<'_, PyAny>, line: i64) {
-    match site(code) {
+    match site(Probe::Line, code) {
         Ok(s) => probes::fire_line(&s, line),
         Err(e) => monitor::disable(code.py(), Probe::Line, &e),
     }

@@ -66,6 +66,18 @@ fn _layout_offsets(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// Makes the next callback of `probe` fail, to test that an error inside
+/// the extension turns that probe off and never reaches the program.
+#[pyfunction]
+fn _inject_fault(probe: &str) -> PyResult<()> {
+    let p = Probe::ALL
+        .into_iter()
+        .find(|p| p.name() == probe)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("no probe {probe}")))?;
+    callbacks::inject_fault(p);
+    Ok(())
+}
+
 /// What the extension is doing now: the poll thread, each probe's
 /// semaphore, the `sys.monitoring` tool id held and the probes whose
 /// events are on.
@@ -95,6 +107,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(_layout_offsets, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
+    m.add_function(wrap_pyfunction!(_inject_fault, m)?)?;
     let names: Vec<&str> = Probe::ALL.iter().map(|p| p.name()).collect();
     m.add("PER_CALL_PROBES", PyTuple::new(m.py(), names)?)?;
     m.add("TOOL_IDS", PyTuple::new(m.py(), monitor::TOOL_IDS)?)?;

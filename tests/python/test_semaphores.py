@@ -43,7 +43,9 @@ def test_only_the_attached_probe_is_on_and_off_again_after_detach():
             c.send("sync")
             bt.sync(c)
             c.readline()
-            c.ask("call 250")
+            s = c.ask("call 250")
+            # PY_START carries no value: no repr() was computed.
+            assert s["reprs"] == 0
             maps = bt.stop()
         assert maps[""][("work",)] == 250
         assert_idle(c.ask("wait -"))
@@ -89,4 +91,54 @@ def test_per_call_probes_absent_on_311_with_one_line():
         assert err == (
             "pyusdt: the per-call probes (PY_START) need Python 3.12 or later and this is "
             "3.11; the layout announcement (sampled profiling) works\n"
+        )
+
+
+@pytest.mark.skipif(not PER_CALL, reason="sys.monitoring needs Python 3.12+")
+def test_repr_is_computed_only_while_a_value_probe_is_attached():
+    need_bpf("bpftrace")
+    with pyusdt_child("controlled.py") as c:
+        c.ask_first()
+        assert c.ask("call 100")["reprs"] == 0
+        ret = f"{usdt('PY_RETURN')} /str(arg0) == \"work\"/ {{ @[str(arg4)] = count(); }}"
+        with Bpftrace(c.pid, ret, sync=True) as bt:
+            c.ask("wait PY_RETURN,PY_START")
+            c.send("sync")
+            bt.sync(c)
+            c.readline()
+            before = c.ask("status")["reprs"]
+            after = c.ask("call 300")["reprs"]
+            maps = bt.stop()
+        assert after - before == 300
+        assert maps[""] == {("Value()",): 300}
+        assert c.ask("wait -")["reprs"] == after
+        assert c.ask("call 100")["reprs"] == after
+        c.send("exit")
+        assert c.finish()[0] == 0
+
+
+@pytest.mark.skipif(not PER_CALL, reason="sys.monitoring needs Python 3.12+")
+def test_a_failing_callback_turns_its_probe_off_and_never_reaches_the_program():
+    need_bpf("bpftrace")
+    with pyusdt_child("controlled.py") as c:
+        c.ask_first()
+        with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}", sync=True) as bt:
+            c.ask("wait PY_START")
+            c.send("sync")
+            bt.sync(c)
+            c.readline()
+            c.ask("fault PY_START")
+            s = c.ask("call 5")
+            assert s["disabled"] == ["PY_START"]
+            assert s["active"] == []
+            assert s["semaphores"]["PY_START"] == 1
+            s = c.ask("call 5")
+            bt.stop()
+        c.send("exit")
+        code, out, err = c.finish()
+        # Every command was answered and the program ended normally.
+        assert code == 0 and out == ""
+        assert err == (
+            "pyusdt: probe PY_START is off after an error in its callback: "
+            "RuntimeError: injected fault\n"
         )

@@ -8,7 +8,9 @@ Commands (one per line), each answered with one JSON line:
                   probes here
   sync            call pyusdt_sync() until a line "go" arrives
   layout          pyusdt.layout()
-  call N          call work() N times
+  call N          call work() N times (it returns a Value, whose repr()
+                  calls are counted in "reprs")
+  fault PROBE     make PROBE's next callback fail
   exit            exit 0
 """
 
@@ -25,8 +27,18 @@ if os.environ.get("CONTROLLED_TAKE_TOOLS"):
         sys.monitoring.use_tool_id(tool, "other")
 
 
+REPRS = 0
+
+
+class Value:
+    def __repr__(self):
+        global REPRS
+        REPRS += 1
+        return "Value()"
+
+
 def work():
-    return 1
+    return Value()
 
 
 def pyusdt_sync():
@@ -38,6 +50,7 @@ def snapshot():
     mon = getattr(sys, "monitoring", None)
     s["events"] = {str(t): mon.get_events(t) for t in pyusdt.TOOL_IDS} if mon else {}
     s["tools"] = {str(t): mon.get_tool(t) for t in pyusdt.TOOL_IDS} if mon else {}
+    s["reprs"] = REPRS
     return s
 
 
@@ -63,6 +76,8 @@ while line := sys.stdin.readline():
     elif cmd == "call":
         for _ in range(int(arg)):
             work()
+    elif cmd == "fault":
+        pyusdt._native._inject_fault(arg)
     elif cmd == "exit":
         break
     print(json.dumps(snapshot()), flush=True)
