@@ -83,7 +83,7 @@ test-python: build
 test: lint test-rust test-python
 
 bench: build
-	$(call venv_of,$(PYTHON))/bin/python bench/overhead.py
+	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; done
 
 clean:
 	cargo clean

@@ -1,28 +1,42 @@
 """Per-call cost of `python -m pyusdt` with no tracer attached.
 
 Runs a call-heavy function (fib) in fresh interpreters, alternating plain
-`python` and `python -m pyusdt`, and reports the median time of each and
-their ratio, all measured in this one run. Each child times only fib,
-not its start-up.
+`python` and `python -m pyusdt`, all in this one run. Each child times fib
+REPEAT times and reports its fastest (the run least disturbed by the rest
+of the machine); the ratio is the median of the per-round ratios, with its
+spread (interquartile range), so that a noisy moment hits both sides of a
+round alike.
 
-usage: python bench/overhead.py [--rounds N] [--n FIB_N]
+Times on a shared machine are noisy, so where valgrind exists the same
+comparison is also made in instructions (callgrind), which do not depend on
+what else the machine is doing: the instructions per Python call are the
+difference between fib(N2) and fib(N1) in one configuration, divided by the
+difference in calls, so that start-up (importing pyusdt) cancels out.
+
+usage: python bench/overhead.py [--rounds N] [--n FIB_N] [--repeat R]
 """
 
 import argparse
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CHILD = """
-import sys, time
+import time
 def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
 fib(20)  # warm up the specializing interpreter
-t = time.perf_counter()
-fib({n})
-print(time.perf_counter() - t)
+best = float("inf")
+for _ in range({repeat}):
+    t = time.perf_counter()
+    fib({n})
+    best = min(best, time.perf_counter() - t)
+print(best)
 """
 
 
@@ -31,32 +45,88 @@ def run(argv):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+COUNT_CHILD = """
+import sys
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+fib(int(sys.argv[1]))
+"""
+
+
+def fib_calls(n):
+    return 2 * round(((1 + 5**0.5) / 2) ** (n + 1) / 5**0.5) - 1
+
+
+def instructions(argv):
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True, text=True, check=True,
+    )
+    return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
+
+
+def per_call_instructions(prefix, script, n1=18, n2=23):
+    i1 = instructions([*prefix, str(script), str(n1)])
+    i2 = instructions([*prefix, str(script), str(n2)])
+    return (i2 - i1) / (fib_calls(n2) - fib_calls(n1))
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--n", type=int, default=27)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--n", type=int, default=25)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    script = Path(__file__).with_name("_fib_child.py")
-    script.write_text(CHILD.format(n=args.n))
-    try:
-        plain, traced = [], []
-        for _ in range(args.rounds):
-            plain.append(run([sys.executable, str(script)]))
-            traced.append(run([sys.executable, "-m", "pyusdt", str(script)]))
-    finally:
-        script.unlink()
-    calls = 2 * round(((1 + 5**0.5) / 2) ** (args.n + 1) / 5**0.5) - 1
-    mp, mt = statistics.median(plain), statistics.median(traced)
-    spread = lambda xs: (max(xs) - min(xs)) / statistics.median(xs) * 100  # noqa: E731
-    print(f"machine: {platform.processor() or platform.machine()}, Linux {platform.release()}, "
+    with tempfile.TemporaryDirectory() as d:
+        script = Path(d) / "fib_child.py"
+        script.write_text(CHILD.format(n=args.n, repeat=args.repeat))
+        plain, traced, ratios = [], [], []
+        for i in range(args.rounds):
+            # Alternate which goes first, so that neither always runs warm.
+            pair = [[sys.executable, str(script)], [sys.executable, "-m", "pyusdt", str(script)]]
+            if i % 2:
+                t, p = run(pair[1]), run(pair[0])
+            else:
+                p, t = run(pair[0]), run(pair[1])
+            plain.append(p)
+            traced.append(t)
+            ratios.append(t / p)
+        counted = None
+        if shutil.which("valgrind"):
+            count_script = Path(d) / "fib_count.py"
+            count_script.write_text(COUNT_CHILD)
+            counted = (
+                per_call_instructions([sys.executable], count_script),
+                per_call_instructions([sys.executable, "-m", "pyusdt"], count_script),
+            )
+    calls = fib_calls(args.n)
+    lo, hi = quartiles(ratios)
+    print(f"machine: {platform.machine()}, Linux {platform.release()}, "
           f"Python {platform.python_version()}")
-    print(f"fib({args.n}): {calls:,} Python calls, median of {args.rounds} alternating runs")
+    print(f"fib({args.n}): {calls:,} Python calls; best of {args.repeat} per child; "
+          f"{args.rounds} alternating rounds")
     print()
-    print("| run | median | spread | per call | ratio |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, xs, m in (("python", plain, mp), ("python -m pyusdt (no tracer)", traced, mt)):
-        print(f"| {name} | {m * 1e3:.1f} ms | {spread(xs):.1f}% | {m / calls * 1e9:.1f} ns | "
-              f"{m / mp:.3f} |")
+    print("| run | median time | per call | ratio to python (IQR) |")
+    print("| --- | --- | --- | --- |")
+    mp = statistics.median(plain)
+    print(f"| python | {mp * 1e3:.2f} ms | {mp / calls * 1e9:.1f} ns | 1 |")
+    mt = statistics.median(traced)
+    print(f"| python -m pyusdt, no tracer | {mt * 1e3:.2f} ms | {mt / calls * 1e9:.1f} ns | "
+          f"{statistics.median(ratios):.3f} ({lo:.3f}-{hi:.3f}) |")
+    if counted:
+        print()
+        print("| run | instructions per Python call (callgrind) | ratio |")
+        print("| --- | --- | --- |")
+        print(f"| python | {counted[0]:.1f} | 1 |")
+        print(f"| python -m pyusdt, no tracer | {counted[1]:.1f} | {counted[1] / counted[0]:.4f} |")
+    else:
+        print("\n(valgrind not found: no instruction counts)")
 
 
 if __name__ == "__main__":
