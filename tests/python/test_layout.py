@@ -192,31 +192,29 @@ def test_bpf_receives_the_announced_layout():
         assert json.loads(again.stdout) == expected, again.stderr
 
 
-def test_layout_of_python_without_pyusdt_says_how_to_start_it():
+def layout_of_waiting_child(code, *args):
+    """Runs `python -c code` (which prints "up" and waits) and
+    `pyusdt-prof layout` on it; returns pyusdt-prof's CompletedProcess."""
     need_bpf(prof_binary())
-    plain = subprocess.Popen([PY, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert plain.stdout.readline() == "up\n"
-        out = subprocess.run([prof_binary(), "layout", "-p", str(plain.pid)],
-                             capture_output=True, text=True, timeout=60)
+        assert p.stdout.readline() == "up\n"
+        return subprocess.run([prof_binary(), "layout", "-p", str(p.pid), *args],
+                              capture_output=True, text=True, timeout=60)
     finally:
-        plain.kill()
-        plain.wait()
+        p.kill()
+        p.wait()
+
+
+def test_layout_of_python_without_pyusdt_says_how_to_start_it():
+    out = layout_of_waiting_child("import sys; print('up', flush=True); sys.stdin.read()")
     assert out.returncode == 1
     assert "runs Python without pyusdt: start it with `python -m pyusdt app.py`" in out.stderr
 
 
 def test_layout_of_pyusdt_not_enabled_says_so():
-    need_bpf(prof_binary())
-    code = "import pyusdt, sys; print('up', flush=True); sys.stdin.read()"
-    p = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline() == "up\n"
-        out = subprocess.run([prof_binary(), "layout", "-p", str(p.pid), "--timeout", "0.3"],
-                             capture_output=True, text=True, timeout=60)
-    finally:
-        p.kill()
-        p.wait()
+    out = layout_of_waiting_child(
+        "import pyusdt, sys; print('up', flush=True); sys.stdin.read()", "--timeout", "0.3"
+    )
     assert out.returncode == 1
     assert "did not announce its layout within 0.3s: pyusdt is loaded but not enabled" in out.stderr

@@ -19,6 +19,16 @@ def assert_idle(s):
     assert all(v is None for v in s["tools"].values())
 
 
+def live(c, bt, probes):
+    """Waits until exactly `probes` are on in controlled.py child `c` and
+    bpftrace `bt` counts their hits; returns the child's status then."""
+    s = c.ask(f"wait {probes}")
+    c.send("sync")
+    bt.sync(c)
+    c.readline()
+    return s
+
+
 def test_idle_process_has_no_events():
     with pyusdt_child("controlled.py") as c:
         assert_idle(c.ask_first())
@@ -33,16 +43,13 @@ def test_only_the_attached_probe_is_on_and_off_again_after_detach():
     with pyusdt_child("controlled.py") as c:
         assert_idle(c.ask_first())
         with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}", sync=True) as bt:
-            s = c.ask("wait PY_START")
+            s = live(c, bt, "PY_START")
             assert s["semaphores"]["PY_START"] == 1
             assert all(s["semaphores"][p] == 0 for p in ALL if p != "PY_START")
             tool = s["tool_id"]
             assert tool in (3, 4)
             assert s["tools"][str(tool)] == "pyusdt"
             assert s["events"][str(tool)] == sys.monitoring.events.PY_START
-            c.send("sync")
-            bt.sync(c)
-            c.readline()
             s = c.ask("call 250")
             # PY_START carries no value: no repr() was computed.
             assert s["reprs"] == 0
@@ -102,10 +109,7 @@ def test_repr_is_computed_only_while_a_value_probe_is_attached():
         assert c.ask("call 100")["reprs"] == 0
         ret = f"{usdt('PY_RETURN')} /str(arg0) == \"work\"/ {{ @[str(arg4)] = count(); }}"
         with Bpftrace(c.pid, ret, sync=True) as bt:
-            c.ask("wait PY_RETURN,PY_START")
-            c.send("sync")
-            bt.sync(c)
-            c.readline()
+            live(c, bt, "PY_RETURN,PY_START")
             before = c.ask("status")["reprs"]
             after = c.ask("call 300")["reprs"]
             maps = bt.stop()
@@ -123,10 +127,7 @@ def test_a_failing_callback_turns_its_probe_off_and_never_reaches_the_program():
     with pyusdt_child("controlled.py") as c:
         c.ask_first()
         with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}", sync=True) as bt:
-            c.ask("wait PY_START")
-            c.send("sync")
-            bt.sync(c)
-            c.readline()
+            live(c, bt, "PY_START")
             c.ask("fault PY_START")
             s = c.ask("call 5")
             assert s["disabled"] == ["PY_START"]
