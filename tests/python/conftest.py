@@ -151,31 +151,27 @@ def pyusdt_child(script, *args, env=None, **kw):
     return Child([PY, "-m", "pyusdt", str(SCRIPTS / script), *map(str, args)], env=e, **kw)
 
 
-# A probe bpftrace attaches last: the first call of pyusdt_sync() it sees
-# proves every probe before it live. (A tracer raises a probe's semaphore
-# before its program is attached, so "the events are on" is not enough.)
+# A probe bpftrace attaches last: pyusdt fires `layout` on every poll tick
+# while it is attached, so its first hit proves bpftrace running and every
+# probe before it live. (A tracer raises a probe's semaphore before its
+# program is attached, so "the events are on" is not enough.)
 SYNC_PROBE = (
-    'usdt:{ext}:pyusdt:PY_START /str(arg0) == "pyusdt_sync"/ '
-    '{{ if (@synced == 0) {{ @synced = 1; printf("synced\\n"); }} }}'
+    'usdt:{ext}:pyusdt:layout {{ if (@synced == 0) {{ @synced = 1; printf("synced\\n"); }} }}'
 )
 
 
 class Bpftrace(Child):
     """bpftrace attached to `pid`, running `program`; ready once it has
-    said it attached its probes. With `sync`, SYNC_PROBE is added last."""
+    said it attached its probes, and with `sync` once they are live."""
 
-    def __init__(self, pid, program, sync=False):
+    def __init__(self, pid, program, sync=True):
         env = dict(os.environ, BPFTRACE_STRLEN=str(STRLEN))
         if sync:
             program += SYNC_PROBE.format(ext=extension_path())
         super().__init__(["bpftrace", "-p", str(pid), "-e", program], env=env)
         self.expect(r"^Attaching \d+ probe")
-
-    def sync(self, child):
-        """Waits until the probes are live in `child`, which runs
-        pyusdt_sync() in a loop until it is sent "go"."""
-        self.expect(r"^synced$")
-        child.send("go")
+        if sync:
+            self.expect(r"^synced$")
 
     def stop(self):
         """Detaches (as Ctrl-C does) and returns its printed maps."""

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,40 @@ def test_enable_is_idempotent_and_validated():
     lines = p.stdout.splitlines()
     assert lines[0] == "False True False False True"
     assert len(lines) == 7 and all(line.startswith("refused check_msec must be") for line in lines[1:])
+
+
+def test_start_handshake_holds_the_program_until_the_recorder_says_go(tree):
+    """PYUSDT_START_FD: the program starts only once a byte arrives on the
+    pipe, and the layout is announced while it waits; the variable is not
+    passed on to the program."""
+    r, w = os.pipe()
+    env = dict(os.environ, PYUSDT_START_FD=str(r))
+    code = "import os, sys; print('started', os.environ.get('PYUSDT_START_FD'), flush=True)"
+    p = subprocess.Popen([PY, "-m", "pyusdt", "-c", code], env=env, pass_fds=(r,),
+                         stdout=subprocess.PIPE, text=True)
+    os.close(r)
+    try:
+        # While it waits, pyusdt is loaded and enabled: its poll thread runs.
+        deadline = time.monotonic() + TIMEOUT
+        while not any(t.is_dir() and (t / "comm").read_text() == "pyusdt-poll\n"
+                      for t in Path(f"/proc/{p.pid}/task").iterdir()):
+            assert time.monotonic() < deadline, "no poll thread"
+            time.sleep(0.005)
+        assert p.poll() is None
+        os.write(w, b"g")
+        out, _ = p.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(w)
+        p.kill()
+        p.wait()
+    assert (p.returncode, out) == (0, "started None\n")
+
+
+def test_start_handshake_survives_a_recorder_that_died(tree):
+    r, w = os.pipe()
+    os.close(w)
+    env = dict(os.environ, PYUSDT_START_FD=str(r))
+    p = subprocess.run([PY, "-m", "pyusdt", "-c", "print('ran')"], env=env, pass_fds=(r,),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    os.close(r)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "ran\n", "")

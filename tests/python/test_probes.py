@@ -28,8 +28,8 @@ def trace(shape, program, probes):
     need_bpf("bpftrace")
     with pyusdt_child("known_shape.py", shape, ",".join(probes)) as child:
         child.expect("^ready$")
-        with Bpftrace(child.pid, program, sync=True) as bt:
-            bt.sync(child)
+        with Bpftrace(child.pid, program) as bt:
+            child.send("go")
             child.expect("^done$")
             code, _, err = child.finish()
             assert code == 0, err

@@ -19,16 +19,6 @@ def assert_idle(s):
     assert all(v is None for v in s["tools"].values())
 
 
-def live(c, bt, probes):
-    """Waits until exactly `probes` are on in controlled.py child `c` and
-    bpftrace `bt` counts their hits; returns the child's status then."""
-    s = c.ask(f"wait {probes}")
-    c.send("sync")
-    bt.sync(c)
-    c.readline()
-    return s
-
-
 def test_idle_process_has_no_events():
     with pyusdt_child("controlled.py") as c:
         assert_idle(c.ask_first())
@@ -42,8 +32,8 @@ def test_only_the_attached_probe_is_on_and_off_again_after_detach():
     need_bpf("bpftrace")
     with pyusdt_child("controlled.py") as c:
         assert_idle(c.ask_first())
-        with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}", sync=True) as bt:
-            s = live(c, bt, "PY_START")
+        with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}") as bt:
+            s = c.ask("wait PY_START")
             assert s["semaphores"]["PY_START"] == 1
             assert all(s["semaphores"][p] == 0 for p in ALL if p != "PY_START")
             tool = s["tool_id"]
@@ -108,8 +98,8 @@ def test_repr_is_computed_only_while_a_value_probe_is_attached():
         c.ask_first()
         assert c.ask("call 100")["reprs"] == 0
         ret = f"{usdt('PY_RETURN')} /str(arg0) == \"work\"/ {{ @[str(arg4)] = count(); }}"
-        with Bpftrace(c.pid, ret, sync=True) as bt:
-            live(c, bt, "PY_RETURN,PY_START")
+        with Bpftrace(c.pid, ret) as bt:
+            c.ask("wait PY_RETURN")
             before = c.ask("status")["reprs"]
             after = c.ask("call 300")["reprs"]
             maps = bt.stop()
@@ -126,8 +116,8 @@ def test_a_failing_callback_turns_its_probe_off_and_never_reaches_the_program():
     need_bpf("bpftrace")
     with pyusdt_child("controlled.py") as c:
         c.ask_first()
-        with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}", sync=True) as bt:
-            live(c, bt, "PY_START")
+        with Bpftrace(c.pid, f"{usdt('PY_START')} {{ @[str(arg0)] = count(); }}") as bt:
+            c.ask("wait PY_START")
             c.ask("fault PY_START")
             s = c.ask("call 5")
             assert s["disabled"] == ["PY_START"]

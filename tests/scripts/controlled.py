@@ -6,7 +6,6 @@ Commands (one per line), each answered with one JSON line:
   wait A,B|-      wait until exactly probes A, B (or none) are active
   wait-unavailable  wait until pyusdt has found it cannot fire per-call
                   probes here
-  sync            call pyusdt_sync() until a line "go" arrives
   layout          pyusdt.layout()
   call N          call work() N times (it returns a Value, whose repr()
                   calls are counted in "reprs")
@@ -16,7 +15,6 @@ Commands (one per line), each answered with one JSON line:
 
 import json
 import os
-import select
 import sys
 import time
 
@@ -41,10 +39,6 @@ def work():
     return Value()
 
 
-def pyusdt_sync():
-    pass
-
-
 def snapshot():
     s = pyusdt.status()
     mon = getattr(sys, "monitoring", None)
@@ -59,10 +53,6 @@ while line := sys.stdin.readline():
     cmd, _, arg = line.strip().partition(" ")
     if cmd == "status":
         pass
-    elif cmd == "sync":
-        while not select.select([sys.stdin], [], [], 0.002)[0]:
-            pyusdt_sync()
-        assert sys.stdin.readline() == "go\n"
     elif cmd == "layout":
         print(json.dumps(pyusdt.layout()), flush=True)
         continue

@@ -3,28 +3,16 @@
 usage: python -m pyusdt known_shape.py SHAPE PROBE[,PROBE...]
 
 Prints "ready", waits until pyusdt has turned on the events of every named
-probe (a tracer attached to them), then calls pyusdt_sync() until "go"
-arrives on stdin (the tracer saw a sync call, so its probes are live), runs
-shape_SHAPE once, prints "done".
+probe (a tracer attached to them) and for "go" on stdin (the test has seen
+the tracer's probes live), runs shape_SHAPE once, prints "done".
 """
 
-import select
 import sys
 import time
 
 import pyusdt
 
 N = 1000
-
-
-def pyusdt_sync():
-    pass
-
-
-def sync_until_go():
-    while not select.select([sys.stdin], [], [], 0.002)[0]:
-        pyusdt_sync()
-    assert sys.stdin.readline() == "go\n"
 
 
 def work(i):
@@ -108,6 +96,6 @@ if __name__ == "__main__":
     print("ready", flush=True)
     while not wanted <= set(pyusdt.status()["active"]):
         time.sleep(0.005)
-    sync_until_go()
+    assert sys.stdin.readline() == "go\n"
     globals()["shape_" + shape]()
     print("done", flush=True)

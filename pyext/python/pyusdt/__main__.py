@@ -151,6 +151,28 @@ def _uncaught(exc):
     sys.excepthook = lambda *args: None
 
 
+def _wait_for_recorder():
+    """The start handshake of `pyusdt-prof record -- CMD`.
+
+    The recorder starts us with PYUSDT_START_FD naming the read end of a
+    pipe. pyusdt is enabled already, so the poll thread announces the
+    layout while we block here; the recorder writes one byte once every
+    probe and sampler is attached, and only then does the program start,
+    so that nothing it does goes unrecorded. If the recorder dies first,
+    the pipe closes and the program starts all the same.
+    """
+    fd = os.environ.pop("PYUSDT_START_FD", None)
+    if fd is None:
+        return
+    try:
+        fd = int(fd)
+        os.read(fd, 1)
+        os.close(fd)
+    except (ValueError, OSError) as e:
+        sys.stderr.write(f"pyusdt: PYUSDT_START_FD={fd!r} is not a readable pipe ({e}); "
+                         "starting without waiting for the recorder\n")
+
+
 def main():
     check_msec, kind, what, args = _parse(sys.argv[1:])
     import pyusdt
@@ -159,6 +181,7 @@ def main():
         pyusdt.enable(check_msec)
     except ValueError as e:
         _usage_error(str(e))
+    _wait_for_recorder()
     run = {"script": _run_script, "-m": _run_module, "-c": _run_command}[kind]
     try:
         run(what, args)
