@@ -70,7 +70,8 @@ lint: deps
 	PYO3_PYTHON=$(PYTHON) cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 test-rust: build
-	cargo test --release --locked -p pyusdt-prof -p pyusdt-layout
+	@pys=$$(for py in $(PYTHONS); do echo $(CURDIR)/$(call venv_of,$$py)/bin/python; done); \
+	PYUSDT_TEST_PYTHONS="$$pys" cargo test --release --locked -p pyusdt-prof -p pyusdt-layout
 
 test-python: build
 	@for py in $(PYTHONS); do \

@@ -14,4 +14,17 @@ pub mod layout {
     // SAFETY: plain C data of fixed size with no pointers or padding
     // invariants; any bit pattern is a valid value.
     unsafe impl plain::Plain for types::layout_event {}
+    // SAFETY: as above; the twin test proves it free of padding.
+    unsafe impl plain::Plain for types::pyusdt_layout {}
+}
+
+/// `bpf/cpu.bpf.c`: the CPU sampler and the shared Python frame walker.
+pub mod cpu {
+    include!(concat!(env!("OUT_DIR"), "/cpu.skel.rs"));
+
+    // SAFETY: plain C data, no padding (explicit reserved words), any bit
+    // pattern valid.
+    unsafe impl plain::Plain for types::cpu_key {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::pystack {}
 }

@@ -11,6 +11,8 @@
 pub mod bpf;
 pub mod errors;
 pub mod layout;
+pub mod pyname;
+pub mod sampler;
 pub mod target;
 
 /// The result type of this crate.

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The CPU view: a perf_event program on the software cpu-clock event of
+ * every CPU. For each sample of the target it walks the thread's Python
+ * frames, takes the kernel stack when the sample hit the kernel, and counts
+ * (thread, Python stack, kernel stack) in a map.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+#include "cpu.h"
+#include "pyframe.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* The process to sample; set before load. */
+const volatile __u32 target_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, CPU_KSTACK_DEPTH * sizeof(__u64));
+} kstacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct cpu_key);
+	__type(value, __u64);
+} cpu_samples SEC(".maps");
+
+/* Samples of the target, and those lost because cpu_samples was full. */
+__u64 samples = 0;
+__u64 lost_samples = 0;
+
+SEC("perf_event")
+int on_cpu_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct cpu_key key = {};
+	__u64 one = 1, *count;
+
+	key.tgid = id >> 32;
+	if (key.tgid != target_tgid)
+		return 0;
+	key.tid = (__u32)id;
+	__sync_fetch_and_add(&samples, 1);
+	key.pystack = py_stack_id(key.tgid, key.tid);
+	/* Negative (no kernel stack) when the sample hit user mode. */
+	key.kstack = bpf_get_stackid(ctx, &kstacks, 0);
+	if (key.kstack < 0)
+		key.kstack = CPU_KSTACK_NONE;
+
+	count = bpf_map_lookup_elem(&cpu_samples, &key);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	else if (bpf_map_update_elem(&cpu_samples, &key, &one, BPF_NOEXIST))
+		__sync_fetch_and_add(&lost_samples, 1);
+	return 0;
+}
+
+/* Puts the key and stack types in the skeleton's types. */
+struct cpu_key _cpu_key = {};
+struct pystack _pystack = {};

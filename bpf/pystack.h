@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Python stacks as the BPF side records them: what crosses the boundary.
+ */
+#ifndef PYUSDT_PYSTACK_H
+#define PYUSDT_PYSTACK_H
+
+#include "pyusdt_layout.h"
+
+/* Frames kept per stack; a deeper stack keeps its leaf-most frames. */
+#define PYSTACK_MAX_FRAMES 128
+/* Thread states looked at when finding the current thread's. */
+#define PYSTACK_MAX_THREADS 256
+
+/* The stack id of "no Python stack" (no layout yet, or a thread that runs
+ * no Python). */
+#define PYSTACK_NONE 0
+
+struct pystack {
+	__u32 len;	 /* frames used */
+	__u32 truncated; /* 1 if the stack was deeper than PYSTACK_MAX_FRAMES */
+	/* Code object addresses, leaf first. */
+	__u64 frames[PYSTACK_MAX_FRAMES];
+};
+
+/* Why a walk found no stack; counted per reason. */
+enum pystack_error {
+	PYSTACK_ERR_NO_LAYOUT = 0,
+	PYSTACK_ERR_NO_THREAD = 1, /* no thread state for this thread */
+	PYSTACK_ERR_READ = 2,	   /* a read of the target's memory failed */
+	PYSTACK_ERR_FULL = 3,	   /* the stack map was full */
+	PYSTACK_ERR_MAX = 4,
+};
+
+#endif /* PYUSDT_PYSTACK_H */
