@@ -8,7 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 
-#include "cpu.h"
+#include "cpu_counts.h"
 #include "pyframe.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -63,3 +63,5 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 /* Puts the key and stack types in the skeleton's types. */
 struct cpu_key _cpu_key = {};
 struct pystack _pystack = {};
+struct code_name _code_name = {};
+struct comm_value _comm_value = {};

@@ -9,8 +9,8 @@
 
 #include "pystack.h"
 
-#ifndef E2BIG
-#define E2BIG 7
+#ifndef EEXIST
+#define EEXIST 17
 #endif
 
 /* The layout of each traced process, by tgid; userspace fills it from the
@@ -30,10 +30,13 @@ struct {
 	__type(value, __u64);
 } tstates SEC(".maps");
 
-/* Stack hash -> the stack. */
+/*
+ * Stack hash -> the stack. Maps written from scheduler context are
+ * preallocated: allocating there can fail for want of memory.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 8192);
 	__type(key, __u64);
 	__type(value, struct pystack);
 } pystacks SEC(".maps");
@@ -45,6 +48,29 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pystack);
 } pystack_scratch SEC(".maps");
+
+/* Code object address -> its names, read at first sight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct code_name);
+} code_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct code_name);
+} code_name_scratch SEC(".maps");
+
+/* Thread id -> its name, kept current (threads rename themselves). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct comm_value);
+} comms SEC(".maps");
 
 /* Walks that found no stack, by enum pystack_error. */
 __u64 pystack_errors[PYSTACK_ERR_MAX] = {};
@@ -95,6 +121,94 @@ static __always_inline __u64 pystack_hash(const struct pystack *s)
 	}
 	h ^= s->truncated;
 	return h == PYSTACK_NONE ? 1 : h;
+}
+
+/* Reads a compact str's characters into buf (at most cap bytes, cap a
+ * power of two); returns the bytes read and sets *kind, or -1. */
+static __always_inline int read_pystr(const struct pyusdt_layout *l, __u64 str, char *buf,
+				      __u32 cap, __u8 *kind)
+{
+	__u32 state = 0;
+	__u64 length, bytes, data;
+	int err = 0;
+
+	if (!str || bpf_probe_read_user(&state, sizeof(state), (const void *)(str + l->unicode_state)))
+		return -1;
+	if (!((state >> l->unicode_compact_bit) & 1))
+		return -1;
+	length = read_u64(str + l->unicode_length, &err);
+	if (err)
+		return -1;
+	if ((state >> l->unicode_ascii_bit) & 1) {
+		*kind = 1;
+		data = str + l->unicode_ascii_data;
+	} else {
+		*kind = (state >> l->unicode_kind_shift) & 7;
+		data = str + l->unicode_compact_data;
+	}
+	bytes = length * *kind;
+	if (bytes > cap)
+		bytes = cap;
+	bytes &= (cap - 1) | cap;
+	if (bytes == 0 || bytes > cap)
+		return 0;
+	if (bpf_probe_read_user(buf, bytes, (const void *)data))
+		return -1;
+	return bytes;
+}
+
+/* Reads the names of each code object of `s` that has none yet, or whose
+ * address now holds another code object. */
+static __always_inline void name_codes(const struct pyusdt_layout *l, const struct pystack *s)
+{
+	__u32 zero = 0;
+
+	for (int i = 0; i < PYSTACK_MAX_FRAMES; i++) {
+		struct code_name *n, *known;
+		__u64 code, qualname;
+		int err = 0, got;
+
+		if (i >= s->len)
+			break;
+		code = s->frames[i];
+		qualname = read_u64(code + l->code_qualname, &err);
+		if (err)
+			continue;
+		known = bpf_map_lookup_elem(&code_names, &code);
+		if (known && known->qualname_ptr == qualname)
+			continue;
+		n = bpf_map_lookup_elem(&code_name_scratch, &zero);
+		if (!n)
+			return;
+		n->qualname_ptr = qualname;
+		n->firstlineno = 0;
+		bpf_probe_read_user(&n->firstlineno, sizeof(n->firstlineno),
+				    (const void *)(code + l->code_firstlineno));
+		got = read_pystr(l, qualname, n->qualname, CODE_QUALNAME_LEN, &n->qualname_kind);
+		n->qualname_len = got > 0 ? got : 0;
+		got = read_pystr(l, read_u64(code + l->code_filename, &err), n->filename,
+				 CODE_FILENAME_LEN, &n->filename_kind);
+		n->filename_len = got > 0 ? got : 0;
+		bpf_map_update_elem(&code_names, &code, n, BPF_ANY);
+	}
+}
+
+/* Keeps the current thread's name in `comms`. */
+static __always_inline void note_comm(__u32 tid)
+{
+	struct comm_value c = {}, *known;
+	const __u64 *a, *b;
+
+	bpf_get_current_comm(c.comm, sizeof(c.comm));
+	known = bpf_map_lookup_elem(&comms, &tid);
+	if (known) {
+		/* COMM_LEN is 16: compare as two words. */
+		a = (const __u64 *)known->comm;
+		b = (const __u64 *)c.comm;
+		if (a[0] == b[0] && a[1] == b[1])
+			return;
+	}
+	bpf_map_update_elem(&comms, &tid, &c, BPF_ANY);
 }
 
 static __always_inline void pystack_error(int which)
@@ -158,11 +272,15 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	}
 	if (frame && !s->truncated && !err)
 		s->truncated = 1;
+	note_comm(tid);
 	id = pystack_hash(s);
-	if (bpf_map_update_elem(&pystacks, &id, s, BPF_NOEXIST) == -E2BIG) {
+	err = bpf_map_update_elem(&pystacks, &id, s, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
 		pystack_error(PYSTACK_ERR_FULL);
 		return PYSTACK_NONE;
 	}
+	if (err == 0)
+		name_codes(l, s); /* a stack not seen before */
 	return id;
 }
 

@@ -8,7 +8,7 @@
 #include "pyusdt_layout.h"
 
 /* Frames kept per stack; a deeper stack keeps its leaf-most frames. */
-#define PYSTACK_MAX_FRAMES 128
+#define PYSTACK_MAX_FRAMES 256
 /* Thread states looked at when finding the current thread's. */
 #define PYSTACK_MAX_THREADS 256
 
@@ -21,6 +21,34 @@ struct pystack {
 	__u32 truncated; /* 1 if the stack was deeper than PYSTACK_MAX_FRAMES */
 	/* Code object addresses, leaf first. */
 	__u64 frames[PYSTACK_MAX_FRAMES];
+};
+
+/* Bytes of a code object's names kept. */
+#define CODE_QUALNAME_LEN 128
+#define CODE_FILENAME_LEN 256
+#define COMM_LEN 16
+
+/*
+ * A code object's names, read in the kernel the first time a stack holds
+ * it, so that they resolve even after the process has exited. The text is
+ * the str's raw characters, `kind` bytes each (1: Latin-1, 2: UCS-2, 4:
+ * UCS-4).
+ */
+struct code_name {
+	__u64 qualname_ptr; /* the str read; another one means a reused address */
+	__s32 firstlineno;
+	__u16 qualname_len; /* bytes */
+	__u16 filename_len;
+	__u8 qualname_kind;
+	__u8 filename_kind;
+	__u8 reserved[6];
+	char qualname[CODE_QUALNAME_LEN];
+	char filename[CODE_FILENAME_LEN];
+};
+
+/* A thread's name as the kernel knows it. */
+struct comm_value {
+	char comm[COMM_LEN];
 };
 
 /* Why a walk found no stack; counted per reason. */

@@ -33,7 +33,10 @@ fn main() {
         .file("csrc/layout.c")
         .include(&include)
         .include(&internal)
-        .include("../bpf")
+        // Only for #include "pyusdt_layout.h": bpf/ must not shadow a
+        // system header.
+        .flag("-iquote")
+        .flag("../bpf")
         .warnings(true)
         .extra_warnings(true)
         .compile("pyusdt_layout");

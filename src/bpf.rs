@@ -27,4 +27,32 @@ pub mod cpu {
     unsafe impl plain::Plain for types::cpu_key {}
     // SAFETY: as above.
     unsafe impl plain::Plain for types::pystack {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::code_name {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::comm_value {}
+}
+
+/// `bpf/sched.bpf.c`: off-CPU time and wake-ups.
+pub mod sched {
+    include!(concat!(env!("OUT_DIR"), "/sched.skel.rs"));
+
+    // SAFETY: plain C data, no padding, any bit pattern valid.
+    unsafe impl plain::Plain for types::offcpu_key {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::wakeup_key {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::time_value {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::comm_value {}
+}
+
+/// `bpf/syscall.bpf.c`: time and count per syscall.
+pub mod syscall {
+    include!(concat!(env!("OUT_DIR"), "/syscall.skel.rs"));
+
+    // SAFETY: plain C data, no padding, any bit pattern valid.
+    unsafe impl plain::Plain for types::syscall_key {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::syscall_value {}
 }

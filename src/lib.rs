@@ -3,16 +3,23 @@
 //!
 //! The target runs with `python -m pyusdt app.py` (the `pyusdt` extension in
 //! `pyext/`). That extension announces its interpreter's layout through the
-//! USDT probe `pyusdt:layout`; [`target`] finds a process's extension,
-//! [`layout`] attaches the BPF program in `bpf/layout.bpf.c` to that probe
-//! and decodes what it announces. The BPF programs are built by
-//! libbpf-cargo from `bpf/` into skeletons, included in [`bpf`].
+//! USDT probe `pyusdt:layout`; [`target`] finds a process's extension and
+//! [`layout`] receives the announcement. [`record`] then loads one BPF
+//! object per view (built by libbpf-cargo from `bpf/` into the skeletons of
+//! [`bpf`]), each of which walks the thread's Python frames when its event
+//! fires and counts in kernel maps; at the end it names code objects
+//! ([`pyname`]), kernel frames ([`ksym`]) and syscalls ([`syscalls`]) into a
+//! [`profile::Profile`], which `fold` and [`flame`] read.
 
 pub mod bpf;
 pub mod errors;
+pub mod flame;
+pub mod ksym;
 pub mod layout;
+pub mod profile;
 pub mod pyname;
-pub mod sampler;
+pub mod record;
+pub mod syscalls;
 pub mod target;
 
 /// The result type of this crate.

@@ -1,13 +1,24 @@
 //! The `pyusdt-prof` command line.
 
-use std::io::Write;
-use std::process::ExitCode;
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+use pyusdt_prof::flame::{self, FlameOptions};
+use pyusdt_prof::profile::{Profile, Unit, ViewKind};
+use pyusdt_prof::record::{self, Progress};
 use pyusdt_prof::{errors, layout, target, Result};
+
+/// The profile file `record` writes and the other commands read by default.
+const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
 
 /// A profiler for Python on Linux: Python frames with CPU, off-CPU,
 /// syscall and wake-up time, per thread.
@@ -16,8 +27,16 @@ use pyusdt_prof::{errors, layout, target, Result};
 /// `python -m pyusdt app.py` (or `-m module`), or `import pyusdt;
 /// pyusdt.enable()` inside it. pyusdt-prof needs root (or CAP_BPF,
 /// CAP_PERFMON and CAP_SYS_PTRACE).
+///
+/// Examples:
+///
+///   sudo pyusdt-prof record -d 10 -p 4242
+///
+///   sudo pyusdt-prof record -- python -m pyusdt app.py
+///
+///   pyusdt-prof flame --view offcpu
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(version, propagate_version = true, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +44,98 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Record a Python process: CPU samples, off-CPU time, syscalls and
+    /// wake-ups, each under the Python frames of each thread.
+    ///
+    /// Attach to a running process with -p, or launch one after `--`
+    /// (usually `python -m pyusdt app.py`): a launched program starts only
+    /// once everything is attached, so nothing it does is missed, and its
+    /// exit code is passed on. Recording ends after -d, at Ctrl-C, or when
+    /// the process exits. Nothing runs per Python call: frames are read
+    /// only when an event happens.
+    ///
+    /// Views and what they weigh: cpu (samples at -F Hz), offcpu (time
+    /// blocked or waiting for a CPU, with the kernel stack), syscall (time
+    /// inside each syscall, and calls), wakeup (time waited, under the
+    /// thread and Python frames that woke it).
+    ///
+    /// Examples:
+    ///
+    ///   sudo pyusdt-prof record -p 4242 -d 30
+    ///
+    ///   sudo pyusdt-prof record --views cpu,syscall -F 499 -o app.json -- python -m pyusdt app.py
+    #[command(verbatim_doc_comment)]
+    Record {
+        /// The process id of a Python program that runs pyusdt.
+        #[arg(
+            short,
+            long,
+            required_unless_present = "command",
+            conflicts_with = "command"
+        )]
+        pid: Option<u32>,
+        /// Where to write the profile.
+        #[arg(short, long, default_value = DEFAULT_PROFILE)]
+        output: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(short, long, value_parser = parse_seconds)]
+        duration: Option<f64>,
+        /// CPU samples per second, per CPU.
+        #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        freq: u64,
+        /// The views to record, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "cpu,offcpu,syscall,wakeup", value_parser = parse_view)]
+        views: Vec<ViewKind>,
+        /// The command to launch and record (after `--`).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print a view's folded stacks: `root;...;leaf value`, one per line.
+    ///
+    /// The root is `thread NAME (TID)`, then Python frames as
+    /// `qualname (file:firstline)`, then `syscall:NAME` or kernel frames
+    /// ending in `_[k]`. Values are nanoseconds for time views, samples for
+    /// cpu, and calls for the syscall view with --count.
+    ///
+    /// Example:
+    ///
+    ///   pyusdt-prof fold --view syscall --count | sort -k2 -n | tail
+    #[command(verbatim_doc_comment)]
+    Fold {
+        /// The profile to read.
+        #[arg(short, long, default_value = DEFAULT_PROFILE)]
+        input: PathBuf,
+        /// The view to fold.
+        #[arg(long, default_value = "cpu", value_parser = parse_view)]
+        view: ViewKind,
+        /// Weigh stacks by how many events they hold, not by time.
+        #[arg(long)]
+        count: bool,
+        /// One tree for all threads, without the thread roots.
+        #[arg(long)]
+        merge_threads: bool,
+    },
+    /// Draw a view as a flamegraph SVG.
+    ///
+    /// Examples:
+    ///
+    ///   pyusdt-prof flame                    # cpu view of pyusdt-profile.json
+    ///
+    ///   pyusdt-prof flame offcpu.svg --view offcpu -i app.json
+    #[command(verbatim_doc_comment)]
+    Flame {
+        /// The SVG to write (default: the profile's name with the view).
+        out: Option<PathBuf>,
+        /// The profile to read.
+        #[arg(short, long, default_value = DEFAULT_PROFILE)]
+        input: PathBuf,
+        /// The view to draw.
+        #[arg(long, default_value = "cpu", value_parser = parse_view)]
+        view: ViewKind,
+        /// One tree for all threads, without the thread roots.
+        #[arg(long)]
+        merge_threads: bool,
+    },
     /// Print the interpreter layout that a pyusdt process announces.
     ///
     /// Attaches a BPF program to the process's `pyusdt:layout` probe and
@@ -46,20 +157,285 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// How long to wait for the announcement, in seconds.
-        #[arg(long, default_value_t = 5.0, value_parser = parse_timeout)]
+        #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
         timeout: f64,
     },
 }
 
-fn parse_timeout(s: &str) -> std::result::Result<f64, String> {
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(t) if t > 0.0 && t <= 3600.0 => Ok(t),
-        _ => Err(format!("`{s}` is not a number of seconds from 0 to 3600")),
+        Ok(t) if t > 0.0 && t <= 86_400.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a number of seconds from 0 to 86400")),
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn parse_view(s: &str) -> std::result::Result<ViewKind, String> {
+    ViewKind::parse(s).ok_or_else(|| {
+        let names: Vec<_> = ViewKind::ALL.iter().map(|v| v.name()).collect();
+        format!("`{s}` is not a view; the views are {}", names.join(", "))
+    })
+}
+
+/// Set by SIGINT and SIGTERM: stop recording and write what we have.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// A launched program, held until everything is attached.
+struct Launched {
+    child: Child,
+    go: Option<OwnedFd>,
+}
+
+impl Launched {
+    /// Starts `cmd` with PYUSDT_START_FD naming the read end of a pipe:
+    /// `python -m pyusdt` waits on it before the program's first line.
+    fn start(cmd: &[String]) -> Result<Launched> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("create the start pipe");
+        }
+        // SAFETY: both descriptors are new and ours alone.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let rfd = r.as_raw_fd();
+        let mut command = std::process::Command::new(&cmd[0]);
+        command
+            .args(&cmd[1..])
+            .env("PYUSDT_START_FD", rfd.to_string());
+        // SAFETY: between fork and exec only async-signal-safe calls:
+        // fcntl clears close-on-exec so that the child inherits the read end.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(rfd, libc::F_SETFD, 0) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {}", cmd[0]))?;
+        drop(r);
+        Ok(Launched { child, go: Some(w) })
+    }
+
+    /// Waits until the program has loaded pyusdt (or exited).
+    fn target(&mut self) -> Result<target::Target> {
+        let pid = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match target::find(pid) {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    if let Some(status) = self.child.try_wait()? {
+                        bail!("the program exited ({status}) before it loaded pyusdt");
+                    }
+                    if Instant::now() > deadline {
+                        return Err(e.context("the program did not load pyusdt within 60s"));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Lets the program start.
+    fn go(&mut self) {
+        if let Some(w) = self.go.take() {
+            // SAFETY: writing one byte from a live buffer to our own fd.
+            let _ = unsafe { libc::write(w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+        }
+    }
+
+    /// Waits for the program; its exit code as ours.
+    fn finish(mut self) -> Result<u8> {
+        self.go();
+        let status = self.child.wait().context("wait for the program")?;
+        Ok(match (status.code(), status.signal()) {
+            (Some(c), _) => c as u8,
+            (None, Some(s)) => 128u8.wrapping_add(s as u8),
+            _ => 1,
+        })
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    let mut s = format!("recording {:.1}s", p.elapsed.as_secs_f64());
+    for (v, n) in &p.events {
+        s.push_str(&format!("  {} {n}", v.name()));
+    }
+    s.push_str(&format!("  lost {}", p.lost));
+    s
+}
+
+fn record_cmd(
+    pid: Option<u32>,
+    output: PathBuf,
+    duration: Option<f64>,
+    freq: u64,
+    views: Vec<ViewKind>,
+    command: Vec<String>,
+) -> Result<u8> {
+    // Refuse an unwritable output before recording anything.
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: {} is not a directory",
+            output.display(),
+            dir.display()
+        );
+    }
+    let opts = record::Options {
+        views: views.into_iter().collect::<BTreeSet<_>>(),
+        freq,
+        duration: duration.map(Duration::from_secs_f64),
+    };
+    catch_signals();
+    let mut launched = if command.is_empty() {
+        None
+    } else {
+        Some(Launched::start(&command)?)
+    };
+    let t = match (&mut launched, pid) {
+        (Some(l), _) => l.target(),
+        (None, Some(p)) => target::find(p),
+        (None, None) => bail!("give a process with -p PID, or a command after --"),
+    };
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(l) = launched {
+                let _ = l.finish();
+            }
+            return Err(e);
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let result = record::record(
+        &t,
+        &opts,
+        &STOP,
+        || {
+            let names: Vec<&str> = opts.views.iter().map(|v| v.name()).collect();
+            eprintln!(
+                "pyusdt-prof: recording process {} ({}): {}; Ctrl-C to stop",
+                t.pid,
+                t.comm,
+                names.join(", ")
+            );
+            if let Some(l) = launched.as_mut() {
+                l.go();
+            }
+        },
+        |p| {
+            if tty {
+                eprint!("\r\x1b[K{}", progress_line(p));
+            }
+        },
+    );
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let code = match launched {
+        Some(l) => l.finish()?,
+        None => 0,
+    };
+    let profile = result?;
+    profile.write(&output)?;
+    let mut summary = format!(
+        "pyusdt-prof: wrote {} ({:.1}s of process {}",
+        output.display(),
+        profile.duration_ns as f64 / 1e9,
+        profile.pid
+    );
+    for v in &profile.views {
+        summary.push_str(&format!(", {} {}", v.kind.name(), v.events));
+    }
+    let lost: u64 = profile.views.iter().map(|v| v.lost).sum();
+    summary.push_str(&format!(", lost {lost})"));
+    eprintln!("{summary}");
+    Ok(code)
+}
+
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Command::Record {
+            pid,
+            output,
+            duration,
+            freq,
+            views,
+            command,
+        } => {
+            return record_cmd(pid, output, duration, freq, views, command);
+        }
+        Command::Fold {
+            input,
+            view,
+            count,
+            merge_threads,
+        } => {
+            let p = Profile::read(&input)?;
+            let mut out = std::io::stdout().lock();
+            for line in p.folded(view, count, merge_threads)? {
+                writeln!(out, "{line}")?;
+            }
+            out.flush().context("write to stdout")?;
+        }
+        Command::Flame {
+            out,
+            input,
+            view,
+            merge_threads,
+        } => {
+            let p = Profile::read(&input)?;
+            let lines = p.folded(view, false, merge_threads)?;
+            let out = out.unwrap_or_else(|| {
+                let stem = input
+                    .file_stem()
+                    .map_or("pyusdt-profile".into(), |s| s.to_string_lossy());
+                PathBuf::from(format!("{stem}-{}.svg", view.name()))
+            });
+            let unit = match view.unit() {
+                Unit::Samples => flame::Unit::Samples,
+                Unit::Nanoseconds => flame::Unit::Nanoseconds,
+            };
+            let what = match view {
+                ViewKind::Cpu => "CPU samples",
+                ViewKind::Offcpu => "off-CPU time",
+                ViewKind::Syscall => "time in syscalls",
+                _ => "time waited, by waker",
+            };
+            let opts = FlameOptions {
+                title: format!("{} view: {what} ({})", view.name(), unit.count_name()),
+                subtitle: Some(format!(
+                    "{} (pid {}), Python {}",
+                    p.command.join(" "),
+                    p.pid,
+                    p.python
+                )),
+                unit,
+            };
+            let file =
+                std::fs::File::create(&out).with_context(|| format!("create {}", out.display()))?;
+            flame::write_svg(&lines, &opts, std::io::BufWriter::new(file))?;
+            eprintln!("pyusdt-prof: wrote {}", out.display());
+        }
         Command::Layout { pid, json, timeout } => {
             let t = target::find(pid)?;
             let l = layout::receive(&t, Duration::from_secs_f64(timeout))?;
@@ -81,13 +457,13 @@ fn run(cli: Cli) -> Result<()> {
             out.flush().context("write to stdout")?;
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pyusdt-prof: {e:#}");
             if let Some(h) = errors::hint(&e) {

@@ -81,23 +81,12 @@ impl Namer {
             return Ok(String::from_utf8_lossy(&b).into_owned());
         }
         let kind = (state >> l.unicode_kind_shift) & 7;
+        if !matches!(kind, 1 | 2 | 4) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad str kind"));
+        }
         let mut b = vec![0u8; (length * u64::from(kind)) as usize];
         read_memory(self.pid, addr + u64::from(l.unicode_compact_data), &mut b)?;
-        let chars: String = match kind {
-            1 => b.iter().map(|&c| char::from(c)).collect(),
-            2 => char::decode_utf16(b.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])))
-                .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-                .collect(),
-            4 => b
-                .chunks_exact(4)
-                .map(|c| {
-                    char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or(char::REPLACEMENT_CHARACTER)
-                })
-                .collect(),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad str kind")),
-        };
-        Ok(chars)
+        Ok(decode(&b, kind as u8))
     }
 
     fn read_name(&self, code: u64) -> io::Result<String> {
@@ -106,6 +95,12 @@ impl Namer {
         let file = self.str_at(self.u64_at(code + u64::from(l.code_filename))?)?;
         let first = self.u32_at(code + u64::from(l.code_firstlineno))? as i32;
         Ok(format!("{qualname} ({file}:{first})"))
+    }
+
+    /// Takes a name read elsewhere (by the BPF side, at first sight) as
+    /// the code object's name.
+    pub fn learn(&mut self, code: u64, name: String) {
+        self.cache.insert(code, name);
     }
 
     /// `qualname (file:firstline)` of the code object at `code`, or a
@@ -118,5 +113,43 @@ impl Namer {
             self.cache.insert(code, name);
         }
         &self.cache[&code]
+    }
+}
+
+/// Text of `len` bytes of a str's raw characters, `kind` bytes each.
+pub fn decode(bytes: &[u8], kind: u8) -> String {
+    match kind {
+        2 => char::decode_utf16(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]])),
+        )
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect(),
+        4 => bytes
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
+        _ => bytes.iter().map(|&c| char::from(c)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    #[test]
+    fn decodes_each_kind() {
+        assert_eq!(decode(b"f\xfcnf", 1), "fünf");
+        let ucs2: Vec<u8> = "関数".encode_utf16().flat_map(u16::to_ne_bytes).collect();
+        assert_eq!(decode(&ucs2, 2), "関数");
+        let ucs4: Vec<u8> = "a🐍"
+            .chars()
+            .flat_map(|c| (c as u32).to_ne_bytes())
+            .collect();
+        assert_eq!(decode(&ucs4, 4), "a🐍");
     }
 }

@@ -29,11 +29,19 @@ impl Target {
         p
     }
 
-    /// Whether the process still exists.
+    /// Whether the process still runs (an exited child that its parent
+    /// has not reaped yet, a zombie, does not).
     pub fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks for existence and permission.
-        let r = unsafe { libc::kill(self.pid as libc::pid_t, 0) };
-        r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            // The state follows the command name, which ends with the
+            // last ')'.
+            Ok(stat) => !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X') | None
+            ),
+            Err(_) => false,
+        }
     }
 }
 

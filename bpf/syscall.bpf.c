@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The syscall view: raw_syscalls sys_enter notes the time and the
+ * thread's Python stack; sys_exit counts the call and its time under
+ * (thread, Python stack, syscall). tp_btf and raw_tp variants.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "pyframe.bpf.h"
+#include "syscall_counts.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* The process to record; set before load. */
+const volatile __u32 target_tgid = 0;
+
+struct sys_in {
+	__u64 ts;
+	__u64 pystack;
+	__s64 nr;
+};
+
+/* Target threads inside a syscall now, by tid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct sys_in);
+} in_syscall SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct syscall_key);
+	__type(value, struct syscall_value);
+} syscalls SEC(".maps");
+
+/* Syscalls of the target counted, and records lost to full maps. */
+__u64 calls = 0;
+__u64 lost_syscalls = 0;
+
+static __always_inline int on_enter(long nr)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct sys_in in = {};
+
+	if (tgid != target_tgid)
+		return 0;
+	in.ts = bpf_ktime_get_ns();
+	in.nr = nr;
+	in.pystack = py_stack_id(tgid, tid);
+	bpf_map_update_elem(&in_syscall, &tid, &in, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_exit(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct syscall_value *v, init = { .count = 1 };
+	struct syscall_key key = {};
+	struct sys_in *in;
+	__u64 ns;
+
+	if (tgid != target_tgid)
+		return 0;
+	in = bpf_map_lookup_elem(&in_syscall, &tid);
+	if (!in)
+		return 0; /* entered before the recording began */
+	ns = bpf_ktime_get_ns() - in->ts;
+	key.tgid = tgid;
+	key.tid = tid;
+	key.pystack = in->pystack;
+	key.nr = in->nr;
+	bpf_map_delete_elem(&in_syscall, &tid);
+	__sync_fetch_and_add(&calls, 1);
+
+	v = bpf_map_lookup_elem(&syscalls, &key);
+	if (!v) {
+		init.ns = ns;
+		if (!bpf_map_update_elem(&syscalls, &key, &init, BPF_NOEXIST))
+			return 0;
+		v = bpf_map_lookup_elem(&syscalls, &key);
+		if (!v) {
+			__sync_fetch_and_add(&lost_syscalls, 1);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&v->ns, ns);
+	__sync_fetch_and_add(&v->count, 1);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(enter_btf, struct pt_regs *regs, long id)
+{
+	return on_enter(id);
+}
+
+SEC("raw_tp/sys_enter")
+int BPF_PROG(enter_raw, struct pt_regs *regs, long id)
+{
+	return on_enter(id);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(exit_btf, struct pt_regs *regs, long ret)
+{
+	return on_exit();
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(exit_raw, struct pt_regs *regs, long ret)
+{
+	return on_exit();
+}
+
+/* Puts the key and value types in the skeleton's types. */
+struct syscall_key _syscall_key = {};
+struct syscall_value _syscall_value = {};
+struct pystack _pystack = {};
+struct code_name _code_name = {};
+struct comm_value _comm_value = {};

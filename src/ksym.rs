@@ -1,0 +1,142 @@
+//! Kernel address symbolization with blazesym: kernel stack addresses to
+//! function names, from `/proc/kallsyms` (or a `vmlinux` if blazesym finds one).
+
+use std::collections::HashMap;
+
+use blazesym::symbolize::source::{Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+
+/// Resolves kernel addresses to function names, caching each address.
+///
+/// It uses blazesym's kernel source: a `vmlinux` image if blazesym finds one
+/// for the running kernel, with `/proc/kallsyms` as the fallback, so
+/// kallsyms alone is enough. Reading real addresses from kallsyms takes
+/// root (or `kptr_restrict` = 0); otherwise every address stays unresolved.
+#[derive(Debug)]
+pub struct KernelSymbolizer {
+    symbolizer: Symbolizer,
+    source: Source<'static>,
+    cache: HashMap<u64, String>,
+}
+
+impl Default for KernelSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KernelSymbolizer {
+    /// A symbolizer for the running kernel. Nothing is read until the first
+    /// call to [`symbolize`](Self::symbolize).
+    pub fn new() -> Self {
+        // Only function names are wanted: no source lines, no inlined
+        // functions, no DWARF from vmlinux (its ELF symbols suffice).
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(false)
+            .build();
+        let source = Source::Kernel(Kernel {
+            debug_syms: false,
+            ..Kernel::default()
+        });
+        Self {
+            symbolizer,
+            source,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The function name of each address in `addrs` (no offset), in order,
+    /// or `0x<hex>` for an address that cannot be resolved.
+    ///
+    /// Addresses seen before come from the cache; all the others are
+    /// resolved in one blazesym call. If blazesym fails as a whole (kallsyms
+    /// unreadable, say), those addresses get the placeholder and are not
+    /// cached, so a later call tries them again.
+    pub fn symbolize(&mut self, addrs: &[u64]) -> Vec<String> {
+        let mut missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.cache.contains_key(a))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+
+        if !missing.is_empty() {
+            if let Ok(syms) = self
+                .symbolizer
+                .symbolize(&self.source, Input::AbsAddr(&missing))
+            {
+                for (&addr, sym) in missing.iter().zip(syms) {
+                    let name = match sym {
+                        Symbolized::Sym(sym) => sym.name.into_owned(),
+                        Symbolized::Unknown(_) => placeholder(addr),
+                    };
+                    self.cache.insert(addr, name);
+                }
+            }
+        }
+
+        addrs
+            .iter()
+            .map(|a| {
+                self.cache
+                    .get(a)
+                    .cloned()
+                    .unwrap_or_else(|| placeholder(*a))
+            })
+            .collect()
+    }
+
+    /// The function name of one address, or `0x<hex>`; see
+    /// [`symbolize`](Self::symbolize).
+    pub fn symbolize_one(&mut self, addr: u64) -> String {
+        self.symbolize(&[addr])
+            .pop()
+            .unwrap_or_else(|| placeholder(addr))
+    }
+}
+
+/// The name given to an address that cannot be resolved.
+fn placeholder(addr: u64) -> String {
+    format!("{addr:#x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The address of `name` in /proc/kallsyms, or `None` if the file shows
+    /// only zero addresses (not root) or lacks the symbol.
+    fn kallsyms_addr(name: &str) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            let sym = fields.next()?;
+            (sym == name && kind.eq_ignore_ascii_case("t") && addr != 0).then_some(addr)
+        })
+    }
+
+    #[test]
+    fn resolves_schedule() {
+        let Some(addr) = kallsyms_addr("schedule") else {
+            println!("skipped: /proc/kallsyms shows no address for schedule (not root?)");
+            return;
+        };
+        let mut ks = KernelSymbolizer::new();
+        let names = ks.symbolize(&[addr, addr + 1, 1]);
+        assert_eq!(names[0], "schedule");
+        assert_eq!(names[1], "schedule");
+        assert_eq!(names[2], "0x1");
+        // Served from the cache the second time.
+        assert!(ks.cache.contains_key(&addr));
+        assert_eq!(ks.symbolize_one(addr), "schedule");
+    }
+
+    #[test]
+    fn placeholder_is_hex() {
+        assert_eq!(placeholder(0xffff_ffff_8100_0000), "0xffffffff81000000");
+    }
+}

@@ -1,0 +1,368 @@
+//! The profile file: what `record` writes and `fold`, `flame` (and later
+//! `report` and the exports) read.
+//!
+//! JSON, self-describing and versioned: a header naming the format and its
+//! version, the process (pid, command line, interpreter), when and how
+//! long it was recorded, the sample rate, thread names, a table of frame
+//! names, and one entry per view with its unit and its weighted stacks.
+//! JSON was chosen over pprof's protobuf as the native form because each
+//! view carries its own unit and count, the wake-up view joins two
+//! threads' stacks in one, and people and scripts can read it with
+//! nothing but a JSON parser; pprof is an export.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// The `format` field of every profile file.
+pub const FORMAT: &str = "pyusdt-prof profile";
+/// The version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// The views a profile can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ViewKind {
+    /// CPU samples.
+    Cpu,
+    /// Time off the CPU, under the stacks at switch-out.
+    Offcpu,
+    /// Time inside syscalls, and their count.
+    Syscall,
+    /// Time waited, under the wakee's and the waker's stacks.
+    Wakeup,
+}
+
+impl ViewKind {
+    /// Every view, in the order they are shown.
+    pub const ALL: [ViewKind; 4] = [
+        ViewKind::Cpu,
+        ViewKind::Offcpu,
+        ViewKind::Syscall,
+        ViewKind::Wakeup,
+    ];
+
+    /// The view's name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewKind::Cpu => "cpu",
+            ViewKind::Offcpu => "offcpu",
+            ViewKind::Syscall => "syscall",
+            ViewKind::Wakeup => "wakeup",
+        }
+    }
+
+    /// The unit of a sample's value.
+    pub fn unit(self) -> Unit {
+        match self {
+            ViewKind::Cpu => Unit::Samples,
+            _ => Unit::Nanoseconds,
+        }
+    }
+
+    /// A view by name.
+    pub fn parse(name: &str) -> Option<ViewKind> {
+        ViewKind::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// What a sample's value counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// CPU samples.
+    Samples,
+    /// Nanoseconds.
+    Nanoseconds,
+}
+
+/// One weighted stack of a view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The thread (kernel thread id) the stack belongs to.
+    pub tid: u32,
+    /// Indexes into [`Profile::frames`], root first; the thread is not in
+    /// it (it is the root that [`Profile::folded`] adds).
+    pub stack: Vec<u32>,
+    /// The weight, in the view's unit.
+    pub value: u64,
+    /// How many events make up `value` (samples, switches, calls).
+    pub count: u64,
+}
+
+/// One view: its unit and its stacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// Which view.
+    pub kind: ViewKind,
+    /// The unit of the values.
+    pub unit: Unit,
+    /// Events counted in this view.
+    pub events: u64,
+    /// Events lost (a full map), counted.
+    pub lost: u64,
+    /// The stacks.
+    pub samples: Vec<Sample>,
+}
+
+/// A whole recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The version of this layout of the file, [`VERSION`].
+    pub version: u32,
+    /// The recorded process.
+    pub pid: u32,
+    /// Its command line.
+    pub command: Vec<String>,
+    /// Its interpreter version, as `3.12.1`.
+    pub python: String,
+    /// When the recording began, in nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// How long it lasted.
+    pub duration_ns: u64,
+    /// The CPU sampling rate, in Hz.
+    pub sample_hz: u64,
+    /// Thread names by thread id.
+    pub threads: BTreeMap<u32, String>,
+    /// Frame names, indexed by [`Sample::stack`].
+    pub frames: Vec<String>,
+    /// The views recorded.
+    pub views: Vec<View>,
+    /// Python stacks that could not be read, by reason.
+    pub walk_errors: BTreeMap<String, u64>,
+}
+
+impl Profile {
+    /// The view `kind`, if it was recorded.
+    pub fn view(&self, kind: ViewKind) -> Option<&View> {
+        self.views.iter().find(|v| v.kind == kind)
+    }
+
+    /// `thread NAME (TID)`, the root frame of a thread.
+    pub fn thread_frame(&self, tid: u32) -> String {
+        let name = self.threads.get(&tid).map(String::as_str).unwrap_or("?");
+        format!("thread {name} ({tid})")
+    }
+
+    /// The folded lines of a view (`root;...;leaf value`), merged where
+    /// they are equal and sorted; `by_count` weighs by events instead of
+    /// the value, `merge_threads` leaves the thread root out.
+    pub fn folded(
+        &self,
+        kind: ViewKind,
+        by_count: bool,
+        merge_threads: bool,
+    ) -> Result<Vec<String>> {
+        let view = self
+            .view(kind)
+            .with_context(|| format!("this profile has no {} view", kind.name()))?;
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &view.samples {
+            let mut parts: Vec<String> = Vec::with_capacity(s.stack.len() + 1);
+            if !merge_threads {
+                parts.push(self.thread_frame(s.tid));
+            }
+            for &f in &s.stack {
+                let name = self
+                    .frames
+                    .get(f as usize)
+                    .with_context(|| format!("frame {f} is not in the frame table"))?;
+                parts.push(name.replace(';', ":"));
+            }
+            if parts.is_empty() {
+                parts.push("[no stack]".into());
+            }
+            let w = if by_count { s.count } else { s.value };
+            if w > 0 {
+                *merged.entry(parts.join(";")).or_default() += w;
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect())
+    }
+
+    /// Writes the profile to `path` atomically (a temporary file beside
+    /// it, renamed into place), readable by its owner only.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path.file_name().context("the output path names no file")?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        let result = (|| -> Result<()> {
+            let mut w = BufWriter::new(file);
+            serde_json::to_writer(&mut w, self)?;
+            w.write_all(b"\n")?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("write {}", path.display()))
+    }
+
+    /// Reads a profile, with a clear error for anything that is not one
+    /// this build can read.
+    pub fn read(path: &Path) -> Result<Profile> {
+        let bytes = fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        Self::parse(&bytes).with_context(|| format!("{} is not a usable profile", path.display()))
+    }
+
+    /// Parses a profile from its bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Profile> {
+        if bytes.is_empty() {
+            bail!("the file is empty");
+        }
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            if e.is_eof() {
+                anyhow::anyhow!("the file is truncated")
+            } else {
+                anyhow::anyhow!("not a pyusdt-prof profile")
+            }
+        })?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            bail!("not a pyusdt-prof profile (no \"format\": \"{FORMAT}\")");
+        }
+        let version = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
+        if version != u64::from(VERSION) {
+            bail!("profile version {version}; this pyusdt-prof reads version {VERSION}");
+        }
+        let p: Profile = serde_json::from_value(v).context("a damaged profile")?;
+        for view in &p.views {
+            for s in &view.samples {
+                if let Some(&f) = s.stack.iter().find(|&&f| f as usize >= p.frames.len()) {
+                    bail!("a damaged profile: frame {f} is not in its frame table");
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_profile() -> Profile {
+        Profile {
+            format: FORMAT.into(),
+            version: VERSION,
+            pid: 7,
+            command: vec!["python".into(), "app.py".into()],
+            python: "3.12.1".into(),
+            start_unix_ns: 1,
+            duration_ns: 2,
+            sample_hz: 99,
+            threads: BTreeMap::from([(7, "python".to_string()), (8, "worker".to_string())]),
+            frames: vec![
+                "main (a.py:1)".into(),
+                "f (a.py:5)".into(),
+                "schedule_[k]".into(),
+            ],
+            views: vec![View {
+                kind: ViewKind::Offcpu,
+                unit: Unit::Nanoseconds,
+                events: 3,
+                lost: 0,
+                samples: vec![
+                    Sample {
+                        tid: 7,
+                        stack: vec![0, 1, 2],
+                        value: 100,
+                        count: 1,
+                    },
+                    Sample {
+                        tid: 8,
+                        stack: vec![0, 1, 2],
+                        value: 50,
+                        count: 2,
+                    },
+                    Sample {
+                        tid: 7,
+                        stack: vec![0, 1, 2],
+                        value: 10,
+                        count: 1,
+                    },
+                ],
+            }],
+            walk_errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn folds_per_thread_or_merged() {
+        let p = sample_profile();
+        assert_eq!(
+            p.folded(ViewKind::Offcpu, false, false).unwrap(),
+            [
+                "thread python (7);main (a.py:1);f (a.py:5);schedule_[k] 110",
+                "thread worker (8);main (a.py:1);f (a.py:5);schedule_[k] 50",
+            ]
+        );
+        assert_eq!(
+            p.folded(ViewKind::Offcpu, true, true).unwrap(),
+            ["main (a.py:1);f (a.py:5);schedule_[k] 4"]
+        );
+        assert!(p.folded(ViewKind::Cpu, false, false).is_err());
+    }
+
+    #[test]
+    fn round_trips_and_refuses_what_it_cannot_read() {
+        let dir = std::env::temp_dir().join(format!("pyusdt-prof-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.json");
+        let p = sample_profile();
+        p.write(&path).unwrap();
+        assert_eq!(Profile::read(&path).unwrap(), p);
+        let mode = fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+
+        let text = fs::read(&path).unwrap();
+        let err = |bytes: &[u8]| format!("{:#}", Profile::parse(bytes).unwrap_err());
+        assert_eq!(err(b""), "the file is empty");
+        assert_eq!(err(&text[..text.len() / 2]), "the file is truncated");
+        assert!(err(b"\x89PNG\r\n").starts_with("not a pyusdt-prof profile"));
+        assert!(err(b"{\"a\": 1}").starts_with("not a pyusdt-prof profile"));
+        let newer = String::from_utf8(text.clone())
+            .unwrap()
+            .replace("\"version\":1", "\"version\":9");
+        assert_eq!(
+            err(newer.as_bytes()),
+            "profile version 9; this pyusdt-prof reads version 1"
+        );
+        let bad = String::from_utf8(text)
+            .unwrap()
+            .replace("[0,1,2]", "[0,1,9]");
+        assert!(err(bad.as_bytes()).contains("frame 9 is not in its frame table"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

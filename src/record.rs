@@ -1,0 +1,708 @@
+//! Recording: load the BPF programs of the chosen views, attach them to
+//! the target, count in the kernel until told to stop, then turn the
+//! counts into a [`Profile`] with every frame named.
+//!
+//! Each view is one BPF object (`bpf/cpu.bpf.c`, `bpf/sched.bpf.c` for
+//! off-CPU and wake-ups, `bpf/syscall.bpf.c`), all sharing the Python frame
+//! walker of `bpf/pyframe.bpf.h`. The BPF side reads each code object's
+//! names the first time a stack holds it, so that names resolve even when
+//! the target exits before the recording ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+
+use crate::bpf::{cpu, sched, syscall};
+use crate::ksym::KernelSymbolizer;
+use crate::layout::{self, Layout};
+use crate::profile::{Profile, Sample, Unit, View, ViewKind, FORMAT, VERSION};
+use crate::pyname::{self, Namer};
+use crate::target::Target;
+use crate::{syscalls, Result};
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The views to record.
+    pub views: BTreeSet<ViewKind>,
+    /// CPU samples per second.
+    pub freq: u64,
+    /// Stop after this long (else at `stop` or when the target exits).
+    pub duration: Option<Duration>,
+}
+
+/// Live figures, for a progress line.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Time since the programs were attached.
+    pub elapsed: Duration,
+    /// Events so far per view.
+    pub events: BTreeMap<ViewKind, u64>,
+    /// Events lost so far (full maps).
+    pub lost: u64,
+}
+
+/// Reads a counter that BPF updates in place.
+fn live(v: &u64) -> u64 {
+    // SAFETY: `v` points into the object's mmapped .bss, which BPF
+    // programs update concurrently: read it as memory that may change.
+    unsafe { std::ptr::read_volatile(v) }
+}
+
+/// Opens the cpu-clock event on `cpu` at `freq` samples a second.
+fn open_cpu_clock(cpu: i32, freq: u64) -> std::io::Result<OwnedFd> {
+    let mut attr = libbpf_sys::perf_event_attr {
+        type_: libbpf_sys::PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32,
+        config: u64::from(libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
+        ..Default::default()
+    };
+    attr.__bindgen_anon_1.sample_freq = freq;
+    attr.set_freq(1);
+    // SAFETY: `attr` is a valid perf_event_attr; the other arguments are
+    // plain integers (every process, one CPU, no group).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const libbpf_sys::perf_event_attr,
+            -1,
+            cpu,
+            -1,
+            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The CPUs that are online.
+fn online_cpus() -> Result<Vec<i32>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("read /sys/devices/system/cpu/online")?;
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (i32, i32) = (a.parse()?, b.parse()?);
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// Gives a loaded object the target's layout.
+fn put_layout(map: &impl MapCore, pid: u32, l: &Layout) -> Result<()> {
+    // SAFETY: Layout is plain C data without padding (tests/layout_twin.rs).
+    let bytes = unsafe { plain::as_bytes(l) };
+    map.update(&pid.to_ne_bytes(), bytes, MapFlags::ANY)
+        .context("give a BPF program the target's layout")
+}
+
+fn load_cpu<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    pid: u32,
+    l: &Layout,
+    freq: u64,
+) -> Result<(cpu::CpuSkel<'o>, Vec<Link>)> {
+    let mut open = cpu::CpuSkelBuilder::default()
+        .open(storage)
+        .context("open the CPU sampler")?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the CPU sampler has no rodata")?
+        .target_tgid = pid;
+    let skel = open.load().context("load the CPU sampler")?;
+    put_layout(&skel.maps.layouts, pid, l)?;
+    let mut links = Vec::new();
+    for c in online_cpus()? {
+        let fd = open_cpu_clock(c, freq)
+            .with_context(|| format!("open the cpu-clock event on CPU {c}"))?;
+        let link = skel
+            .progs
+            .on_cpu_sample
+            .attach_perf_event(fd.as_raw_fd())
+            .with_context(|| format!("attach the CPU sampler on CPU {c}"))?;
+        // The link owns the event now: libbpf closes it with the link.
+        let _ = fd.into_raw_fd();
+        links.push(link);
+    }
+    Ok((skel, links))
+}
+
+fn load_sched<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    pid: u32,
+    l: &Layout,
+    btf: bool,
+    wakeups: bool,
+) -> Result<(sched::SchedSkel<'o>, Vec<Link>)> {
+    let mut open = sched::SchedSkelBuilder::default()
+        .open(storage)
+        .context("open the scheduler programs")?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the scheduler programs have no rodata")?
+        .target_tgid = pid;
+    let p = &mut open.progs;
+    p.switch_btf.set_autoload(btf);
+    p.switch_raw.set_autoload(!btf);
+    p.wakeup_btf.set_autoload(btf && wakeups);
+    p.wakeup_raw.set_autoload(!btf && wakeups);
+    p.wakeup_new_btf.set_autoload(btf && wakeups);
+    p.wakeup_new_raw.set_autoload(!btf && wakeups);
+    let skel = open.load().context("load the scheduler programs")?;
+    put_layout(&skel.maps.layouts, pid, l)?;
+    let p = &skel.progs;
+    let mut links = vec![if btf {
+        p.switch_btf.attach()
+    } else {
+        p.switch_raw.attach()
+    }
+    .context("attach to sched_switch")?];
+    if wakeups {
+        let (w, n) = if btf {
+            (p.wakeup_btf.attach(), p.wakeup_new_btf.attach())
+        } else {
+            (p.wakeup_raw.attach(), p.wakeup_new_raw.attach())
+        };
+        links.push(w.context("attach to sched_waking")?);
+        links.push(n.context("attach to sched_wakeup_new")?);
+    }
+    Ok((skel, links))
+}
+
+fn load_syscall<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    pid: u32,
+    l: &Layout,
+    btf: bool,
+) -> Result<(syscall::SyscallSkel<'o>, Vec<Link>)> {
+    let mut open = syscall::SyscallSkelBuilder::default()
+        .open(storage)
+        .context("open the syscall programs")?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the syscall programs have no rodata")?
+        .target_tgid = pid;
+    let p = &mut open.progs;
+    p.enter_btf.set_autoload(btf);
+    p.exit_btf.set_autoload(btf);
+    p.enter_raw.set_autoload(!btf);
+    p.exit_raw.set_autoload(!btf);
+    let skel = open.load().context("load the syscall programs")?;
+    put_layout(&skel.maps.layouts, pid, l)?;
+    let p = &skel.progs;
+    let (enter, exit) = if btf {
+        (p.enter_btf.attach(), p.exit_btf.attach())
+    } else {
+        (p.enter_raw.attach(), p.exit_raw.attach())
+    };
+    Ok((
+        skel,
+        vec![
+            enter.context("attach to raw_syscalls:sys_enter")?,
+            exit.context("attach to raw_syscalls:sys_exit")?,
+        ],
+    ))
+}
+
+/// A Python stack by id from a `pystacks` map: code addresses root first,
+/// and whether it was truncated.
+fn python_stack(map: &impl MapCore, id: u64) -> Result<(Vec<u64>, bool)> {
+    if id == 0 {
+        return Ok((Vec::new(), false));
+    }
+    let Some(bytes) = map
+        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+        .context("read a Python stack")?
+    else {
+        return Ok((Vec::new(), false));
+    };
+    let mut s = cpu::types::pystack::default();
+    plain::copy_from_bytes(&mut s, &bytes)
+        .map_err(|_| anyhow::anyhow!("a Python stack of {} bytes", bytes.len()))?;
+    let n = (s.len as usize).min(s.frames.len());
+    let mut frames = s.frames[..n].to_vec();
+    frames.reverse();
+    Ok((frames, s.truncated != 0))
+}
+
+/// A kernel stack by id from a stack-trace map, root first.
+fn kernel_stack(map: &impl MapCore, id: i32) -> Result<Vec<u64>> {
+    if id < 0 {
+        return Ok(Vec::new());
+    }
+    let Some(bytes) = map
+        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+        .context("read a kernel stack")?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut ips: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+        .take_while(|&ip| ip != 0)
+        .collect();
+    ips.reverse();
+    Ok(ips)
+}
+
+/// Every (key, value) of a hash map, decoded.
+fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &impl MapCore,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for kb in map.keys() {
+        let Some(vb) = map.lookup(&kb, MapFlags::ANY).context("read a count")? else {
+            continue;
+        };
+        let (mut k, mut v) = (K::default(), V::default());
+        plain::copy_from_bytes(&mut k, &kb).map_err(|_| anyhow::anyhow!("a short map key"))?;
+        plain::copy_from_bytes(&mut v, &vb).map_err(|_| anyhow::anyhow!("a short map value"))?;
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// The names the BPF side read at first sight, and the thread names it
+/// kept, from one object's `code_names` and `comms` maps.
+fn learn_names(
+    code_names: &impl MapCore,
+    comms: &impl MapCore,
+    namer: &mut Namer,
+    threads: &mut BTreeMap<u32, String>,
+) -> Result<()> {
+    for (code, n) in entries::<u64, cpu::types::code_name>(code_names)? {
+        let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
+        let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
+        let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+        let name = format!(
+            "{} ({}:{})",
+            pyname::decode(&bytes(q), n.qualname_kind),
+            pyname::decode(&bytes(f), n.filename_kind),
+            n.firstlineno
+        );
+        namer.learn(code, name);
+    }
+    for (tid, c) in entries::<u32, cpu::types::comm_value>(comms)? {
+        threads.insert(tid, comm_str(&c.comm));
+    }
+    Ok(())
+}
+
+/// Thread names of `pid` from /proc.
+fn proc_threads(pid: u32, into: &mut BTreeMap<u32, String>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read_to_string(e.path().join("comm")) {
+            into.insert(tid, c.trim_end().to_string());
+        }
+    }
+}
+
+fn comm_str(c: &[i8]) -> String {
+    let bytes: Vec<u8> = c
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Interns frame names and builds stacks.
+struct Frames {
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    kernel: HashMap<u64, String>,
+}
+
+impl Frames {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        i
+    }
+
+    /// The Python part of a stack: launcher frames (runpy and pyusdt's
+    /// own `__main__`, which `python -m pyusdt` adds under every program)
+    /// left out, `[truncated]` first if the walker cut it.
+    fn python(&mut self, namer: &mut Namer, codes: &[u64], truncated: bool, out: &mut Vec<u32>) {
+        let names: Vec<String> = codes.iter().map(|&c| namer.name(c).to_string()).collect();
+        let start = names
+            .iter()
+            .rposition(|n| n.contains("/pyusdt/__main__.py:"))
+            .map_or(0, |i| i + 1);
+        if truncated {
+            out.push(self.id("[truncated]"));
+        }
+        for n in &names[start..] {
+            out.push(self.id(n));
+        }
+    }
+
+    fn kernel(&mut self, ips: &[u64], out: &mut Vec<u32>) {
+        for ip in ips {
+            let name = self
+                .kernel
+                .get(ip)
+                .cloned()
+                .unwrap_or_else(|| format!("{ip:#x}"));
+            out.push(self.id(&format!("{name}_[k]")));
+        }
+    }
+}
+
+/// Records `target` as `opts` says until `stop` is set, the duration runs
+/// out or the target exits. `on_ready` runs once everything is attached
+/// (the launcher lets the program start then); `on_tick` gets live
+/// figures about ten times a second.
+pub fn record(
+    target: &Target,
+    opts: &Options,
+    stop: &AtomicBool,
+    on_ready: impl FnOnce(),
+    mut on_tick: impl FnMut(&Progress),
+) -> Result<Profile> {
+    if opts.views.is_empty() {
+        bail!("no view to record");
+    }
+    let pid = target.pid;
+    let l = layout::receive(target, Duration::from_secs(10))?;
+    let want = |v| opts.views.contains(&v);
+    let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+    );
+    let cpu = if want(ViewKind::Cpu) {
+        Some(load_cpu(&mut s_cpu, pid, &l, opts.freq)?)
+    } else {
+        None
+    };
+    let wakeups = want(ViewKind::Wakeup);
+    let sched = if want(ViewKind::Offcpu) || wakeups {
+        // tp_btf where the kernel offers it, raw_tp where it does not.
+        Some(match load_sched(&mut s_sched_btf, pid, &l, true, wakeups) {
+            Ok(s) => s,
+            Err(e) => load_sched(&mut s_sched_raw, pid, &l, false, wakeups)
+                .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,
+        })
+    } else {
+        None
+    };
+    let sys = if want(ViewKind::Syscall) {
+        Some(match load_syscall(&mut s_sys_btf, pid, &l, true) {
+            Ok(s) => s,
+            Err(e) => load_syscall(&mut s_sys_raw, pid, &l, false)
+                .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,
+        })
+    } else {
+        None
+    };
+
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let started = Instant::now();
+    on_ready();
+
+    let mut namer = Namer::new(pid, l);
+    let mut threads = BTreeMap::new();
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let progress = |elapsed| {
+        let mut p = Progress {
+            elapsed,
+            ..Default::default()
+        };
+        if let Some((s, _)) = &cpu {
+            if let Some(b) = s.maps.bss_data.as_deref() {
+                p.events.insert(ViewKind::Cpu, live(&b.samples));
+                p.lost += live(&b.lost_samples);
+            }
+        }
+        if let Some((s, _)) = &sched {
+            if let Some(b) = s.maps.bss_data.as_deref() {
+                if want(ViewKind::Offcpu) {
+                    p.events.insert(ViewKind::Offcpu, live(&b.switches));
+                }
+                if wakeups {
+                    p.events.insert(ViewKind::Wakeup, live(&b.switches));
+                }
+                p.lost += live(&b.lost_offcpu) + live(&b.lost_wakeups);
+            }
+        }
+        if let Some((s, _)) = &sys {
+            if let Some(b) = s.maps.bss_data.as_deref() {
+                p.events.insert(ViewKind::Syscall, live(&b.calls));
+                p.lost += live(&b.lost_syscalls);
+            }
+        }
+        p
+    };
+
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let elapsed = started.elapsed();
+        let alive = target.alive();
+        if alive {
+            proc_threads(pid, &mut threads);
+        }
+        on_tick(&progress(elapsed));
+        if !alive || stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| elapsed >= d) {
+            break;
+        }
+    }
+    let duration_ns = started.elapsed().as_nanos() as u64;
+    let last = progress(started.elapsed());
+
+    // Detach everything before reading: the counts stop moving.
+    let cpu = cpu.map(|(s, links)| {
+        drop(links);
+        s
+    });
+    let sched = sched.map(|(s, links)| {
+        drop(links);
+        s
+    });
+    let sys = sys.map(|(s, links)| {
+        drop(links);
+        s
+    });
+    if target.alive() {
+        proc_threads(pid, &mut threads);
+    }
+
+    // Kernel symbols, resolved in one batch.
+    let mut kips: Vec<u64> = Vec::new();
+    let mut kstacks_cpu = HashMap::new();
+    let mut kstacks_sched = HashMap::new();
+    let cpu_entries: Vec<(cpu::types::cpu_key, u64)> = match &cpu {
+        Some(s) => entries(&s.maps.cpu_samples)?,
+        None => Vec::new(),
+    };
+    for (k, _) in &cpu_entries {
+        if let (Some(s), std::collections::hash_map::Entry::Vacant(e)) =
+            (&cpu, kstacks_cpu.entry(k.kstack))
+        {
+            let ips = kernel_stack(&s.maps.kstacks, k.kstack)?;
+            kips.extend(&ips);
+            e.insert(ips);
+        }
+    }
+    type Timed<K> = Vec<(K, sched::types::time_value)>;
+    let (offcpu_entries, wakeup_entries): (
+        Timed<sched::types::offcpu_key>,
+        Timed<sched::types::wakeup_key>,
+    ) = match &sched {
+        Some(s) => (entries(&s.maps.offcpu)?, entries(&s.maps.wakeups)?),
+        None => (Vec::new(), Vec::new()),
+    };
+    for (k, _) in &offcpu_entries {
+        if let (Some(s), std::collections::hash_map::Entry::Vacant(e)) =
+            (&sched, kstacks_sched.entry(k.kstack))
+        {
+            let ips = kernel_stack(&s.maps.kstacks, k.kstack)?;
+            kips.extend(&ips);
+            e.insert(ips);
+        }
+    }
+    kips.sort_unstable();
+    kips.dedup();
+    let mut ksym = KernelSymbolizer::new();
+    let knames = ksym.symbolize(&kips);
+    let mut frames = Frames {
+        names: Vec::new(),
+        index: HashMap::new(),
+        kernel: kips.into_iter().zip(knames).collect(),
+    };
+
+    // Names read by the BPF side at first sight win: they are what the
+    // code objects were called when the stacks were taken.
+    if let Some(s) = &cpu {
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+    }
+    if let Some(s) = &sched {
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+    }
+    if let Some(s) = &sys {
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+    }
+    let mut views = Vec::new();
+    if let Some(s) = &cpu {
+        let mut samples = Vec::new();
+        for (k, count) in &cpu_entries {
+            let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
+            let mut stack = Vec::new();
+            frames.python(&mut namer, &codes, truncated, &mut stack);
+            frames.kernel(&kstacks_cpu[&k.kstack], &mut stack);
+            samples.push(Sample {
+                tid: k.tid,
+                stack,
+                value: *count,
+                count: *count,
+            });
+        }
+        views.push(View {
+            kind: ViewKind::Cpu,
+            unit: Unit::Samples,
+            events: last.events.get(&ViewKind::Cpu).copied().unwrap_or(0),
+            lost: s.maps.bss_data.as_deref().map_or(0, |b| b.lost_samples),
+            samples,
+        });
+    }
+    if let Some(s) = &sched {
+        let bss = s.maps.bss_data.as_deref();
+        if want(ViewKind::Offcpu) {
+            let mut samples = Vec::new();
+            for (k, v) in &offcpu_entries {
+                let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
+                let mut stack = Vec::new();
+                frames.python(&mut namer, &codes, truncated, &mut stack);
+                frames.kernel(&kstacks_sched[&k.kstack], &mut stack);
+                samples.push(Sample {
+                    tid: k.tid,
+                    stack,
+                    value: v.ns,
+                    count: v.count,
+                });
+            }
+            views.push(View {
+                kind: ViewKind::Offcpu,
+                unit: Unit::Nanoseconds,
+                events: bss.map_or(0, |b| b.switches),
+                lost: bss.map_or(0, |b| b.lost_offcpu),
+                samples,
+            });
+        }
+        if wakeups {
+            let mut samples = Vec::new();
+            for (k, v) in &wakeup_entries {
+                let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
+                let mut stack = Vec::new();
+                frames.python(&mut namer, &codes, truncated, &mut stack);
+                let waker = if k.waker_tgid == 0 {
+                    "waker [kernel]".to_string()
+                } else if k.waker_tgid == pid {
+                    let name = threads
+                        .get(&k.waker_tid)
+                        .cloned()
+                        .unwrap_or_else(|| comm_str(&k.waker_comm));
+                    format!("waker thread {name} ({})", k.waker_tid)
+                } else {
+                    format!(
+                        "waker {} ({}) of process {}",
+                        comm_str(&k.waker_comm),
+                        k.waker_tid,
+                        k.waker_tgid
+                    )
+                };
+                stack.push(frames.id(&waker));
+                let (wcodes, wtrunc) = python_stack(&s.maps.pystacks, k.waker_pystack)?;
+                frames.python(&mut namer, &wcodes, wtrunc, &mut stack);
+                samples.push(Sample {
+                    tid: k.tid,
+                    stack,
+                    value: v.ns,
+                    count: v.count,
+                });
+            }
+            views.push(View {
+                kind: ViewKind::Wakeup,
+                unit: Unit::Nanoseconds,
+                events: samples.iter().map(|s| s.count).sum(),
+                lost: bss.map_or(0, |b| b.lost_wakeups),
+                samples,
+            });
+        }
+    }
+    if let Some(s) = &sys {
+        let bss = s.maps.bss_data.as_deref();
+        let mut samples = Vec::new();
+        for (k, v) in
+            entries::<syscall::types::syscall_key, syscall::types::syscall_value>(&s.maps.syscalls)?
+        {
+            let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
+            let mut stack = Vec::new();
+            frames.python(&mut namer, &codes, truncated, &mut stack);
+            stack.push(frames.id(&syscalls::label(k.nr)));
+            samples.push(Sample {
+                tid: k.tid,
+                stack,
+                value: v.ns,
+                count: v.count,
+            });
+        }
+        views.push(View {
+            kind: ViewKind::Syscall,
+            unit: Unit::Nanoseconds,
+            events: bss.map_or(0, |b| b.calls),
+            lost: bss.map_or(0, |b| b.lost_syscalls),
+            samples,
+        });
+    }
+
+    let mut walk_errors = BTreeMap::new();
+    let reasons = [
+        "no layout",
+        "not a Python thread",
+        "unreadable memory",
+        "stack map full",
+    ];
+    let mut add_errors = |e: &[u64; 4]| {
+        for (r, n) in reasons.iter().zip(e) {
+            *walk_errors.entry(r.to_string()).or_insert(0) += n;
+        }
+    };
+    if let Some(b) = cpu.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
+        add_errors(&b.pystack_errors);
+    }
+    if let Some(b) = sched.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
+        add_errors(&b.pystack_errors);
+    }
+    if let Some(b) = sys.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
+        add_errors(&b.pystack_errors);
+    }
+
+    Ok(Profile {
+        format: FORMAT.into(),
+        version: VERSION,
+        pid,
+        command,
+        python: layout::python_version(&l),
+        start_unix_ns,
+        duration_ns,
+        sample_hz: opts.freq,
+        threads,
+        frames: frames.names,
+        views,
+        walk_errors,
+    })
+}

@@ -1,0 +1,198 @@
+"""pyusdt-prof record, fold and flame end to end: workloads of known shape
+(tests/scripts/shapes.py) recorded for real under BPF, on the interpreter
+this suite runs under, checked against exact expectations."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import PY, SCRIPTS, TIMEOUT, Child, need_bpf, prof_binary
+
+SHAPES = str(SCRIPTS / "shapes.py")
+
+
+def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=()):
+    """Launches SHAPE under the recorder; returns (exit code, profile path)."""
+    need_bpf(prof_binary())
+    out = tmp_path / f"{shape}.json"
+    p = subprocess.run(
+        [prof_binary(), "record", "--views", views, "-o", str(out), *extra,
+         "--", PY, "-m", "pyusdt", SHAPES, shape],
+        capture_output=True, text=True, timeout=TIMEOUT * 2,
+    )
+    assert out.exists(), p.stderr
+    assert "pyusdt-prof: wrote" in p.stderr, p.stderr
+    return p.returncode, out
+
+
+def fold(path, view, count=False, merge=False):
+    """{stack tuple: value} of a view, via `pyusdt-prof fold`."""
+    args = [prof_binary(), "fold", "-i", str(path), "--view", view]
+    if count:
+        args.append("--count")
+    if merge:
+        args.append("--merge-threads")
+    p = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    stacks = {}
+    for line in p.stdout.splitlines():
+        stack, value = line.rsplit(" ", 1)
+        stacks[tuple(stack.split(";"))] = int(value)
+    return stacks
+
+
+def fn(frame):
+    """The qualname of a Python frame name `qualname (file:line)`."""
+    return frame.split(" (", 1)[0]
+
+
+def under(stacks, leaf_fn, last=None):
+    """Total of the stacks whose Python leaf is `leaf_fn`, optionally
+    followed by exactly the frame `last`."""
+    total = 0
+    for stack, v in stacks.items():
+        py = [f for f in stack if f.endswith(")") and " (" in f and not f.startswith("thread ")]
+        if not py or fn(py[-1]) != leaf_fn:
+            continue
+        if last is not None and stack[-1] != last:
+            continue
+        total += v
+    return total
+
+
+def test_syscall_view_counts_exactly(tmp_path):
+    code, path = record(tmp_path, "syscalls", views="syscall")
+    assert code == 0
+    stacks = fold(path, "syscall", count=True, merge=True)
+    assert under(stacks, "writer", "syscall:write") == 1000
+    assert under(stacks, "reader", "syscall:read") == 700
+    # Nothing else happens under them.
+    assert under(stacks, "writer") == 1000
+    assert under(stacks, "reader") == 700
+    # The chain above is exact: module, shape, then the function.
+    chains = {tuple(fn(f) for f in s[:-1]) for s in stacks
+              if len(s) > 1 and fn(s[-2]) in ("writer", "reader")}
+    assert chains == {("<module>", "shape_syscalls", "writer"), ("<module>", "shape_syscalls", "reader")}
+    times = fold(path, "syscall", merge=True)
+    assert under(times, "writer", "syscall:write") > 0
+
+
+def test_offcpu_sleep_time_within_5_percent(tmp_path):
+    code, path = record(tmp_path, "sleep", views="offcpu")
+    assert code == 0
+    stacks = fold(path, "offcpu", merge=True)
+    slept = under(stacks, "sleeper")
+    assert abs(slept - 500e6) <= 0.05 * 500e6, f"{slept / 1e6:.1f} ms off-CPU under sleeper"
+    # The kernel stack at the switch-out ends in the scheduler.
+    assert any(s[-1].endswith("_[k]") for s in stacks if under({s: 1}, "sleeper"))
+
+
+def test_lock_wait_and_its_waker(tmp_path):
+    code, path = record(tmp_path, "lock", views="offcpu,wakeup")
+    assert code == 0
+    off = fold(path, "offcpu")
+    blocked = sum(v for s, v in off.items() if s[0].startswith("thread waiter (")
+                  and any(fn(f) == "waiter" for f in s))
+    assert blocked >= 150e6, f"waiter blocked {blocked / 1e6:.1f} ms"
+    wake = fold(path, "wakeup")
+    by_holder = [
+        (s, v) for s, v in wake.items()
+        if s[0].startswith("thread waiter (") and any(fn(f) == "waiter" for f in s)
+        and any(f.startswith("waker thread holder (") for f in s)
+    ]
+    assert by_holder, wake
+    stack, waited = max(by_holder, key=lambda sv: sv[1])
+    assert waited >= 150e6
+    # After the waker's thread come its Python frames: it released the
+    # lock on leaving holder()'s with block.
+    after = [fn(f) for f in stack[stack.index(next(f for f in stack if f.startswith("waker "))) + 1:]]
+    assert "holder" in after, stack
+
+
+def test_cpu_shares_follow_the_work(tmp_path):
+    code, path = record(tmp_path, "cpu", views="cpu", extra=("-F", "999"))
+    assert code == 0
+    stacks = fold(path, "cpu", merge=True)
+    heavy = sum(v for s, v in stacks.items() if any(fn(f) == "heavy" for f in s))
+    light = sum(v for s, v in stacks.items() if any(fn(f) == "light" for f in s))
+    total = sum(stacks.values())
+    sleep = sum(v for s, v in stacks.items() if any("sleep" in f for f in s if f.endswith("_[k]")))
+    assert heavy + light > 500
+    assert abs(heavy / (heavy + light) - 0.75) <= 0.05
+    assert sleep < 0.05 * total
+
+
+def test_threads_have_named_roots_even_short_lived(tmp_path):
+    code, path = record(tmp_path, "threads", views="cpu,syscall", extra=("-F", "999"))
+    assert code == 0
+    profile = json.loads(path.read_text())
+    cpu = fold(path, "cpu")
+    roots = {s[0] for s in cpu}
+    short = [r for r in roots if r.startswith("thread short (")]
+    assert len(short) == 1, roots
+    assert any(fn(f) == "short_lived" for s in cpu if s[0] == short[0] for f in s)
+    main = f"thread python ({profile['pid']})"
+    assert main in roots or any(r.endswith(f"({profile['pid']})") for r in roots), roots
+
+
+def test_stacks_are_exact_chains(tmp_path):
+    code, path = record(tmp_path, "stacks", views="syscall")
+    assert code == 0
+    stacks = fold(path, "syscall", count=True, merge=True)
+    writes = {tuple(fn(f) for f in s[:-1]): v for s, v in stacks.items() if s[-1] == "syscall:write"}
+    assert writes[("<module>", "shape_stacks", *["recurse"] * 201)] == 1
+    assert writes[("<module>", "shape_stacks", "gen")] == 1
+    assert writes[("<module>", "shape_stacks", "catcher", "raiser")] == 1
+    coro = [k for k in writes if k[-2:] == ("coro_outer", "coro_inner")]
+    assert len(coro) == 1 and writes[coro[0]] == 1
+    assert coro[0][:3] == ("<module>", "shape_stacks", "run"), coro
+
+
+def test_attach_mid_run_sees_older_frames(tmp_path):
+    need_bpf(prof_binary())
+    out = tmp_path / "attach.json"
+    with Child([PY, "-m", "pyusdt", SHAPES, "attach"]) as target:
+        target.expect("^waiting$")
+        with Child([prof_binary(), "record", "-p", str(target.pid), "--views", "syscall",
+                    "-o", str(out)]) as rec:
+            line = rec.proc.stderr.readline()
+            assert "pyusdt-prof: recording process" in line, line
+            target.send("go")
+            assert target.finish()[0] == 0
+            code, _, err = rec.finish()
+            assert code == 0, err
+    stacks = fold(out, "syscall", count=True, merge=True)
+    late = [s for s in stacks if s[-1] == "syscall:write" and fn(s[-2]) == "outer_before"]
+    assert [tuple(fn(f) for f in s[:-1]) for s in late] == [("<module>", "shape_attach", "outer_before")]
+
+
+def test_launch_sees_the_first_function_and_passes_the_exit_code(tmp_path):
+    code, path = record(tmp_path, "exit", views="syscall")
+    assert code == 7
+    stacks = fold(path, "syscall", count=True, merge=True)
+    assert under(stacks, "first_function", "syscall:write") == 1
+
+
+def test_flame_draws_each_view(tmp_path):
+    code, path = record(tmp_path, "lock")
+    assert code == 0
+    for view, unit in (("cpu", "samples"), ("offcpu", "ms"), ("syscall", "ms"), ("wakeup", "ms")):
+        svg = tmp_path / f"{view}.svg"
+        subprocess.run([prof_binary(), "flame", str(svg), "-i", str(path), "--view", view],
+                       check=True, capture_output=True, timeout=TIMEOUT)
+        text = svg.read_text()
+        assert text.startswith("<?xml") and f"{view} view" in text and unit in text
+
+
+@pytest.mark.parametrize("bad,message", [
+    (b"", "the file is empty"),
+    (b'{"format": "pyusdt-prof profile", "vers', "the file is truncated"),
+    (b"GIF89a", "not a pyusdt-prof profile"),
+])
+def test_fold_refuses_bad_files_clearly(tmp_path, bad, message):
+    f = tmp_path / "bad.json"
+    f.write_bytes(bad)
+    p = subprocess.run([prof_binary(), "fold", "-i", str(f)], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == 1
+    assert p.stderr == f"pyusdt-prof: {f} is not a usable profile: {message}\n"

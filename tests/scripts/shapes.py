@@ -1,0 +1,190 @@
+"""Workloads of known shape for the recorder tests.
+
+usage: python -m pyusdt shapes.py SHAPE [ARGS]
+
+Each shape_NAME function below is one workload; its docstring says what
+the recorder must find. A shape that waits for the recorder to attach
+(-p mode) reads a line from stdin first.
+"""
+
+import asyncio
+import ctypes
+import os
+import sys
+import threading
+import time
+
+libc = ctypes.CDLL(None)
+
+
+def set_thread_name(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+
+
+def writer(fd, n):
+    for _ in range(n):
+        os.write(fd, b"x")
+
+
+def reader(fd, n):
+    for _ in range(n):
+        os.read(fd, 1)
+
+
+def shape_syscalls():
+    """Exactly 1000 write under writer and 700 read under reader."""
+    w = os.open("/dev/null", os.O_WRONLY)
+    r = os.open("/dev/zero", os.O_RDONLY)
+    writer(w, 1000)
+    reader(r, 700)
+
+
+def sleeper(k, t):
+    for _ in range(k):
+        time.sleep(t)
+
+
+def shape_sleep():
+    """20 sleeps of 25 ms under sleeper: 500 ms off the CPU."""
+    sleeper(20, 0.025)
+
+
+def holder(lock, held, release):
+    with lock:
+        held.set()
+        release.wait()
+        busy_until(time.monotonic() + 0.2)
+
+
+def busy_until(t):
+    while time.monotonic() < t:
+        pass
+
+
+def waiter(lock):
+    lock.acquire()
+    lock.release()
+
+
+def shape_lock():
+    """waiter blocks about 200 ms in acquire; holder's thread wakes it."""
+    lock, held, release = threading.Lock(), threading.Event(), threading.Event()
+    h = threading.Thread(target=lambda: (set_thread_name("holder"), holder(lock, held, release)))
+    h.start()
+    held.wait()
+    set_thread_name("waiter")
+    release.set()
+    waiter(lock)
+    h.join()
+
+
+def spin(n):
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+def heavy():
+    return spin(30_000)
+
+
+def light():
+    return spin(10_000)
+
+
+def shape_cpu():
+    """heavy does three times light's work, for 3 s; nap sleeps between."""
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        heavy()
+        light()
+        time.sleep(0.005)
+
+
+def short_lived():
+    set_thread_name("short")
+    spin(200_000)
+
+
+def shape_threads():
+    """A thread that lives well under 50 ms, named short, does CPU work and
+    a syscall; the main thread keeps busy around it."""
+    busy_until(time.monotonic() + 0.3)
+    t = threading.Thread(target=short_lived)
+    t.start()
+    t.join()
+    busy_until(time.monotonic() + 0.3)
+
+
+def recurse(n):
+    if n == 0:
+        os.write(DEVNULL, b"r")
+        return
+    recurse(n - 1)
+
+
+def gen():
+    yield os.write(DEVNULL, b"g")
+
+
+async def coro_inner():
+    os.write(DEVNULL, b"a")
+    await asyncio.sleep(0)
+
+
+async def coro_outer():
+    await coro_inner()
+
+
+def raiser():
+    try:
+        raise ValueError("x")
+    finally:
+        os.write(DEVNULL, b"e")
+
+
+def catcher():
+    try:
+        raiser()
+    except ValueError:
+        pass
+
+
+DEVNULL = os.open("/dev/null", os.O_WRONLY)
+
+
+def shape_stacks():
+    """One write each under recursion 200 deep, a generator, a coroutine
+    under asyncio.run, and a finally block during unwinding."""
+    recurse(200)
+    list(gen())
+    asyncio.run(coro_outer())
+    catcher()
+
+
+def shape_attach():
+    """Waits for a line on stdin (the recorder has attached), then writes
+    once from deep inside frames entered before that."""
+    outer_before()
+
+
+def outer_before():
+    sys.stdout.write("waiting\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    os.write(DEVNULL, b"late")
+
+
+def first_function():
+    os.write(DEVNULL, b"first")
+
+
+def shape_exit():
+    """Its first function writes at once; exits 7."""
+    first_function()
+    sys.exit(7)
+
+
+if __name__ == "__main__":
+    globals()["shape_" + sys.argv[1]]()
