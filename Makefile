@@ -1,6 +1,7 @@
 # pyusdt-prof: one command to set up and run each job.
 #
-#   make demo    install what is missing, build, trace the bundled example
+#   make demo    install what is missing, build, record the bundled example
+#                app and draw flamegraphs/demo-{cpu,offcpu,syscall,wakeup}.svg
 #   make test    everything: fmt, clippy, Rust tests, Python tests per
 #                interpreter, BPF end-to-end tests
 #   make bench   per-call cost of `python -m pyusdt` without a tracer
@@ -11,7 +12,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-apt deps-python build demo test test-rust test-python lint bench clean
+.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench clean
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
@@ -27,7 +28,7 @@ PROF := target/release/pyusdt-prof
 venv_of = .venv/$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "PYTHONS = $(PYTHONS)"
 
 deps: deps-apt deps-python
@@ -64,6 +65,9 @@ build: deps
 
 demo: build
 	examples/demo.sh $(call venv_of,$(PYTHON))/bin/python $(PROF)
+
+# The example flamegraphs in flamegraphs/ (what make demo draws).
+flamegraphs: demo
 
 lint: deps
 	cargo fmt --all --check

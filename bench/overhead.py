@@ -13,10 +13,15 @@ what else the machine is doing: the instructions per Python call are the
 difference between fib(N2) and fib(N1) in one configuration, divided by the
 difference in calls, so that start-up (importing pyusdt) cancels out.
 
+As root, with pyusdt-prof built (PYUSDT_PROF, else target/release), a third
+column times fib under `pyusdt-prof record` with the default views at the
+default rate, launched the way users launch it.
+
 usage: python bench/overhead.py [--rounds N] [--n FIB_N] [--repeat R]
 """
 
 import argparse
+import os
 import platform
 import re
 import shutil
@@ -40,9 +45,18 @@ print(best)
 """
 
 
+PROF = os.environ.get("PYUSDT_PROF") or str(
+    Path(__file__).resolve().parents[1] / "target" / "release" / "pyusdt-prof"
+)
+
+
 def run(argv):
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def recorded(script, out):
+    return [PROF, "record", "-o", str(out), "--", sys.executable, "-m", "pyusdt", str(script)]
 
 
 COUNT_CHILD = """
@@ -87,16 +101,22 @@ def main():
         script = Path(d) / "fib_child.py"
         script.write_text(CHILD.format(n=args.n, repeat=args.repeat))
         plain, traced, ratios = [], [], []
+        with_prof = os.geteuid() == 0 and os.path.exists(PROF)
+        rec, rec_ratios = [], []
         for i in range(args.rounds):
-            # Alternate which goes first, so that neither always runs warm.
-            pair = [[sys.executable, str(script)], [sys.executable, "-m", "pyusdt", str(script)]]
-            if i % 2:
-                t, p = run(pair[1]), run(pair[0])
-            else:
-                p, t = run(pair[0]), run(pair[1])
-            plain.append(p)
-            traced.append(t)
-            ratios.append(t / p)
+            # Rotate which goes first, so that none always runs warm.
+            runs = [[sys.executable, str(script)], [sys.executable, "-m", "pyusdt", str(script)]]
+            if with_prof:
+                runs.append(recorded(script, Path(d) / "fib.json"))
+            order = list(range(len(runs)))
+            order = order[i % len(order):] + order[:i % len(order)]
+            got = {k: run(runs[k]) for k in order}
+            plain.append(got[0])
+            traced.append(got[1])
+            ratios.append(got[1] / got[0])
+            if with_prof:
+                rec.append(got[2])
+                rec_ratios.append(got[2] / got[0])
         counted = None
         if shutil.which("valgrind"):
             count_script = Path(d) / "fib_count.py"
@@ -119,6 +139,11 @@ def main():
     mt = statistics.median(traced)
     print(f"| python -m pyusdt, no tracer | {mt * 1e3:.2f} ms | {mt / calls * 1e9:.1f} ns | "
           f"{statistics.median(ratios):.3f} ({lo:.3f}-{hi:.3f}) |")
+    if rec:
+        mr = statistics.median(rec)
+        rlo, rhi = quartiles(rec_ratios)
+        print(f"| pyusdt-prof record, default views, 99 Hz | {mr * 1e3:.2f} ms | "
+              f"{mr / calls * 1e9:.1f} ns | {statistics.median(rec_ratios):.3f} ({rlo:.3f}-{rhi:.3f}) |")
     if counted:
         print()
         print("| run | instructions per Python call (callgrind) | ratio |")

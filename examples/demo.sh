@@ -1,37 +1,22 @@
 #!/usr/bin/env bash
-# make demo: run the bundled example app under `python -m pyusdt`, print the
-# layout it announces (pyusdt-prof layout) and count its Python calls with
-# bpftrace on the pyusdt USDT probes.
+# make demo / make flamegraphs: record the bundled example app with
+# pyusdt-prof (all four views) and draw each view into flamegraphs/.
 set -euo pipefail
 PY=${1:?usage: demo.sh PYTHON PYUSDT_PROF}
 PROF=${2:?usage: demo.sh PYTHON PYUSDT_PROF}
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
-    echo "demo: attaching BPF programs needs root; run: sudo make demo" >&2
+    echo "demo: recording loads BPF programs and needs root; run: sudo make demo" >&2
     exit 1
 fi
-ext=$("$PY" -c 'import pyusdt._native as n; print(n.__file__)')
-
-out=$(mktemp)
-trap 'kill "$app" 2>/dev/null || true; rm -f "$out"' EXIT
-"$PY" -m pyusdt examples/demo_app.py --seconds 4 >"$out" &
-app=$!
-# Ready when the app has said it runs (pyusdt is loaded by then).
-until grep -q 'demo app: pid' "$out"; do
-    kill -0 "$app" || { cat "$out"; exit 1; }
-    sleep 0.05
+mkdir -p build flamegraphs
+"$PROF" record -F 499 -o build/demo.json -- "$PY" -m pyusdt examples/demo_app.py --seconds 4
+for view in cpu offcpu syscall wakeup; do
+    "$PROF" flame "flamegraphs/demo-$view.svg" -i build/demo.json --view "$view"
 done
-cat "$out"
-
 echo
-echo "== pyusdt-prof layout -p $app"
-"$PROF" layout -p "$app" | head -12
-echo "   ..."
-
+echo "== the five hottest stacks of the syscall view (calls), merged over threads"
+"$PROF" fold -i build/demo.json --view syscall --count --merge-threads |
+    awk '{ n = $NF; $NF = ""; printf "%8d  %s\n", n, $0 }' | sort -rn | awk 'NR <= 5' | cut -c1-160
 echo
-echo "== bpftrace: Python calls per function until the app exits (PY_START)"
-BPFTRACE_STRLEN=64 bpftrace -p "$app" -e "
-usdt:$ext:pyusdt:PY_START { @calls[str(arg0)] = count(); }
-END { print(@calls, 12); clear(@calls); }" 2>/dev/null | grep -v '^Attaching'
-wait "$app"
-tail -n 1 "$out"
+echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup}.svg in a browser"

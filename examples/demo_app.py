@@ -5,6 +5,7 @@ Runs for --seconds (default 3) and exits 0.
 """
 
 import argparse
+import ctypes
 import os
 import tempfile
 import threading
@@ -31,7 +32,13 @@ def write_log(path, lines):
         os.fsync(f.fileno())
 
 
+def name_thread(name):
+    """Gives the OS thread a name, which is what the profiler shows."""
+    ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+
+
 def worker(lock, stop, counter):
+    name_thread("lock-worker")
     while not stop.is_set():
         with lock:
             counter[0] += 1

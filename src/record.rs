@@ -26,6 +26,9 @@ use crate::pyname::{self, Namer};
 use crate::target::Target;
 use crate::{syscalls, Result};
 
+/// The name of the pyusdt extension's poll thread, left out of profiles.
+pub const POLL_THREAD: &str = "pyusdt-poll";
+
 /// What to record.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -359,13 +362,25 @@ impl Frames {
         }
     }
 
+    /// Kernel frames, root first, without the recorder's own at the leaf
+    /// (the BPF program and the tracepoint trampoline that ran it).
     fn kernel(&mut self, ips: &[u64], out: &mut Vec<u32>) {
-        for ip in ips {
-            let name = self
-                .kernel
-                .get(ip)
-                .cloned()
-                .unwrap_or_else(|| format!("{ip:#x}"));
+        let names: Vec<String> = ips
+            .iter()
+            .map(|ip| {
+                self.kernel
+                    .get(ip)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{ip:#x}"))
+            })
+            .collect();
+        let ours = |n: &str| {
+            n.starts_with("bpf_prog_")
+                || n.starts_with("bpf_trace_run")
+                || n.starts_with("__bpf_trace_")
+        };
+        let keep = names.iter().rposition(|n| !ours(n)).map_or(0, |i| i + 1);
+        for name in &names[..keep] {
             out.push(self.id(&format!("{name}_[k]")));
         }
     }
@@ -668,6 +683,17 @@ pub fn record(
             samples,
         });
     }
+
+    // pyusdt's own poll thread is instrumentation, not the program.
+    let poll: Vec<u32> = threads
+        .iter()
+        .filter(|(_, n)| n.as_str() == POLL_THREAD)
+        .map(|(&t, _)| t)
+        .collect();
+    for v in &mut views {
+        v.samples.retain(|s| !poll.contains(&s.tid));
+    }
+    threads.retain(|t, _| !poll.contains(t));
 
     let mut walk_errors = BTreeMap::new();
     let reasons = [
