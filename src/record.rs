@@ -416,9 +416,18 @@ pub fn record(
         None
     };
     let wakeups = want(ViewKind::Wakeup);
+    // PYUSDT_PROF_RAW_TP=1 skips tp_btf, to exercise the raw_tp programs
+    // on a kernel that has both.
+    let try_btf = std::env::var_os("PYUSDT_PROF_RAW_TP").is_none_or(|v| v != "1");
+    let no_btf = || anyhow::anyhow!("tp_btf skipped (PYUSDT_PROF_RAW_TP=1)");
     let sched = if want(ViewKind::Offcpu) || wakeups {
         // tp_btf where the kernel offers it, raw_tp where it does not.
-        Some(match load_sched(&mut s_sched_btf, pid, &l, true, wakeups) {
+        let btf = if try_btf {
+            load_sched(&mut s_sched_btf, pid, &l, true, wakeups)
+        } else {
+            Err(no_btf())
+        };
+        Some(match btf {
             Ok(s) => s,
             Err(e) => load_sched(&mut s_sched_raw, pid, &l, false, wakeups)
                 .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,
@@ -427,7 +436,12 @@ pub fn record(
         None
     };
     let sys = if want(ViewKind::Syscall) {
-        Some(match load_syscall(&mut s_sys_btf, pid, &l, true) {
+        let btf = if try_btf {
+            load_syscall(&mut s_sys_btf, pid, &l, true)
+        } else {
+            Err(no_btf())
+        };
+        Some(match btf {
             Ok(s) => s,
             Err(e) => load_syscall(&mut s_sys_raw, pid, &l, false)
                 .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,

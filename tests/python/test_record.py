@@ -3,6 +3,7 @@
 this suite runs under, checked against exact expectations."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import PY, SCRIPTS, TIMEOUT, Child, need_bpf, prof_binary
 SHAPES = str(SCRIPTS / "shapes.py")
 
 
-def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=()):
+def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=(), env=None):
     """Launches SHAPE under the recorder; returns (exit code, profile path)."""
     need_bpf(prof_binary())
     out = tmp_path / f"{shape}.json"
@@ -20,6 +21,7 @@ def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=()):
         [prof_binary(), "record", "--views", views, "-o", str(out), *extra,
          "--", PY, "-m", "pyusdt", SHAPES, shape],
         capture_output=True, text=True, timeout=TIMEOUT * 2,
+        env={**os.environ, **(env or {})},
     )
     assert out.exists(), p.stderr
     assert "pyusdt-prof: wrote" in p.stderr, p.stderr
@@ -75,6 +77,18 @@ def test_syscall_view_counts_exactly(tmp_path):
     assert chains == {("<module>", "shape_syscalls", "writer"), ("<module>", "shape_syscalls", "reader")}
     times = fold(path, "syscall", merge=True)
     assert under(times, "writer", "syscall:write") > 0
+
+
+def test_raw_tp_programs_count_the_same(tmp_path):
+    """The raw_tp fallback (for kernels without tp_btf) gives the same
+    exact syscall counts and off-CPU time."""
+    code, path = record(tmp_path, "syscalls", views="syscall,offcpu",
+                        env={"PYUSDT_PROF_RAW_TP": "1"})
+    assert code == 0
+    stacks = fold(path, "syscall", count=True, merge=True)
+    assert under(stacks, "writer", "syscall:write") == 1000
+    assert under(stacks, "reader", "syscall:read") == 700
+    assert fold(path, "offcpu")
 
 
 def test_offcpu_sleep_time_within_5_percent(tmp_path):
