@@ -47,10 +47,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	key.tid = (__u32)id;
 	__sync_fetch_and_add(&samples, 1);
 	key.pystack = py_stack_id(key.tgid, key.tid);
-	/* Negative (no kernel stack) when the sample hit user mode. */
-	key.kstack = bpf_get_stackid(ctx, &kstacks, 0);
-	if (key.kstack < 0)
-		key.kstack = CPU_KSTACK_NONE;
+	/* None when the sample hit user mode. */
+	key.kstack = kernel_stack_id(ctx, &kstacks, CPU_KSTACK_NONE);
 
 	count = bpf_map_lookup_elem(&cpu_samples, &key);
 	if (count)

@@ -12,6 +12,9 @@
 #ifndef EEXIST
 #define EEXIST 17
 #endif
+#ifndef EFAULT
+#define EFAULT 14
+#endif
 
 /* The layout of each traced process, by tgid; userspace fills it from the
  * pyusdt:layout announcement. */
@@ -123,6 +126,12 @@ static __always_inline __u64 pystack_hash(const struct pystack *s)
 	return h == PYSTACK_NONE ? 1 : h;
 }
 
+static __always_inline void pystack_error(int which)
+{
+	if (which >= 0 && which < PYSTACK_ERR_MAX)
+		__sync_fetch_and_add(&pystack_errors[which], 1);
+}
+
 /* Reads a compact str's characters into buf (at most cap bytes, cap a
  * power of two); returns the bytes read and sets *kind, or -1. */
 static __always_inline int read_pystr(const struct pyusdt_layout *l, __u64 str, char *buf,
@@ -189,7 +198,8 @@ static __always_inline void name_codes(const struct pyusdt_layout *l, const stru
 		got = read_pystr(l, read_u64(code + l->code_filename, &err), n->filename,
 				 CODE_FILENAME_LEN, &n->filename_kind);
 		n->filename_len = got > 0 ? got : 0;
-		bpf_map_update_elem(&code_names, &code, n, BPF_ANY);
+		if (bpf_map_update_elem(&code_names, &code, n, BPF_ANY))
+			pystack_error(PYSTACK_ERR_NAMES);
 	}
 }
 
@@ -211,10 +221,18 @@ static __always_inline void note_comm(__u32 tid)
 	bpf_map_update_elem(&comms, &tid, &c, BPF_ANY);
 }
 
-static __always_inline void pystack_error(int which)
+
+/* The current kernel stack's id in `map`, or `none`; a stack lost to a
+ * full map is counted (a sample in user mode has none, and is not). */
+static __always_inline __s32 kernel_stack_id(void *ctx, void *map, __s32 none)
 {
-	if (which >= 0 && which < PYSTACK_ERR_MAX)
-		__sync_fetch_and_add(&pystack_errors[which], 1);
+	long id = bpf_get_stackid(ctx, map, 0);
+
+	if (id >= 0)
+		return id;
+	if (id != -EFAULT)
+		pystack_error(PYSTACK_ERR_KSTACK);
+	return none;
 }
 
 /*

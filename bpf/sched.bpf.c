@@ -105,10 +105,9 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 
 		__sync_fetch_and_add(&switches, 1);
 		out.pystack = py_stack_id(prev_tgid, prev_tid);
-		out.kstack = bpf_get_stackid(ctx, &kstacks, 0);
-		if (out.kstack < 0)
-			out.kstack = SCHED_KSTACK_NONE;
-		bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY);
+		out.kstack = kernel_stack_id(ctx, &kstacks, SCHED_KSTACK_NONE);
+		if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
+			__sync_fetch_and_add(&lost_offcpu, 1);
 	}
 
 	/* A target thread comes back: count the time it was away. */
@@ -153,7 +152,8 @@ static __always_inline int on_wakeup(struct task_struct *p)
 	if (w.waker_tgid == target_tgid)
 		w.waker_pystack = py_stack_id(w.waker_tgid, w.waker_tid);
 	bpf_get_current_comm(w.waker_comm, sizeof(w.waker_comm));
-	bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY);
+	if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))
+		__sync_fetch_and_add(&lost_wakeups, 1);
 	return 0;
 }
 

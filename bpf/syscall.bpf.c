@@ -52,7 +52,8 @@ static __always_inline int on_enter(long nr)
 	in.ts = bpf_ktime_get_ns();
 	in.nr = nr;
 	in.pystack = py_stack_id(tgid, tid);
-	bpf_map_update_elem(&in_syscall, &tid, &in, BPF_ANY);
+	if (bpf_map_update_elem(&in_syscall, &tid, &in, BPF_ANY))
+		__sync_fetch_and_add(&lost_syscalls, 1);
 	return 0;
 }
 

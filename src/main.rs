@@ -367,7 +367,21 @@ fn record_cmd(
         summary.push_str(&format!(", {} {}", v.kind.name(), v.events));
     }
     let lost: u64 = profile.views.iter().map(|v| v.lost).sum();
-    summary.push_str(&format!(", lost {lost})"));
+    summary.push_str(&format!(", lost {lost}"));
+    let dropped: u64 = [
+        record::LOST_STACKS,
+        record::LOST_NAMES,
+        record::LOST_KERNEL_STACKS,
+    ]
+    .iter()
+    .filter_map(|r| profile.walk_errors.get(*r))
+    .sum();
+    if dropped > 0 {
+        summary.push_str(&format!(
+            ", stacks or names dropped {dropped}: see walk_errors"
+        ));
+    }
+    summary.push(')');
     eprintln!("{summary}");
     Ok(code)
 }

@@ -138,7 +138,8 @@ pub struct Profile {
     pub frames: Vec<String>,
     /// The views recorded.
     pub views: Vec<View>,
-    /// Python stacks that could not be read, by reason.
+    /// Python stacks that could not be read, and stacks or names dropped
+    /// because a map was full, by reason.
     pub walk_errors: BTreeMap<String, u64>,
 }
 

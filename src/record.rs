@@ -26,6 +26,14 @@ use crate::pyname::{self, Namer};
 use crate::target::Target;
 use crate::{syscalls, Result};
 
+/// Why some detail was dropped because a map was full, as
+/// [`Profile::walk_errors`] names it.
+pub const LOST_STACKS: &str = "Python stack map full";
+/// See [`LOST_STACKS`].
+pub const LOST_NAMES: &str = "code name map full";
+/// See [`LOST_STACKS`].
+pub const LOST_KERNEL_STACKS: &str = "kernel stack map full";
+
 /// The name of the pyusdt extension's poll thread, left out of profiles.
 pub const POLL_THREAD: &str = "pyusdt-poll";
 
@@ -714,9 +722,11 @@ pub fn record(
         "no layout",
         "not a Python thread",
         "unreadable memory",
-        "stack map full",
+        LOST_STACKS,
+        LOST_NAMES,
+        LOST_KERNEL_STACKS,
     ];
-    let mut add_errors = |e: &[u64; 4]| {
+    let mut add_errors = |e: &[u64; 6]| {
         for (r, n) in reasons.iter().zip(e) {
             *walk_errors.entry(r.to_string()).or_insert(0) += n;
         }
