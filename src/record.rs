@@ -21,7 +21,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 use crate::bpf::{cpu, sched, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
-use crate::profile::{Profile, Sample, Unit, View, ViewKind, FORMAT, VERSION};
+use crate::profile::{Profile, Sample, View, ViewKind, FORMAT, VERSION};
 use crate::pyname::{self, Namer};
 use crate::target::Target;
 use crate::{syscalls, Result};
@@ -335,6 +335,167 @@ fn comm_str(c: &[i8]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// A stack as the maps hold it, before anything is named.
+struct RawSample {
+    tid: u32,
+    /// Code addresses, root first, and whether the walker cut the stack.
+    python: (Vec<u64>, bool),
+    /// What follows the Python frames.
+    tail: Tail,
+    value: u64,
+    count: u64,
+}
+
+/// What a view puts after a thread's Python frames.
+enum Tail {
+    /// Kernel instruction pointers, root first.
+    Kernel(Vec<u64>),
+    /// A syscall number.
+    Syscall(i64),
+    /// The waker's frame name and its Python stack.
+    Waker(String, (Vec<u64>, bool)),
+}
+
+/// A view as the maps hold it.
+struct RawView {
+    kind: ViewKind,
+    events: u64,
+    lost: u64,
+    samples: Vec<RawSample>,
+}
+
+fn cpu_samples(s: &cpu::CpuSkel<'_>) -> Result<Vec<RawSample>> {
+    let mut out = Vec::new();
+    for (k, count) in entries::<cpu::types::cpu_key, u64>(&s.maps.cpu_samples)? {
+        out.push(RawSample {
+            tid: k.tid,
+            python: python_stack(&s.maps.pystacks, k.pystack)?,
+            tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
+            value: count,
+            count,
+        });
+    }
+    Ok(out)
+}
+
+fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
+    let mut out = Vec::new();
+    for (k, v) in entries::<sched::types::offcpu_key, sched::types::time_value>(&s.maps.offcpu)? {
+        out.push(RawSample {
+            tid: k.tid,
+            python: python_stack(&s.maps.pystacks, k.pystack)?,
+            tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
+            value: v.ns,
+            count: v.count,
+        });
+    }
+    Ok(out)
+}
+
+fn wakeup_samples(
+    s: &sched::SchedSkel<'_>,
+    pid: u32,
+    threads: &BTreeMap<u32, String>,
+) -> Result<Vec<RawSample>> {
+    let mut out = Vec::new();
+    for (k, v) in entries::<sched::types::wakeup_key, sched::types::time_value>(&s.maps.wakeups)? {
+        let waker = if k.waker_tgid == 0 {
+            "waker [kernel]".to_string()
+        } else if k.waker_tgid == pid {
+            let name = threads
+                .get(&k.waker_tid)
+                .cloned()
+                .unwrap_or_else(|| comm_str(&k.waker_comm));
+            format!("waker thread {name} ({})", k.waker_tid)
+        } else {
+            format!(
+                "waker {} ({}) of process {}",
+                comm_str(&k.waker_comm),
+                k.waker_tid,
+                k.waker_tgid
+            )
+        };
+        out.push(RawSample {
+            tid: k.tid,
+            python: python_stack(&s.maps.pystacks, k.pystack)?,
+            tail: Tail::Waker(waker, python_stack(&s.maps.pystacks, k.waker_pystack)?),
+            value: v.ns,
+            count: v.count,
+        });
+    }
+    Ok(out)
+}
+
+fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
+    let mut out = Vec::new();
+    for (k, v) in
+        entries::<syscall::types::syscall_key, syscall::types::syscall_value>(&s.maps.syscalls)?
+    {
+        out.push(RawSample {
+            tid: k.tid,
+            python: python_stack(&s.maps.pystacks, k.pystack)?,
+            tail: Tail::Syscall(k.nr),
+            value: v.ns,
+            count: v.count,
+        });
+    }
+    Ok(out)
+}
+
+/// Names every frame of every view (kernel symbols in one batch) into a
+/// frame table and the views' stacks.
+fn name_views(raw: Vec<RawView>, namer: &mut Namer) -> (Vec<String>, Vec<View>) {
+    let mut ips: Vec<u64> = raw
+        .iter()
+        .flat_map(|v| &v.samples)
+        .filter_map(|s| match &s.tail {
+            Tail::Kernel(ips) => Some(ips.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    let names = KernelSymbolizer::new().symbolize(&ips);
+    let mut frames = Frames {
+        names: Vec::new(),
+        index: HashMap::new(),
+        kernel: ips.into_iter().zip(names).collect(),
+    };
+    let views = raw
+        .into_iter()
+        .map(|v| View {
+            kind: v.kind,
+            unit: v.kind.unit(),
+            events: v.events,
+            lost: v.lost,
+            samples: v
+                .samples
+                .into_iter()
+                .map(|s| {
+                    let mut stack = Vec::new();
+                    frames.python(namer, &s.python.0, s.python.1, &mut stack);
+                    match &s.tail {
+                        Tail::Kernel(ips) => frames.kernel(ips, &mut stack),
+                        Tail::Syscall(nr) => stack.push(frames.id(&syscalls::label(*nr))),
+                        Tail::Waker(name, (codes, truncated)) => {
+                            stack.push(frames.id(name));
+                            frames.python(namer, codes, *truncated, &mut stack);
+                        }
+                    }
+                    Sample {
+                        tid: s.tid,
+                        stack,
+                        value: s.value,
+                        count: s.count,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    (frames.names, views)
+}
+
 /// Interns frame names and builds stacks.
 struct Frames {
     names: Vec<String>,
@@ -518,7 +679,6 @@ pub fn record(
         }
     }
     let duration_ns = started.elapsed().as_nanos() as u64;
-    let last = progress(started.elapsed());
 
     // Detach everything before reading: the counts stop moving.
     let cpu = cpu.map(|(s, links)| {
@@ -537,50 +697,6 @@ pub fn record(
         proc_threads(pid, &mut threads);
     }
 
-    // Kernel symbols, resolved in one batch.
-    let mut kips: Vec<u64> = Vec::new();
-    let mut kstacks_cpu = HashMap::new();
-    let mut kstacks_sched = HashMap::new();
-    let cpu_entries: Vec<(cpu::types::cpu_key, u64)> = match &cpu {
-        Some(s) => entries(&s.maps.cpu_samples)?,
-        None => Vec::new(),
-    };
-    for (k, _) in &cpu_entries {
-        if let (Some(s), std::collections::hash_map::Entry::Vacant(e)) =
-            (&cpu, kstacks_cpu.entry(k.kstack))
-        {
-            let ips = kernel_stack(&s.maps.kstacks, k.kstack)?;
-            kips.extend(&ips);
-            e.insert(ips);
-        }
-    }
-    type Timed<K> = Vec<(K, sched::types::time_value)>;
-    let (offcpu_entries, wakeup_entries): (
-        Timed<sched::types::offcpu_key>,
-        Timed<sched::types::wakeup_key>,
-    ) = match &sched {
-        Some(s) => (entries(&s.maps.offcpu)?, entries(&s.maps.wakeups)?),
-        None => (Vec::new(), Vec::new()),
-    };
-    for (k, _) in &offcpu_entries {
-        if let (Some(s), std::collections::hash_map::Entry::Vacant(e)) =
-            (&sched, kstacks_sched.entry(k.kstack))
-        {
-            let ips = kernel_stack(&s.maps.kstacks, k.kstack)?;
-            kips.extend(&ips);
-            e.insert(ips);
-        }
-    }
-    kips.sort_unstable();
-    kips.dedup();
-    let mut ksym = KernelSymbolizer::new();
-    let knames = ksym.symbolize(&kips);
-    let mut frames = Frames {
-        names: Vec::new(),
-        index: HashMap::new(),
-        kernel: kips.into_iter().zip(knames).collect(),
-    };
-
     // Names read by the BPF side at first sight win: they are what the
     // code objects were called when the stacks were taken.
     if let Some(s) = &cpu {
@@ -592,119 +708,47 @@ pub fn record(
     if let Some(s) = &sys {
         learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
     }
-    let mut views = Vec::new();
+
+    let mut raw: Vec<RawView> = Vec::new();
     if let Some(s) = &cpu {
-        let mut samples = Vec::new();
-        for (k, count) in &cpu_entries {
-            let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
-            let mut stack = Vec::new();
-            frames.python(&mut namer, &codes, truncated, &mut stack);
-            frames.kernel(&kstacks_cpu[&k.kstack], &mut stack);
-            samples.push(Sample {
-                tid: k.tid,
-                stack,
-                value: *count,
-                count: *count,
-            });
-        }
-        views.push(View {
+        let b = s.maps.bss_data.as_deref();
+        raw.push(RawView {
             kind: ViewKind::Cpu,
-            unit: Unit::Samples,
-            events: last.events.get(&ViewKind::Cpu).copied().unwrap_or(0),
-            lost: s.maps.bss_data.as_deref().map_or(0, |b| b.lost_samples),
-            samples,
+            events: b.map_or(0, |b| b.samples),
+            lost: b.map_or(0, |b| b.lost_samples),
+            samples: cpu_samples(s)?,
         });
     }
     if let Some(s) = &sched {
-        let bss = s.maps.bss_data.as_deref();
+        let b = s.maps.bss_data.as_deref();
         if want(ViewKind::Offcpu) {
-            let mut samples = Vec::new();
-            for (k, v) in &offcpu_entries {
-                let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
-                let mut stack = Vec::new();
-                frames.python(&mut namer, &codes, truncated, &mut stack);
-                frames.kernel(&kstacks_sched[&k.kstack], &mut stack);
-                samples.push(Sample {
-                    tid: k.tid,
-                    stack,
-                    value: v.ns,
-                    count: v.count,
-                });
-            }
-            views.push(View {
+            raw.push(RawView {
                 kind: ViewKind::Offcpu,
-                unit: Unit::Nanoseconds,
-                events: bss.map_or(0, |b| b.switches),
-                lost: bss.map_or(0, |b| b.lost_offcpu),
-                samples,
+                events: b.map_or(0, |b| b.switches),
+                lost: b.map_or(0, |b| b.lost_offcpu),
+                samples: offcpu_samples(s)?,
             });
         }
         if wakeups {
-            let mut samples = Vec::new();
-            for (k, v) in &wakeup_entries {
-                let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
-                let mut stack = Vec::new();
-                frames.python(&mut namer, &codes, truncated, &mut stack);
-                let waker = if k.waker_tgid == 0 {
-                    "waker [kernel]".to_string()
-                } else if k.waker_tgid == pid {
-                    let name = threads
-                        .get(&k.waker_tid)
-                        .cloned()
-                        .unwrap_or_else(|| comm_str(&k.waker_comm));
-                    format!("waker thread {name} ({})", k.waker_tid)
-                } else {
-                    format!(
-                        "waker {} ({}) of process {}",
-                        comm_str(&k.waker_comm),
-                        k.waker_tid,
-                        k.waker_tgid
-                    )
-                };
-                stack.push(frames.id(&waker));
-                let (wcodes, wtrunc) = python_stack(&s.maps.pystacks, k.waker_pystack)?;
-                frames.python(&mut namer, &wcodes, wtrunc, &mut stack);
-                samples.push(Sample {
-                    tid: k.tid,
-                    stack,
-                    value: v.ns,
-                    count: v.count,
-                });
-            }
-            views.push(View {
+            let samples = wakeup_samples(s, pid, &threads)?;
+            raw.push(RawView {
                 kind: ViewKind::Wakeup,
-                unit: Unit::Nanoseconds,
                 events: samples.iter().map(|s| s.count).sum(),
-                lost: bss.map_or(0, |b| b.lost_wakeups),
+                lost: b.map_or(0, |b| b.lost_wakeups),
                 samples,
             });
         }
     }
     if let Some(s) = &sys {
-        let bss = s.maps.bss_data.as_deref();
-        let mut samples = Vec::new();
-        for (k, v) in
-            entries::<syscall::types::syscall_key, syscall::types::syscall_value>(&s.maps.syscalls)?
-        {
-            let (codes, truncated) = python_stack(&s.maps.pystacks, k.pystack)?;
-            let mut stack = Vec::new();
-            frames.python(&mut namer, &codes, truncated, &mut stack);
-            stack.push(frames.id(&syscalls::label(k.nr)));
-            samples.push(Sample {
-                tid: k.tid,
-                stack,
-                value: v.ns,
-                count: v.count,
-            });
-        }
-        views.push(View {
+        let b = s.maps.bss_data.as_deref();
+        raw.push(RawView {
             kind: ViewKind::Syscall,
-            unit: Unit::Nanoseconds,
-            events: bss.map_or(0, |b| b.calls),
-            lost: bss.map_or(0, |b| b.lost_syscalls),
-            samples,
+            events: b.map_or(0, |b| b.calls),
+            lost: b.map_or(0, |b| b.lost_syscalls),
+            samples: syscall_samples(s)?,
         });
     }
+    let (frame_names, mut views) = name_views(raw, &mut namer);
 
     // pyusdt's own poll thread is instrumentation, not the program.
     let poll: Vec<u32> = threads
@@ -751,7 +795,7 @@ pub fn record(
         duration_ns,
         sample_hz: opts.freq,
         threads,
-        frames: frames.names,
+        frames: frame_names,
         views,
         walk_errors,
     })
