@@ -64,8 +64,10 @@ struct {
 	__type(value, struct time_value);
 } wakeups SEC(".maps");
 
-/* Switches of the target counted, and records lost to full maps. */
+/* Switches of the target and wake-ups joined to them, and records lost
+ * to full maps. */
 __u64 switches = 0;
+__u64 wakeups_joined = 0;
 __u64 lost_offcpu = 0;
 __u64 lost_wakeups = 0;
 
@@ -128,6 +130,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		w = bpf_map_lookup_elem(&wakers, &next_tid);
 		if (w) {
 			w->pystack = out->pystack;
+			__sync_fetch_and_add(&wakeups_joined, 1);
 			add_time(&wakeups, w, ns, &lost_wakeups);
 			bpf_map_delete_elem(&wakers, &next_tid);
 		}

@@ -652,7 +652,7 @@ pub fn record(
                     p.events.insert(ViewKind::Offcpu, live(&b.switches));
                 }
                 if wakeups {
-                    p.events.insert(ViewKind::Wakeup, live(&b.switches));
+                    p.events.insert(ViewKind::Wakeup, live(&b.wakeups_joined));
                 }
                 p.lost += live(&b.lost_offcpu) + live(&b.lost_wakeups);
             }
@@ -730,12 +730,11 @@ pub fn record(
             });
         }
         if wakeups {
-            let samples = wakeup_samples(s, pid, &threads)?;
             raw.push(RawView {
                 kind: ViewKind::Wakeup,
-                events: samples.iter().map(|s| s.count).sum(),
+                events: b.map_or(0, |b| b.wakeups_joined),
                 lost: b.map_or(0, |b| b.lost_wakeups),
-                samples,
+                samples: wakeup_samples(s, pid, &threads)?,
             });
         }
     }
