@@ -4,7 +4,9 @@ this suite runs under, checked against exact expectations."""
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -210,3 +212,114 @@ def test_fold_refuses_bad_files_clearly(tmp_path, bad, message):
                        timeout=TIMEOUT)
     assert p.returncode == 1
     assert p.stderr == f"pyusdt-prof: {f} is not a usable profile: {message}\n"
+
+
+def attach(target_pid, out, *args):
+    """`record -p` behind a guard; returns once it says it records."""
+    rec = Child([prof_binary(), "record", "-p", str(target_pid), "-o", str(out), *args])
+    line = rec.proc.stderr.readline()
+    assert "pyusdt-prof: recording process" in line, line + rec.proc.stderr.read()
+    return rec
+
+
+def serve_stacks(path):
+    return under(fold(path, "syscall", count=True, merge=True), "serve_once", "syscall:write")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_recorder_writes_a_complete_profile(tmp_path, sig):
+    need_bpf(prof_binary())
+    out = tmp_path / "stopped.json"
+    with Child([PY, "-m", "pyusdt", SHAPES, "serve"]) as target:
+        target.expect("^waiting$")
+        with attach(target.pid, out, "--views", "syscall,cpu") as rec:
+            target.send("go")
+            target.expect("^tick$")
+            target.expect("^tick$")
+            rec.proc.send_signal(sig)
+            code, _, err = rec.finish()
+        assert code == 0, err
+        assert target.proc.poll() is None, "the target keeps running"
+    assert serve_stacks(out) > 0
+
+
+def test_a_target_killed_mid_record_ends_the_recording_with_names(tmp_path):
+    need_bpf(prof_binary())
+    out = tmp_path / "killed.json"
+    with Child([PY, "-m", "pyusdt", SHAPES, "serve"]) as target:
+        target.expect("^waiting$")
+        with attach(target.pid, out, "--views", "syscall") as rec:
+            # Two ticks of work while recorded, then the kill.
+            target.send("go")
+            target.expect("^tick$")
+            target.expect("^tick$")
+            target.proc.kill()
+            code, _, err = rec.finish()
+        assert code == 0, err
+    assert serve_stacks(out) > 0
+
+
+def bpf_programs():
+    p = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                       check=True, timeout=TIMEOUT)
+    return {prog.get("name", "") for prog in json.loads(p.stdout)}
+
+
+OUR_PROGRAMS = {"on_cpu_sample", "switch_btf", "switch_raw", "wakeup_btf", "wakeup_raw",
+                "wakeup_new_btf", "wakeup_new_raw", "enter_btf", "enter_raw", "exit_btf",
+                "exit_raw", "on_layout"}
+
+
+def test_a_killed_recorder_leaves_nothing_attached(tmp_path):
+    need_bpf(prof_binary(), "bpftool")
+    from conftest import pyusdt_child
+
+    with pyusdt_child("controlled.py") as target:
+        target.ask_first()
+        with attach(target.pid, tmp_path / "k.json") as rec:
+            assert bpf_programs() & OUR_PROGRAMS
+            rec.proc.kill()
+            rec.proc.wait()
+        # The kernel frees a program once its last descriptor is gone,
+        # which it does after the process has died, not with it.
+        deadline = time.monotonic() + TIMEOUT
+        while bpf_programs() & OUR_PROGRAMS:
+            assert time.monotonic() < deadline, bpf_programs() & OUR_PROGRAMS
+            time.sleep(0.05)
+        s = target.ask("call 10")
+        assert set(s["semaphores"].values()) == {0}
+        assert s["active"] == []
+        target.send("exit")
+        assert target.finish()[0] == 0
+    assert not (tmp_path / "k.json").exists()
+    assert not list(tmp_path.glob(".k.json.*")), "no temporary file left"
+
+
+def test_two_recorders_on_one_process_both_count_exactly(tmp_path):
+    need_bpf(prof_binary())
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    with Child([PY, "-m", "pyusdt", SHAPES, "attach"]) as target:
+        target.expect("^waiting$")
+        with attach(target.pid, outs[0], "--views", "syscall") as a, \
+                attach(target.pid, outs[1], "--views", "syscall") as b:
+            target.send("go")
+            assert target.finish()[0] == 0
+            assert a.finish()[0] == 0 and b.finish()[0] == 0
+    for out in outs:
+        stacks = fold(out, "syscall", count=True, merge=True)
+        assert under(stacks, "outer_before", "syscall:write") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-F", "0", "-p", "1"], "0 is not in 1..=10000"),
+    (["-d=-3", "-p", "1"], "is not a number of seconds"),
+    (["--views", "cpu,gil", "-p", "1"], "`gil` is not a view; the views are cpu, offcpu, syscall, wakeup"),
+    (["-o", "/nonexistent/dir/p.json", "-p", "1"], "cannot write /nonexistent/dir/p.json"),
+    (["-p", "4000000"], "no process with PID 4000000"),
+    ([], "the following required arguments were not provided"),
+])
+def test_bad_record_arguments_get_one_clear_line(args, message):
+    p = subprocess.run([prof_binary(), "record", *args], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode != 0
+    assert message in p.stderr, p.stderr

@@ -176,6 +176,31 @@ def outer_before():
     os.write(DEVNULL, b"late")
 
 
+def serve_once():
+    os.write(DEVNULL, b"s")
+    spin(2_000)
+    time.sleep(0.001)
+
+
+def shape_serve():
+    """Prints "waiting" and waits for a line on stdin (the recorder has
+    attached), then calls serve_once until stdin has another line or
+    closes, printing "tick" every 100 calls: a long-running target for
+    attach tests."""
+    import select
+
+    sys.stdout.write("waiting\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    n = 0
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        serve_once()
+        n += 1
+        if n % 100 == 0:
+            sys.stdout.write("tick\n")
+            sys.stdout.flush()
+
+
 def first_function():
     os.write(DEVNULL, b"first")
 
