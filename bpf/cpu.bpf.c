@@ -17,13 +17,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 target_tgid = 0;
 
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, CPU_KSTACK_DEPTH * sizeof(__u64));
-} kstacks SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct cpu_key);
@@ -48,7 +41,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	__sync_fetch_and_add(&samples, 1);
 	key.pystack = py_stack_id(key.tgid, key.tid);
 	/* None when the sample hit user mode. */
-	key.kstack = kernel_stack_id(ctx, &kstacks, CPU_KSTACK_NONE);
+	key.kstack = kernel_stack_id(ctx);
 
 	count = bpf_map_lookup_elem(&cpu_samples, &key);
 	if (count)

@@ -5,15 +5,12 @@
 
 #include "pystack.h"
 
-/* Kernel stacks kept per sample, and the "no kernel stack" id. */
-#define CPU_KSTACK_DEPTH 127
-#define CPU_KSTACK_NONE (-1)
 
 struct cpu_key {
 	__u32 tgid;
 	__u32 tid;
 	__u64 pystack; /* id in `pystacks`, or PYSTACK_NONE */
-	__s32 kstack;  /* id in `kstacks`, or CPU_KSTACK_NONE (sample in user mode) */
+	__s32 kstack;  /* id in `kstacks`, or KSTACK_NONE (sample in user mode) */
 	__u32 reserved;
 };
 

@@ -222,17 +222,25 @@ static __always_inline void note_comm(__u32 tid)
 }
 
 
-/* The current kernel stack's id in `map`, or `none`; a stack lost to a
- * full map is counted (a sample in user mode has none, and is not). */
-static __always_inline __s32 kernel_stack_id(void *ctx, void *map, __s32 none)
+/* Kernel stacks, by id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, KSTACK_DEPTH * sizeof(__u64));
+} kstacks SEC(".maps");
+
+/* The current kernel stack's id in `kstacks`, or KSTACK_NONE; a stack lost
+ * to a full map is counted (a sample in user mode has none, and is not). */
+static __always_inline __s32 kernel_stack_id(void *ctx)
 {
-	long id = bpf_get_stackid(ctx, map, 0);
+	long id = bpf_get_stackid(ctx, &kstacks, 0);
 
 	if (id >= 0)
 		return id;
 	if (id != -EFAULT)
 		pystack_error(PYSTACK_ERR_KSTACK);
-	return none;
+	return KSTACK_NONE;
 }
 
 /*

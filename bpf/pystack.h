@@ -12,6 +12,11 @@
 /* Thread states looked at when finding the current thread's. */
 #define PYSTACK_MAX_THREADS 256
 
+/* Kernel frames kept per stack, and the id of "no kernel stack" (a
+ * sample in user mode). */
+#define KSTACK_DEPTH 127
+#define KSTACK_NONE (-1)
+
 /* The stack id of "no Python stack" (no layout yet, or a thread that runs
  * no Python). */
 #define PYSTACK_NONE 0

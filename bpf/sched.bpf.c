@@ -44,13 +44,6 @@ struct {
 } wakers SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, SCHED_KSTACK_DEPTH * sizeof(__u64));
-} kstacks SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct offcpu_key);
@@ -107,7 +100,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 
 		__sync_fetch_and_add(&switches, 1);
 		out.pystack = py_stack_id(prev_tgid, prev_tid);
-		out.kstack = kernel_stack_id(ctx, &kstacks, SCHED_KSTACK_NONE);
+		out.kstack = kernel_stack_id(ctx);
 		if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
 			__sync_fetch_and_add(&lost_offcpu, 1);
 	}

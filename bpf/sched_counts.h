@@ -5,8 +5,6 @@
 
 #include "pystack.h"
 
-#define SCHED_KSTACK_DEPTH 127
-#define SCHED_KSTACK_NONE (-1)
 #define SCHED_COMM_LEN 16
 
 /* Time a thread spent off the CPU, by where it was when it left. */

@@ -200,6 +200,11 @@ fn load_syscall<'o>(
     let mut open = syscall::SyscallSkelBuilder::default()
         .open(storage)
         .context("open the syscall programs")?;
+    // The shared walker brings a kernel stack map that syscalls do not use.
+    open.maps
+        .kstacks
+        .set_max_entries(1)
+        .context("shrink the unused kernel stack map")?;
     open.maps
         .rodata_data
         .as_deref_mut()
