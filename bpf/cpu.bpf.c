@@ -18,7 +18,7 @@ const volatile __u32 target_tgid = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__type(key, struct cpu_key);
 	__type(value, __u64);
 } cpu_samples SEC(".maps");

@@ -27,9 +27,10 @@ struct switch_out {
 	__u32 reserved;
 };
 
-/* Target threads off the CPU now, by tid. */
+/* Target threads off the CPU now, by tid (LRU: a thread that exits while
+ * off the CPU never comes back to delete its entry). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct switch_out);
@@ -37,7 +38,7 @@ struct {
 
 /* The last waker of each target thread that is off the CPU, by tid. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct wakeup_key);
@@ -45,14 +46,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__type(key, struct offcpu_key);
 	__type(value, struct time_value);
 } offcpu SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__type(key, struct wakeup_key);
 	__type(value, struct time_value);
 } wakeups SEC(".maps");

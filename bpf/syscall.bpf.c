@@ -22,9 +22,10 @@ struct sys_in {
 	__s64 nr;
 };
 
-/* Target threads inside a syscall now, by tid. */
+/* Target threads inside a syscall now, by tid (LRU: a thread's last
+ * syscall, exit, never returns to delete its entry). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct sys_in);
@@ -32,7 +33,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__type(key, struct syscall_key);
 	__type(value, struct syscall_value);
 } syscalls SEC(".maps");

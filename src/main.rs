@@ -288,17 +288,31 @@ fn record_cmd(
     views: Vec<ViewKind>,
     command: Vec<String>,
 ) -> Result<u8> {
+    errors::check_can_trace()?;
     // Refuse an unwritable output before recording anything.
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        bail!(
+    match std::fs::metadata(dir) {
+        Err(e) => bail!("cannot write {}: {}: {e}", output.display(), dir.display()),
+        Ok(m) if !m.is_dir() => bail!(
             "cannot write {}: {} is not a directory",
             output.display(),
             dir.display()
-        );
+        ),
+        Ok(_) => {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .context("an output path with a NUL byte")?;
+            // SAFETY: `c` is a valid NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+                bail!(
+                    "cannot write {}: no permission to write in {}",
+                    output.display(),
+                    dir.display()
+                );
+            }
+        }
     }
     let opts = record::Options {
         views: views.into_iter().collect::<BTreeSet<_>>(),
@@ -451,6 +465,7 @@ fn run(cli: Cli) -> Result<u8> {
             eprintln!("pyusdt-prof: wrote {}", out.display());
         }
         Command::Layout { pid, json, timeout } => {
+            errors::check_can_trace()?;
             let t = target::find(pid)?;
             let l = layout::receive(&t, Duration::from_secs_f64(timeout))?;
             let mut out = std::io::stdout().lock();

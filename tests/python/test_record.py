@@ -323,3 +323,59 @@ def test_bad_record_arguments_get_one_clear_line(args, message):
                        timeout=TIMEOUT)
     assert p.returncode != 0
     assert message in p.stderr, p.stderr
+
+
+def test_without_privileges_it_says_which_capabilities_are_missing(tmp_path):
+    need_bpf(prof_binary(), "setpriv")
+    p = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         prof_binary(), "record", "-p", str(os.getpid()), "-o", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert p.returncode == 1
+    assert p.stderr.startswith(
+        "pyusdt-prof: pyusdt-prof loads BPF programs and lacks CAP_BPF and CAP_PERFMON: "
+        "run it as root"
+    ), p.stderr
+    assert p.stderr.count("\n") == 1
+
+
+def test_deep_recursion_keeps_the_leaf_most_frames(tmp_path):
+    code, path = record(tmp_path, "deep", views="syscall")
+    assert code == 0
+    stacks = fold(path, "syscall", count=True, merge=True)
+    deep = [s for s in stacks if s[-1] == "syscall:write" and "[truncated]" in s]
+    assert len(deep) == 1
+    frames = deep[0][1:-1]
+    assert deep[0][0] == "[truncated]"
+    assert len(frames) == 256 and all(fn(f) == "deep" for f in frames)
+
+
+def test_ten_thousand_short_threads_are_all_counted(tmp_path):
+    code, path = record(tmp_path, "many_threads", views="syscall")
+    assert code == 0
+    stacks = fold(path, "syscall", count=True)
+    per_thread = {}
+    for s, v in stacks.items():
+        if s[-1] == "syscall:write" and fn(s[-2]) == "one_write":
+            per_thread[s[0]] = per_thread.get(s[0], 0) + v
+    assert len(per_thread) == 10_000
+    assert set(per_thread.values()) == {1}
+
+
+def test_a_recording_holds_only_its_process(tmp_path):
+    need_bpf(prof_binary())
+    out = tmp_path / "mine.json"
+    with Child([PY, "-m", "pyusdt", SHAPES, "serve"]) as other, \
+            Child([PY, "-m", "pyusdt", SHAPES, "attach"]) as mine:
+        other.expect("^waiting$")
+        other.send("go")
+        other.expect("^tick$")
+        mine.expect("^waiting$")
+        with attach(mine.pid, out, "--views", "syscall,cpu,offcpu") as rec:
+            mine.send("go")
+            assert mine.finish()[0] == 0
+            assert rec.finish()[0] == 0
+    profile = json.loads(out.read_text())
+    assert not [f for f in profile["frames"] if f.startswith(("serve_once (", "shape_serve ("))]
+    assert set(profile["threads"]) == {str(mine.pid)}

@@ -201,6 +201,31 @@ def shape_serve():
             sys.stdout.flush()
 
 
+def deep(n):
+    if n == 0:
+        os.write(DEVNULL, b"d")
+        return
+    deep(n - 1)
+
+
+def shape_deep():
+    """One write under recursion 10,000 deep."""
+    sys.setrecursionlimit(20_000)
+    deep(10_000)
+
+
+def one_write():
+    os.write(DEVNULL, b"t")
+
+
+def shape_many_threads():
+    """10,000 threads, one after another, each one write in one_write."""
+    for _ in range(10_000):
+        t = threading.Thread(target=one_write)
+        t.start()
+        t.join()
+
+
 def first_function():
     os.write(DEVNULL, b"first")
 
