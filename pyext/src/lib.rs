@@ -32,6 +32,42 @@ fn _start(py: Python<'_>, check_msec: u64) -> PyResult<bool> {
     monitor::start(check_msec)
 }
 
+/// Stops the poll thread for a fork (see `monitor::pause`).
+#[pyfunction]
+fn _before_fork(py: Python<'_>) {
+    monitor::pause(py)
+}
+
+/// Starts the poll thread again in a forked child.
+#[pyfunction]
+fn _after_fork_child() -> PyResult<()> {
+    monitor::resume()
+}
+
+extern "C" fn resume_later(_: *mut std::ffi::c_void) -> std::ffi::c_int {
+    match monitor::resume() {
+        Ok(()) => 0,
+        Err(e) => {
+            // A pending call that fails raises in whatever code runs next:
+            // say it here instead.
+            eprintln!("pyusdt: the poll thread did not restart after fork: {e}");
+            0
+        }
+    }
+}
+
+/// Starts the poll thread again in the parent, once `os.fork()` has
+/// returned: CPython 3.13 counts the process's threads for its fork
+/// warning after the after-fork hooks have run.
+#[pyfunction]
+fn _after_fork_parent() {
+    // SAFETY: a plain C callback with no argument; the interpreter runs it
+    // in the main thread with the GIL held.
+    if unsafe { pyo3::ffi::Py_AddPendingCall(Some(resume_later), std::ptr::null_mut()) } != 0 {
+        resume_later(std::ptr::null_mut());
+    }
+}
+
 /// Stops the poll thread and turns `sys.monitoring` off.
 #[pyfunction]
 fn _stop(py: Python<'_>) {
@@ -104,6 +140,9 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_start, m)?)?;
     m.add_function(wrap_pyfunction!(_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(_layout_offsets, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;

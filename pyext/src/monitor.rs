@@ -8,7 +8,7 @@
 //! probes, and gives the id back when the last tracer has gone. It also
 //! fires `pyusdt:layout` on each tick while a tracer is attached to it.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -33,6 +33,10 @@ static RECONCILED: AtomicU16 = AtomicU16::new(0);
 static CHECK_MSEC: AtomicU64 = AtomicU64::new(100);
 /// Tells the poll thread to stop.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The poll thread was stopped for a fork and is to start again after it.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+/// The poll thread's kernel thread id, while it runs.
+static POLL_TID: AtomicI32 = AtomicI32::new(0);
 
 /// What only the GIL holder touches.
 struct State {
@@ -208,6 +212,8 @@ fn block_signals() {
 
 fn poll_loop() {
     block_signals();
+    // SAFETY: gettid cannot fail.
+    POLL_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     while !STOP.load(Ordering::Relaxed) {
         // Announce the layout on every tick while a tracer is attached: a
         // count that rose cannot tell a tracer that detached and another
@@ -246,6 +252,45 @@ pub fn start(check_msec: u64) -> PyResult<bool> {
     st.poll = Some(handle);
     st.poll_pid = pid;
     Ok(true)
+}
+
+/// Stops the poll thread before a fork, and waits until the kernel no
+/// longer counts it: CPython 3.12+ warns (DeprecationWarning, an error
+/// under -W error) when a process with several threads forks, and counts
+/// them in /proc/self/stat. The program must not see pyusdt's thread.
+pub fn pause(py: Python<'_>) {
+    let handle = {
+        let mut st = state();
+        if st.poll_pid != std::process::id() {
+            return;
+        }
+        st.poll.take()
+    };
+    let Some(h) = handle else { return };
+    STOP.store(true, Ordering::Relaxed);
+    h.thread().unpark();
+    let tid = POLL_TID.load(Ordering::Relaxed);
+    py.detach(|| {
+        let _ = h.join();
+        // The join returns when the thread has left user space; the kernel
+        // drops it from the task list a moment later.
+        let task = format!("/proc/self/task/{tid}");
+        for _ in 0..100_000 {
+            if !std::path::Path::new(&task).exists() {
+                break;
+            }
+            thread::yield_now();
+        }
+    });
+    PAUSED.store(true, Ordering::Relaxed);
+}
+
+/// Starts the poll thread again after a fork, if [`pause`] stopped it.
+pub fn resume() -> PyResult<()> {
+    if PAUSED.swap(false, Ordering::Relaxed) {
+        start(CHECK_MSEC.load(Ordering::Relaxed))?;
+    }
+    Ok(())
 }
 
 /// Stops the poll thread (at interpreter exit) and turns monitoring off.

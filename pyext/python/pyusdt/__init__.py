@@ -77,7 +77,14 @@ def enable(check_msec=None):
     if not _hooks:
         _hooks = True
         atexit.register(_native._stop)
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        # The poll thread stops across a fork so that the program forks as
+        # a process with no thread of pyusdt's (CPython 3.12+ warns about
+        # forking with threads); parent and child each start it again.
+        os.register_at_fork(
+            before=_native._before_fork,
+            after_in_parent=_native._after_fork_parent,
+            after_in_child=_native._after_fork_child,
+        )
     return started
 
 
@@ -85,7 +92,3 @@ def enabled():
     """Whether :func:`enable` runs in this process."""
     return _native.status()["enabled"]
 
-
-def _after_fork_in_child():
-    # The parent's poll thread did not come along: start this process's own.
-    _native._start(_native.status()["check_msec"])
