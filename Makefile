@@ -5,6 +5,7 @@
 #   make test    everything: fmt, clippy, Rust tests, Python tests per
 #                interpreter, BPF end-to-end tests
 #   make bench   per-call cost of `python -m pyusdt` without a tracer
+#   make soak    ten minutes of recording: the recorder's memory over time
 #
 # PYTHONS lists the interpreters to build and test the extension for; it
 # defaults to the 3.11, 3.12 and 3.13 found under pyenv or on PATH:
@@ -12,7 +13,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench clean
+.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench soak clean
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
@@ -28,7 +29,7 @@ PROF := target/release/pyusdt-prof
 venv_of = .venv/$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "PYTHONS = $(PYTHONS)"
 
 deps: deps-apt deps-python
@@ -86,6 +87,10 @@ test-python: build
 	done
 
 test: lint test-rust test-python
+
+# Ten minutes of recording; the recorder's memory, every 30 s.
+soak: build
+	bench/soak.sh $(call venv_of,$(PYTHON))/bin/python $(PROF)
 
 bench: build
 	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; done
