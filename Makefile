@@ -6,6 +6,7 @@
 #                interpreter, BPF end-to-end tests
 #   make bench   per-call cost of `python -m pyusdt` without a tracer
 #   make soak    ten minutes of recording: the recorder's memory over time
+#   make fuzz    a minute of fuzzing the profile reader
 #
 # PYTHONS lists the interpreters to build and test the extension for; it
 # defaults to the 3.11, 3.12 and 3.13 found under pyenv or on PATH:
@@ -13,7 +14,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench soak clean
+.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench soak fuzz clean
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
@@ -29,7 +30,7 @@ PROF := target/release/pyusdt-prof
 venv_of = .venv/$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@awk 'NR > 1 && !/^#/ { exit } NR > 1' Makefile | sed 's/^# \{0,1\}//'
 	@echo "PYTHONS = $(PYTHONS)"
 
 deps: deps-apt deps-python
@@ -87,6 +88,14 @@ test-python: build
 	done
 
 test: lint test-rust test-python
+
+# A minute of fuzzing the profile reader (cargo-fuzz, on the stable
+# toolchain without sanitizers); the corpus lives in fuzz/corpus.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run profile_parse -s none -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192
 
 # Ten minutes of recording; the recorder's memory, every 30 s.
 soak: build
