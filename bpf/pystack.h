@@ -63,7 +63,7 @@ enum pystack_error {
 	PYSTACK_ERR_READ = 2,	   /* a read of the target's memory failed */
 	PYSTACK_ERR_FULL = 3,	   /* the stack map was full */
 	PYSTACK_ERR_NAMES = 4,	   /* the code name map was full */
-	PYSTACK_ERR_KSTACK = 5,	   /* a kernel stack was lost (its map was full) */
+	PYSTACK_ERR_KSTACK = 5,	   /* a kernel stack was lost (map full, or a hash collision) */
 	PYSTACK_ERR_MAX = 6,
 };
 

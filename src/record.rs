@@ -32,7 +32,7 @@ pub const LOST_STACKS: &str = "Python stack map full";
 /// See [`LOST_STACKS`].
 pub const LOST_NAMES: &str = "code name map full";
 /// See [`LOST_STACKS`].
-pub const LOST_KERNEL_STACKS: &str = "kernel stack map full";
+pub const LOST_KERNEL_STACKS: &str = "kernel stack map full or colliding";
 
 /// The name of the pyusdt extension's poll thread, left out of profiles.
 pub const POLL_THREAD: &str = "pyusdt-poll";

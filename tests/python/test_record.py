@@ -379,3 +379,23 @@ def test_a_recording_holds_only_its_process(tmp_path):
     profile = json.loads(out.read_text())
     assert not [f for f in profile["frames"] if f.startswith(("serve_once (", "shape_serve ("))]
     assert set(profile["threads"]) == {str(mine.pid)}
+
+
+def test_a_syscall_storm_is_counted_exactly(tmp_path):
+    """As many 1-byte writes as four threads can make: every one recorded
+    under its function, or counted as lost."""
+    need_bpf(prof_binary())
+    out = tmp_path / "storm.json"
+    p = subprocess.run(
+        [prof_binary(), "record", "--views", "syscall", "-o", str(out),
+         "--", PY, "-m", "pyusdt", SHAPES, "storm"],
+        capture_output=True, text=True, timeout=TIMEOUT * 2,
+    )
+    assert p.returncode == 0, p.stderr
+    made = int(p.stdout.split()[-1])
+    profile = json.loads(out.read_text())
+    lost = next(v["lost"] for v in profile["views"] if v["kind"] == "syscall")
+    stacks = fold(out, "syscall", count=True, merge=True)
+    recorded = under(stacks, "storm_writes", "syscall:write")
+    assert recorded + lost == made, (recorded, lost, made)
+    assert made > 100_000

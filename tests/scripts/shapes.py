@@ -226,6 +226,29 @@ def shape_many_threads():
         t.join()
 
 
+def storm_writes(seconds, counts, i):
+    fd = os.open("/dev/null", os.O_WRONLY)
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        for _ in range(500):
+            os.write(fd, b"x")
+        n += 500
+    counts[i] = n
+
+
+def shape_storm():
+    """Four threads write 1 byte to /dev/null as fast as they can for 2 s;
+    prints how many writes each made."""
+    counts = [0] * 4
+    threads = [threading.Thread(target=storm_writes, args=(2, counts, i)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("writes", sum(counts), flush=True)
+
+
 def first_function():
     os.write(DEVNULL, b"first")
 
