@@ -87,11 +87,45 @@ static __always_inline __u64 read_u64(__u64 addr, int *err)
 	return v;
 }
 
+/*
+ * The loops below run under bpf_loop(): the verifier checks a callback
+ * once instead of every iteration of an unrolled or bounded loop, which
+ * took seconds per program at 256 frames.
+ */
+
+struct thread_walk {
+	__u64 t;
+	__u32 tid;
+	__u32 native_off;
+	__u32 next_off;
+	int found;
+};
+
+static long thread_step(__u32 i, void *arg)
+{
+	struct thread_walk *w = arg;
+	__u64 native;
+	int err = 0;
+
+	if (!w->t)
+		return 1;
+	native = read_u64(w->t + w->native_off, &err);
+	if (err)
+		return 1;
+	if (native == w->tid) {
+		w->found = 1;
+		return 1;
+	}
+	w->t = read_u64(w->t + w->next_off, &err);
+	return err ? 1 : 0;
+}
+
 /* The PyThreadState of thread `tid`, or 0. */
 static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u32 tid)
 {
 	__u64 *cached = bpf_map_lookup_elem(&tstates, &tid);
-	__u64 t, native;
+	struct thread_walk w = { .tid = tid };
+	__u64 native;
 	int err = 0;
 
 	/* A cached state is trusted only while it still names this thread. */
@@ -100,30 +134,42 @@ static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u3
 		if (!err && native == tid)
 			return *cached;
 	}
-	t = read_u64(l->interp_addr + l->interp_threads_head, &err);
-	for (int i = 0; i < PYSTACK_MAX_THREADS && t && !err; i++) {
-		native = read_u64(t + l->tstate_native_thread_id, &err);
-		if (!err && native == tid) {
-			bpf_map_update_elem(&tstates, &tid, &t, BPF_ANY);
-			return t;
-		}
-		t = read_u64(t + l->tstate_next, &err);
-	}
+	w.native_off = l->tstate_native_thread_id;
+	w.next_off = l->tstate_next;
+	w.t = read_u64(l->interp_addr + l->interp_threads_head, &err);
+	if (err)
+		return 0;
+	bpf_loop(PYSTACK_MAX_THREADS, thread_step, &w, 0);
+	if (!w.found)
+		return 0;
+	bpf_map_update_elem(&tstates, &tid, &w.t, BPF_ANY);
+	return w.t;
+}
+
+struct hash_walk {
+	__u64 h;
+};
+
+static long hash_step(__u32 i, void *arg)
+{
+	struct hash_walk *w = arg;
+	__u32 zero = 0;
+	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
+
+	if (!s || i >= s->len)
+		return 1;
+	w->h = (w->h ^ s->frames[i & (PYSTACK_MAX_FRAMES - 1)]) * 0x100000001b3ULL;
 	return 0;
 }
 
-/* FNV-1a over the frames, never PYSTACK_NONE. */
+/* FNV-1a over the frames of the scratch stack, never PYSTACK_NONE. */
 static __always_inline __u64 pystack_hash(const struct pystack *s)
 {
-	__u64 h = 0xcbf29ce484222325ULL;
+	struct hash_walk w = { .h = 0xcbf29ce484222325ULL };
 
-	for (int i = 0; i < PYSTACK_MAX_FRAMES; i++) {
-		if (i >= s->len)
-			break;
-		h = (h ^ s->frames[i]) * 0x100000001b3ULL;
-	}
-	h ^= s->truncated;
-	return h == PYSTACK_NONE ? 1 : h;
+	bpf_loop(PYSTACK_MAX_FRAMES, hash_step, &w, 0);
+	w.h ^= s->truncated;
+	return w.h == PYSTACK_NONE ? 1 : w.h;
 }
 
 static __always_inline void pystack_error(int which)
@@ -166,41 +212,54 @@ static __always_inline int read_pystr(const struct pyusdt_layout *l, __u64 str, 
 	return bytes;
 }
 
-/* Reads the names of each code object of `s` that has none yet, or whose
+struct name_walk {
+	__u32 tgid;
+};
+
+/* Names frame i of the scratch stack if it has no name yet, or if its
  * address now holds another code object. */
-static __always_inline void name_codes(const struct pyusdt_layout *l, const struct pystack *s)
+static long name_step(__u32 i, void *arg)
 {
+	struct name_walk *w = arg;
+	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &w->tgid);
 	__u32 zero = 0;
+	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
+	struct code_name *n, *known;
+	__u64 code, qualname;
+	int err = 0, got;
 
-	for (int i = 0; i < PYSTACK_MAX_FRAMES; i++) {
-		struct code_name *n, *known;
-		__u64 code, qualname;
-		int err = 0, got;
+	if (!l || !s || i >= s->len)
+		return 1;
+	code = s->frames[i & (PYSTACK_MAX_FRAMES - 1)];
+	qualname = read_u64(code + l->code_qualname, &err);
+	if (err)
+		return 0;
+	known = bpf_map_lookup_elem(&code_names, &code);
+	if (known && known->qualname_ptr == qualname)
+		return 0;
+	n = bpf_map_lookup_elem(&code_name_scratch, &zero);
+	if (!n)
+		return 1;
+	n->qualname_ptr = qualname;
+	n->firstlineno = 0;
+	bpf_probe_read_user(&n->firstlineno, sizeof(n->firstlineno),
+			    (const void *)(code + l->code_firstlineno));
+	got = read_pystr(l, qualname, n->qualname, CODE_QUALNAME_LEN, &n->qualname_kind);
+	n->qualname_len = got > 0 ? got : 0;
+	got = read_pystr(l, read_u64(code + l->code_filename, &err), n->filename,
+			 CODE_FILENAME_LEN, &n->filename_kind);
+	n->filename_len = got > 0 ? got : 0;
+	if (bpf_map_update_elem(&code_names, &code, n, BPF_ANY))
+		pystack_error(PYSTACK_ERR_NAMES);
+	return 0;
+}
 
-		if (i >= s->len)
-			break;
-		code = s->frames[i];
-		qualname = read_u64(code + l->code_qualname, &err);
-		if (err)
-			continue;
-		known = bpf_map_lookup_elem(&code_names, &code);
-		if (known && known->qualname_ptr == qualname)
-			continue;
-		n = bpf_map_lookup_elem(&code_name_scratch, &zero);
-		if (!n)
-			return;
-		n->qualname_ptr = qualname;
-		n->firstlineno = 0;
-		bpf_probe_read_user(&n->firstlineno, sizeof(n->firstlineno),
-				    (const void *)(code + l->code_firstlineno));
-		got = read_pystr(l, qualname, n->qualname, CODE_QUALNAME_LEN, &n->qualname_kind);
-		n->qualname_len = got > 0 ? got : 0;
-		got = read_pystr(l, read_u64(code + l->code_filename, &err), n->filename,
-				 CODE_FILENAME_LEN, &n->filename_kind);
-		n->filename_len = got > 0 ? got : 0;
-		if (bpf_map_update_elem(&code_names, &code, n, BPF_ANY))
-			pystack_error(PYSTACK_ERR_NAMES);
-	}
+/* Reads the names of the scratch stack's code objects that need them. */
+static __always_inline void name_codes(__u32 tgid)
+{
+	struct name_walk w = { .tgid = tgid };
+
+	bpf_loop(PYSTACK_MAX_FRAMES, name_step, &w, 0);
 }
 
 /* Keeps the current thread's name in `comms`. */
@@ -243,6 +302,45 @@ static __always_inline __s32 kernel_stack_id(void *ctx)
 	return KSTACK_NONE;
 }
 
+struct frame_walk {
+	__u64 frame;
+	__u64 code_type_addr;
+	__u32 frame_code;
+	__u32 frame_owner;
+	__u32 frame_previous;
+	__u32 object_type;
+	__u32 owner_cstack;
+	int err;
+};
+
+/* One frame of the chain into the scratch stack; stops at the end, on a
+ * failed read, or when the stack is full (marking it truncated). */
+static long frame_step(__u32 i, void *arg)
+{
+	struct frame_walk *w = arg;
+	__u32 zero = 0;
+	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
+	__u64 code;
+	__u8 owner = 0;
+
+	if (!s || !w->frame || w->err)
+		return 1;
+	code = read_u64(w->frame + w->frame_code, &w->err);
+	bpf_probe_read_user(&owner, sizeof(owner), (const void *)(w->frame + w->frame_owner));
+	/* Skip the interpreter's shim frames and anything not code. */
+	if (owner != w->owner_cstack && code &&
+	    read_u64(code + w->object_type, &w->err) == w->code_type_addr) {
+		if (s->len >= PYSTACK_MAX_FRAMES) {
+			s->truncated = 1;
+			return 1;
+		}
+		s->frames[s->len & (PYSTACK_MAX_FRAMES - 1)] = code;
+		s->len++;
+	}
+	w->frame = read_u64(w->frame + w->frame_previous, &w->err);
+	return 0;
+}
+
 /*
  * The current thread's Python stack, stored in `pystacks`; returns its id,
  * or PYSTACK_NONE (and counts why).
@@ -250,10 +348,10 @@ static __always_inline __s32 kernel_stack_id(void *ctx)
 static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 {
 	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
+	struct frame_walk fw = {};
 	struct pystack *s;
 	__u32 zero = 0;
-	__u64 t, frame, code, id;
-	__u8 owner;
+	__u64 t, frame, id;
 	int err = 0;
 
 	if (!l) {
@@ -276,27 +374,20 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 
 	s->len = 0;
 	s->truncated = 0;
-	for (int i = 0; i < PYSTACK_MAX_FRAMES * 2 && frame && !err; i++) {
-		code = read_u64(frame + l->frame_code, &err);
-		owner = 0;
-		bpf_probe_read_user(&owner, sizeof(owner), (const void *)(frame + l->frame_owner));
-		/* Skip the interpreter's shim frames and anything not code. */
-		if (owner != l->owner_cstack && code &&
-		    read_u64(code + l->object_type, &err) == l->code_type_addr) {
-			if (s->len >= PYSTACK_MAX_FRAMES) {
-				s->truncated = 1;
-				break;
-			}
-			s->frames[s->len & (PYSTACK_MAX_FRAMES - 1)] = code;
-			s->len++;
-		}
-		frame = read_u64(frame + l->frame_previous, &err);
-	}
-	if (err && s->len == 0) {
+	fw.frame = frame;
+	fw.err = err;
+	fw.code_type_addr = l->code_type_addr;
+	fw.frame_code = l->frame_code;
+	fw.frame_owner = l->frame_owner;
+	fw.frame_previous = l->frame_previous;
+	fw.object_type = l->object_type;
+	fw.owner_cstack = l->owner_cstack;
+	bpf_loop(PYSTACK_MAX_FRAMES * 2, frame_step, &fw, 0);
+	if (fw.err && s->len == 0) {
 		pystack_error(PYSTACK_ERR_READ);
 		return PYSTACK_NONE;
 	}
-	if (frame && !s->truncated && !err)
+	if (fw.frame && !s->truncated && !fw.err)
 		s->truncated = 1;
 	note_comm(tid);
 	id = pystack_hash(s);
@@ -306,7 +397,7 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 		return PYSTACK_NONE;
 	}
 	if (err == 0)
-		name_codes(l, s); /* a stack not seen before */
+		name_codes(tgid); /* a stack not seen before */
 	return id;
 }
 
