@@ -233,7 +233,8 @@ fn load_syscall<'o>(
 }
 
 /// A Python stack by id from a `pystacks` map: code addresses root first,
-/// and whether it was truncated.
+/// and whether it was truncated. Every object's map holds the one C
+/// `struct pystack` (bpf/pystack.h), so one skeleton's type decodes all.
 fn python_stack(map: &impl MapCore, id: u64) -> Result<(Vec<u64>, bool)> {
     if id == 0 {
         return Ok((Vec::new(), false));

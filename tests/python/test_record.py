@@ -2,6 +2,7 @@
 (tests/scripts/shapes.py) recorded for real under BPF, on the interpreter
 this suite runs under, checked against exact expectations."""
 
+import contextlib
 import json
 import os
 import signal
@@ -226,35 +227,36 @@ def serve_stacks(path):
     return under(fold(path, "syscall", count=True, merge=True), "serve_once", "syscall:write")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_stopped_recorder_writes_a_complete_profile(tmp_path, sig):
+@contextlib.contextmanager
+def recording_serve(out, views):
+    """A `serve` target recorded with `record -p`, after two ticks of
+    recorded work: yields (target, recorder)."""
     need_bpf(prof_binary())
-    out = tmp_path / "stopped.json"
     with Child([PY, "-m", "pyusdt", SHAPES, "serve"]) as target:
         target.expect("^waiting$")
-        with attach(target.pid, out, "--views", "syscall,cpu") as rec:
+        with attach(target.pid, out, "--views", views) as rec:
             target.send("go")
             target.expect("^tick$")
             target.expect("^tick$")
-            rec.proc.send_signal(sig)
-            code, _, err = rec.finish()
+            yield target, rec
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_recorder_writes_a_complete_profile(tmp_path, sig):
+    out = tmp_path / "stopped.json"
+    with recording_serve(out, "syscall,cpu") as (target, rec):
+        rec.proc.send_signal(sig)
+        code, _, err = rec.finish()
         assert code == 0, err
         assert target.proc.poll() is None, "the target keeps running"
     assert serve_stacks(out) > 0
 
 
 def test_a_target_killed_mid_record_ends_the_recording_with_names(tmp_path):
-    need_bpf(prof_binary())
     out = tmp_path / "killed.json"
-    with Child([PY, "-m", "pyusdt", SHAPES, "serve"]) as target:
-        target.expect("^waiting$")
-        with attach(target.pid, out, "--views", "syscall") as rec:
-            # Two ticks of work while recorded, then the kill.
-            target.send("go")
-            target.expect("^tick$")
-            target.expect("^tick$")
-            target.proc.kill()
-            code, _, err = rec.finish()
+    with recording_serve(out, "syscall") as (target, rec):
+        target.proc.kill()
+        code, _, err = rec.finish()
         assert code == 0, err
     assert serve_stacks(out) > 0
 
