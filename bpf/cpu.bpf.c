@@ -13,9 +13,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* The process to sample; set before load. */
-const volatile __u32 target_tgid = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
@@ -35,7 +32,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	__u64 one = 1, *count;
 
 	key.tgid = id >> 32;
-	if (key.tgid != target_tgid)
+	if (!is_target(key.tgid))
 		return 0;
 	key.tid = (__u32)id;
 	__sync_fetch_and_add(&samples, 1);
@@ -55,4 +52,5 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 struct cpu_key _cpu_key = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
+struct code_key _code_key = {};
 struct comm_value _comm_value = {};

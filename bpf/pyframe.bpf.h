@@ -7,6 +7,7 @@
 #ifndef PYUSDT_PYFRAME_BPF_H
 #define PYUSDT_PYFRAME_BPF_H
 
+#include "procs.bpf.h"
 #include "pystack.h"
 
 #ifndef EEXIST
@@ -15,15 +16,6 @@
 #ifndef EFAULT
 #define EFAULT 14
 #endif
-
-/* The layout of each traced process, by tgid; userspace fills it from the
- * pyusdt:layout announcement. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct pyusdt_layout);
-} layouts SEC(".maps");
 
 /* Thread id -> its PyThreadState, checked on use. */
 struct {
@@ -52,11 +44,11 @@ struct {
 	__type(value, struct pystack);
 } pystack_scratch SEC(".maps");
 
-/* Code object address -> its names, read at first sight. */
+/* (process, code object address) -> its names, read at first sight. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__type(key, struct code_key);
 	__type(value, struct code_name);
 } code_names SEC(".maps");
 
@@ -162,10 +154,13 @@ static long hash_step(__u32 i, void *arg)
 	return 0;
 }
 
-/* FNV-1a over the frames of the scratch stack, never PYSTACK_NONE. */
-static __always_inline __u64 pystack_hash(const struct pystack *s)
+/* FNV-1a over the process and the frames of the scratch stack, never
+ * PYSTACK_NONE. The process is in it because a stack's names are read per
+ * process: a forked child runs code at its parent's addresses, and another
+ * program may put other code there. */
+static __always_inline __u64 pystack_hash(const struct pystack *s, __u32 tgid)
 {
-	struct hash_walk w = { .h = 0xcbf29ce484222325ULL };
+	struct hash_walk w = { .h = (0xcbf29ce484222325ULL ^ tgid) * 0x100000001b3ULL };
 
 	bpf_loop(PYSTACK_MAX_FRAMES, hash_step, &w, 0);
 	w.h ^= s->truncated;
@@ -225,6 +220,7 @@ static long name_step(__u32 i, void *arg)
 	__u32 zero = 0;
 	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	struct code_name *n, *known;
+	struct code_key key = { .tgid = w->tgid };
 	__u64 code, qualname;
 	int err = 0, got;
 
@@ -234,7 +230,8 @@ static long name_step(__u32 i, void *arg)
 	qualname = read_u64(code + l->code_qualname, &err);
 	if (err)
 		return 0;
-	known = bpf_map_lookup_elem(&code_names, &code);
+	key.code = code;
+	known = bpf_map_lookup_elem(&code_names, &key);
 	if (known && known->qualname_ptr == qualname)
 		return 0;
 	n = bpf_map_lookup_elem(&code_name_scratch, &zero);
@@ -249,7 +246,7 @@ static long name_step(__u32 i, void *arg)
 	got = read_pystr(l, read_u64(code + l->code_filename, &err), n->filename,
 			 CODE_FILENAME_LEN, &n->filename_kind);
 	n->filename_len = got > 0 ? got : 0;
-	if (bpf_map_update_elem(&code_names, &code, n, BPF_ANY))
+	if (bpf_map_update_elem(&code_names, &key, n, BPF_ANY))
 		pystack_error(PYSTACK_ERR_NAMES);
 	return 0;
 }
@@ -390,7 +387,7 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	if (fw.frame && !s->truncated && !fw.err)
 		s->truncated = 1;
 	note_comm(tid);
-	id = pystack_hash(s);
+	id = pystack_hash(s, tgid);
 	err = bpf_map_update_elem(&pystacks, &id, s, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		pystack_error(PYSTACK_ERR_FULL);

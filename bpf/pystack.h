@@ -51,6 +51,14 @@ struct code_name {
 	char filename[CODE_FILENAME_LEN];
 };
 
+/* Names are kept per process: the same address names other code in
+ * another program. */
+struct code_key {
+	__u32 tgid;
+	__u32 reserved;
+	__u64 code;
+};
+
 /* A thread's name as the kernel knows it. */
 struct comm_value {
 	char comm[COMM_LEN];

@@ -17,9 +17,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* The process to record; set before load. */
-const volatile __u32 target_tgid = 0;
-
 struct switch_out {
 	__u64 ts;
 	__u64 pystack;
@@ -89,14 +86,15 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 {
 	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
 	__u32 next_tgid = BPF_CORE_READ(next, tgid), next_tid = BPF_CORE_READ(next, pid);
+	int prev_ours = is_target(prev_tgid), next_ours = is_target(next_tgid);
 	__u64 now;
 
-	if (prev_tgid != target_tgid && next_tgid != target_tgid)
+	if (!prev_ours && !next_ours)
 		return 0;
 	now = bpf_ktime_get_ns();
 
 	/* A target thread leaves: note where it is (it is still current). */
-	if (prev_tgid == target_tgid) {
+	if (prev_ours) {
 		struct switch_out out = { .ts = now };
 
 		__sync_fetch_and_add(&switches, 1);
@@ -107,7 +105,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 	}
 
 	/* A target thread comes back: count the time it was away. */
-	if (next_tgid == target_tgid) {
+	if (next_ours) {
 		struct switch_out *out = bpf_map_lookup_elem(&off_now, &next_tid);
 		struct offcpu_key key = {};
 		struct wakeup_key *w;
@@ -140,13 +138,13 @@ static __always_inline int on_wakeup(struct task_struct *p)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct wakeup_key w = {};
 
-	if (tgid != target_tgid)
+	if (!is_target(tgid))
 		return 0;
 	w.tgid = tgid;
 	w.tid = tid;
 	w.waker_tgid = id >> 32;
 	w.waker_tid = (__u32)id;
-	if (w.waker_tgid == target_tgid)
+	if (is_target(w.waker_tgid))
 		w.waker_pystack = py_stack_id(w.waker_tgid, w.waker_tid);
 	bpf_get_current_comm(w.waker_comm, sizeof(w.waker_comm));
 	if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))

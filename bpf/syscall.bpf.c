@@ -13,9 +13,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* The process to record; set before load. */
-const volatile __u32 target_tgid = 0;
-
 struct sys_in {
 	__u64 ts;
 	__u64 pystack;
@@ -48,7 +45,7 @@ static __always_inline int on_enter(long nr)
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct sys_in in = {};
 
-	if (tgid != target_tgid)
+	if (!is_target(tgid))
 		return 0;
 	in.ts = bpf_ktime_get_ns();
 	in.nr = nr;
@@ -67,7 +64,7 @@ static __always_inline int on_exit(void)
 	struct sys_in *in;
 	__u64 ns;
 
-	if (tgid != target_tgid)
+	if (!is_target(tgid))
 		return 0;
 	in = bpf_map_lookup_elem(&in_syscall, &tid);
 	if (!in)

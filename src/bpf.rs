@@ -18,6 +18,15 @@ pub mod layout {
     unsafe impl plain::Plain for types::pyusdt_layout {}
 }
 
+/// `bpf/procs.bpf.c`: the process table, and children followed.
+pub mod procs {
+    include!(concat!(env!("OUT_DIR"), "/procs.skel.rs"));
+
+    // SAFETY: plain C data, no padding (explicit reserved word), any bit
+    // pattern valid.
+    unsafe impl plain::Plain for types::follow_event {}
+}
+
 /// `bpf/cpu.bpf.c`: the CPU sampler and the shared Python frame walker.
 pub mod cpu {
     include!(concat!(env!("OUT_DIR"), "/cpu.skel.rs"));
@@ -29,6 +38,8 @@ pub mod cpu {
     unsafe impl plain::Plain for types::pystack {}
     // SAFETY: as above.
     unsafe impl plain::Plain for types::code_name {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::code_key {}
     // SAFETY: as above.
     unsafe impl plain::Plain for types::comm_value {}
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::RingBufferBuilder;
+use libbpf_rs::{Link, OpenObject, RingBufferBuilder};
 use pyusdt_layout::for_each_layout_field;
 
-use crate::bpf::layout::{types, LayoutSkelBuilder};
+use crate::bpf::layout::{types, LayoutSkel, LayoutSkelBuilder};
 use crate::target::Target;
 use crate::Result;
 
@@ -42,49 +42,84 @@ pub fn check(pid: u32, l: &Layout, announced_size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Attaches to `pyusdt:layout` in `target` and waits up to `timeout` for its
-/// announcement.
-pub fn receive(target: &Target, timeout: Duration) -> Result<Layout> {
-    let mut storage = MaybeUninit::uninit();
+/// An announcement as the ring buffer carries it.
+pub type Event = types::layout_event;
+
+/// Where announcements arrive, for [`watch`].
+pub type Inbox = Rc<RefCell<Vec<Event>>>;
+
+/// Opens and loads the layout program; [`attach`] it to each process
+/// whose layout is wanted.
+pub fn open(storage: &mut MaybeUninit<OpenObject>) -> Result<LayoutSkel<'_>> {
     let open = LayoutSkelBuilder::default()
-        .open(&mut storage)
+        .open(storage)
         .context("open the layout BPF object")?;
-    let skel = open.load().context("load the layout BPF program")?;
+    open.load().context("load the layout BPF program")
+}
+
+/// Attaches the layout program to `pyusdt:layout` in `target`: its poll
+/// thread announces the layout within a tick, and again each tick while
+/// the link lives.
+pub fn attach(skel: &LayoutSkel<'_>, target: &Target) -> Result<Link> {
     let path = target.extension_path();
-    let _link = skel
-        .progs
+    skel.progs
         .on_layout
         .attach_usdt(target.pid as i32, &path, "pyusdt", "layout")
-        .with_context(|| format!("attach to pyusdt:layout in {}", path.display()))?;
+        .with_context(|| format!("attach to pyusdt:layout in {}", path.display()))
+}
 
-    let got: Rc<RefCell<Option<types::layout_event>>> = Rc::default();
-    let sink = Rc::clone(&got);
-    let mut builder = RingBufferBuilder::new();
+/// Adds the layout program's ring buffer to `builder`: each announcement
+/// lands in `inbox`.
+pub fn watch<'a>(
+    builder: &mut RingBufferBuilder<'a, 'static>,
+    skel: &'a LayoutSkel<'_>,
+    inbox: &Inbox,
+) -> Result<()> {
+    let sink = Rc::clone(inbox);
     builder
         .add(&skel.maps.layout_events, move |data: &[u8]| {
-            let mut e = types::layout_event::default();
+            let mut e = Event::default();
             if plain::copy_from_bytes(&mut e, data).is_ok() {
-                *sink.borrow_mut() = Some(e);
+                sink.borrow_mut().push(e);
             }
             0
         })
         .context("watch the layout ring buffer")?;
+    Ok(())
+}
+
+/// The layout an announcement carries, if this profiler can read it.
+pub fn accept(e: &Event) -> Result<Layout> {
+    if e.read_error != 0 {
+        bail!(
+            "could not read the layout out of process {} (error {})",
+            e.pid,
+            e.read_error
+        );
+    }
+    check(e.pid, &e.layout, e.announced_size)?;
+    Ok(e.layout)
+}
+
+/// Attaches to `pyusdt:layout` in `target` and waits up to `timeout` for its
+/// announcement.
+pub fn receive(target: &Target, timeout: Duration) -> Result<Layout> {
+    let mut storage = MaybeUninit::uninit();
+    let skel = open(&mut storage)?;
+    let _link = attach(&skel, target)?;
+    let inbox = Inbox::default();
+    let mut builder = RingBufferBuilder::new();
+    watch(&mut builder, &skel, &inbox)?;
     let ring = builder.build().context("build the layout ring buffer")?;
 
     let deadline = Instant::now() + timeout;
     loop {
-        ring.poll(Duration::from_millis(50))
-            .context("poll the layout ring buffer")?;
-        if let Some(e) = got.borrow_mut().take() {
-            if e.read_error != 0 {
-                bail!(
-                    "could not read the layout out of process {} (error {})",
-                    target.pid,
-                    e.read_error
-                );
-            }
-            check(target.pid, &e.layout, e.announced_size)?;
-            return Ok(e.layout);
+        match ring.poll(Duration::from_millis(50)) {
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            r => r.context("poll the layout ring buffer")?,
+        }
+        if let Some(e) = inbox.borrow_mut().pop() {
+            return accept(&e);
         }
         if !target.alive() {
             bail!(

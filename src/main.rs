@@ -64,6 +64,8 @@ enum Command {
     ///   sudo pyusdt-prof record -p 4242 -d 30
     ///
     ///   sudo pyusdt-prof record --views cpu,syscall -F 499 -o app.json -- python -m pyusdt app.py
+    ///
+    ///   sudo pyusdt-prof record --subprocesses -- python -m pyusdt prefork_server.py
     #[command(verbatim_doc_comment)]
     Record {
         /// The process id of a Python program that runs pyusdt.
@@ -86,6 +88,13 @@ enum Command {
         /// The views to record, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "cpu,offcpu,syscall,wakeup", value_parser = parse_view)]
         views: Vec<ViewKind>,
+        /// Record the processes the target starts too (fork, and exec of
+        /// a new program), each under its own `process CMD (PID)` root.
+        /// Forked children are recorded from their first instruction; a
+        /// program they exec is, once it loads pyusdt (`python -m pyusdt`).
+        /// Recording then ends when every recorded process has exited.
+        #[arg(long)]
+        subprocesses: bool,
         /// The command to launch and record (after `--`).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -277,6 +286,9 @@ fn progress_line(p: &Progress) -> String {
         s.push_str(&format!("  {} {n}", v.name()));
     }
     s.push_str(&format!("  lost {}", p.lost));
+    if p.processes > 1 {
+        s.push_str(&format!("  processes {}", p.processes));
+    }
     s
 }
 
@@ -286,6 +298,7 @@ fn record_cmd(
     duration: Option<f64>,
     freq: u64,
     views: Vec<ViewKind>,
+    subprocesses: bool,
     command: Vec<String>,
 ) -> Result<u8> {
     errors::check_can_trace()?;
@@ -318,6 +331,7 @@ fn record_cmd(
         views: views.into_iter().collect::<BTreeSet<_>>(),
         freq,
         duration: duration.map(Duration::from_secs_f64),
+        subprocesses,
     };
     catch_signals();
     let mut launched = if command.is_empty() {
@@ -377,6 +391,9 @@ fn record_cmd(
         profile.duration_ns as f64 / 1e9,
         profile.pid
     );
+    if profile.processes.len() > 1 {
+        summary.push_str(&format!(" and {} more", profile.processes.len() - 1));
+    }
     for v in &profile.views {
         summary.push_str(&format!(", {} {}", v.kind.name(), v.events));
     }
@@ -408,9 +425,10 @@ fn run(cli: Cli) -> Result<u8> {
             duration,
             freq,
             views,
+            subprocesses,
             command,
         } => {
-            return record_cmd(pid, output, duration, freq, views, command);
+            return record_cmd(pid, output, duration, freq, views, subprocesses, command);
         }
         Command::Fold {
             input,

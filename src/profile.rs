@@ -87,6 +87,10 @@ pub enum Unit {
 /// One weighted stack of a view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
+    /// The process the thread belongs to; 0 in files that name only one
+    /// (then it is [`Profile::pid`]).
+    #[serde(default)]
+    pub pid: u32,
     /// The thread (kernel thread id) the stack belongs to.
     pub tid: u32,
     /// Indexes into [`Profile::frames`], root first; the thread is not in
@@ -96,6 +100,46 @@ pub struct Sample {
     pub value: u64,
     /// How many events make up `value` (samples, switches, calls).
     pub count: u64,
+}
+
+/// A process of a recording that followed children.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// The process that made it; 0 for the one the recording began with.
+    pub ppid: u32,
+    /// Its command line, as last seen (after an exec, the new program's).
+    pub command: Vec<String>,
+    /// The interpreter version its layout named, empty if it announced
+    /// none (not Python, or Python without pyusdt).
+    pub python: String,
+}
+
+/// A command line short enough for a frame: file names without their
+/// directories, pyusdt's launcher (`-m pyusdt`) left out, at most 60
+/// characters.
+pub fn short_command(argv: &[String]) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        if argv[i] == "-m" && argv.get(i + 1).is_some_and(|m| m == "pyusdt") {
+            i += 2;
+            continue;
+        }
+        let a = argv[i].as_str();
+        parts.push(if a.starts_with('/') {
+            a.rsplit('/').next().unwrap_or(a)
+        } else {
+            a
+        });
+        i += 1;
+    }
+    let joined = parts.join(" ");
+    if joined.chars().count() <= 60 {
+        return joined;
+    }
+    let mut short: String = joined.chars().take(57).collect();
+    short.push_str("...");
+    short
 }
 
 /// One view: its unit and its stacks.
@@ -134,6 +178,11 @@ pub struct Profile {
     pub sample_hz: u64,
     /// Thread names by thread id.
     pub threads: BTreeMap<u32, String>,
+    /// Every process recorded, by pid, when children were followed
+    /// (`record --subprocesses`); empty otherwise. Stacks then have a
+    /// process root above the thread.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub processes: BTreeMap<u32, Process>,
     /// Frame names, indexed by [`Sample::stack`].
     pub frames: Vec<String>,
     /// The views recorded.
@@ -147,6 +196,19 @@ impl Profile {
     /// The view `kind`, if it was recorded.
     pub fn view(&self, kind: ViewKind) -> Option<&View> {
         self.views.iter().find(|v| v.kind == kind)
+    }
+
+    /// `process COMMAND (PID)`, the root frame of a process in a recording
+    /// that followed children.
+    pub fn process_frame(&self, pid: u32) -> String {
+        let pid = if pid == 0 { self.pid } else { pid };
+        let command = self
+            .processes
+            .get(&pid)
+            .map(|p| short_command(&p.command))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "?".into());
+        format!("process {command} ({pid})")
     }
 
     /// `thread NAME (TID)`, the root frame of a thread.
@@ -169,7 +231,10 @@ impl Profile {
             .with_context(|| format!("this profile has no {} view", kind.name()))?;
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
         for s in &view.samples {
-            let mut parts: Vec<String> = Vec::with_capacity(s.stack.len() + 1);
+            let mut parts: Vec<String> = Vec::with_capacity(s.stack.len() + 2);
+            if !self.processes.is_empty() {
+                parts.push(self.process_frame(s.pid).replace(';', ":"));
+            }
             if !merge_threads {
                 parts.push(self.thread_frame(s.tid));
             }
@@ -281,6 +346,7 @@ mod tests {
             duration_ns: 2,
             sample_hz: 99,
             threads: BTreeMap::from([(7, "python".to_string()), (8, "worker".to_string())]),
+            processes: BTreeMap::new(),
             frames: vec![
                 "main (a.py:1)".into(),
                 "f (a.py:5)".into(),
@@ -293,18 +359,21 @@ mod tests {
                 lost: 0,
                 samples: vec![
                     Sample {
+                        pid: 0,
                         tid: 7,
                         stack: vec![0, 1, 2],
                         value: 100,
                         count: 1,
                     },
                     Sample {
+                        pid: 0,
                         tid: 8,
                         stack: vec![0, 1, 2],
                         value: 50,
                         count: 2,
                     },
                     Sample {
+                        pid: 0,
                         tid: 7,
                         stack: vec![0, 1, 2],
                         value: 10,
@@ -331,6 +400,46 @@ mod tests {
             ["main (a.py:1);f (a.py:5);schedule_[k] 4"]
         );
         assert!(p.folded(ViewKind::Cpu, false, false).is_err());
+    }
+
+    #[test]
+    fn followed_processes_get_roots() {
+        let mut p = sample_profile();
+        p.processes = BTreeMap::from([
+            (
+                7,
+                Process {
+                    ppid: 0,
+                    command: vec!["python".into(), "app.py".into()],
+                    python: "3.12.1".into(),
+                },
+            ),
+            (
+                9,
+                Process {
+                    ppid: 7,
+                    command: vec![
+                        "/usr/bin/python3".into(),
+                        "-m".into(),
+                        "pyusdt".into(),
+                        "/srv/w.py".into(),
+                        "x".repeat(70),
+                    ],
+                    python: String::new(),
+                },
+            ),
+        ]);
+        p.views[0].samples[1].pid = 9;
+        assert_eq!(
+            p.folded(ViewKind::Offcpu, false, true).unwrap(),
+            [
+                "process python app.py (7);main (a.py:1);f (a.py:5);schedule_[k] 110",
+                &format!(
+                    "process python3 w.py {}... (9);main (a.py:1);f (a.py:5);schedule_[k] 50",
+                    "x".repeat(44)
+                ),
+            ]
+        );
     }
 
     #[test]

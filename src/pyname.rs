@@ -32,7 +32,9 @@ pub fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Namer {
     pid: u32,
-    layout: Layout,
+    /// None for a process that announced none: then only names learned
+    /// elsewhere are known.
+    layout: Option<Layout>,
     cache: HashMap<u64, String>,
 }
 
@@ -40,8 +42,8 @@ pub struct Namer {
 const MAX_STR: u64 = 1024;
 
 impl Namer {
-    /// A namer for process `pid`, which announced `layout`.
-    pub fn new(pid: u32, layout: Layout) -> Self {
+    /// A namer for process `pid`, which announced `layout` (or none).
+    pub fn new(pid: u32, layout: Option<Layout>) -> Self {
         Namer {
             pid,
             layout,
@@ -63,7 +65,7 @@ impl Namer {
 
     /// The text of the str object at `addr`.
     pub fn str_at(&self, addr: u64) -> io::Result<String> {
-        let l = &self.layout;
+        let l = self.layout()?;
         let state = self.u32_at(addr + u64::from(l.unicode_state))?;
         let length = self
             .u64_at(addr + u64::from(l.unicode_length))?
@@ -89,8 +91,14 @@ impl Namer {
         Ok(decode(&b, kind as u8))
     }
 
+    fn layout(&self) -> io::Result<&Layout> {
+        self.layout
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no layout"))
+    }
+
     fn read_name(&self, code: u64) -> io::Result<String> {
-        let l = &self.layout;
+        let l = self.layout()?;
         let qualname = self.str_at(self.u64_at(code + u64::from(l.code_qualname))?)?;
         let file = self.str_at(self.u64_at(code + u64::from(l.code_filename))?)?;
         let first = self.u32_at(code + u64::from(l.code_firstlineno))? as i32;

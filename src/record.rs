@@ -8,22 +8,24 @@
 //! names the first time a stack holds it, so that names resolve even when
 //! the target exits before the recording ends.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-use crate::bpf::{cpu, sched, syscall};
+use crate::bpf::{cpu, procs, sched, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
-use crate::profile::{Profile, Sample, View, ViewKind, FORMAT, VERSION};
+use crate::profile::{Process, Profile, Sample, View, ViewKind, FORMAT, VERSION};
 use crate::pyname::{self, Namer};
-use crate::target::Target;
+use crate::target::{self, Lookup, Target};
 use crate::{syscalls, Result};
 
 /// Why some detail was dropped because a map was full, as
@@ -33,6 +35,10 @@ pub const LOST_STACKS: &str = "Python stack map full";
 pub const LOST_NAMES: &str = "code name map full";
 /// See [`LOST_STACKS`].
 pub const LOST_KERNEL_STACKS: &str = "kernel stack map full or colliding";
+/// Children not followed because the process table was full.
+pub const LOST_CHILDREN: &str = "children not followed (process table full)";
+/// Process events the recorder did not hear of (ring buffer full).
+pub const LOST_PROCESS_EVENTS: &str = "process events lost";
 
 /// The name of the pyusdt extension's poll thread, left out of profiles.
 pub const POLL_THREAD: &str = "pyusdt-poll";
@@ -46,6 +52,8 @@ pub struct Options {
     pub freq: u64,
     /// Stop after this long (else at `stop` or when the target exits).
     pub duration: Option<Duration>,
+    /// Record the processes the target starts, and theirs, too.
+    pub subprocesses: bool,
 }
 
 /// Live figures, for a progress line.
@@ -57,6 +65,9 @@ pub struct Progress {
     pub events: BTreeMap<ViewKind, u64>,
     /// Events lost so far (full maps).
     pub lost: u64,
+    /// Processes being recorded now (more than one only when following
+    /// children).
+    pub processes: usize,
 }
 
 /// Reads a counter that BPF updates in place.
@@ -116,22 +127,125 @@ fn put_layout(map: &impl MapCore, pid: u32, l: &Layout) -> Result<()> {
         .context("give a BPF program the target's layout")
 }
 
-fn load_cpu<'o>(
+/// What every view's object takes from the procs object: the process
+/// table and the layouts, shared, so that a process the procs object adds
+/// is recorded by every view at once.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    pid: u32,
+    follow: bool,
+    targets: BorrowedFd<'a>,
+    layouts: BorrowedFd<'a>,
+}
+
+/// Points an open object at the shared maps and the recorded process.
+macro_rules! share {
+    ($open:expr, $shared:expr, $what:literal) => {{
+        let ro = $open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context(concat!($what, " have no rodata"))?;
+        ro.target_tgid = $shared.pid;
+        ro.follow = u8::from($shared.follow);
+        $open
+            .maps
+            .targets
+            .reuse_fd($shared.targets)
+            .context("share the process table")?;
+        $open
+            .maps
+            .layouts
+            .reuse_fd($shared.layouts)
+            .context("share the layouts")?;
+    }};
+}
+
+/// Loads with tp_btf programs where the kernel offers them (and
+/// PYUSDT_PROF_RAW_TP=1 does not say otherwise), else with raw_tp ones.
+fn btf_or_raw<'o, T>(
+    btf_storage: &'o mut MaybeUninit<OpenObject>,
+    raw_storage: &'o mut MaybeUninit<OpenObject>,
+    load: impl Fn(&'o mut MaybeUninit<OpenObject>, bool) -> Result<T>,
+) -> Result<T> {
+    // PYUSDT_PROF_RAW_TP=1 skips tp_btf, to exercise the raw_tp programs
+    // on a kernel that has both.
+    let btf = if std::env::var_os("PYUSDT_PROF_RAW_TP").is_none_or(|v| v != "1") {
+        load(btf_storage, true)
+    } else {
+        Err(anyhow::anyhow!("tp_btf skipped (PYUSDT_PROF_RAW_TP=1)"))
+    };
+    match btf {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            load(raw_storage, false).map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))
+        }
+    }
+}
+
+/// The procs object: owns the process table and the layouts, and with
+/// `follow` adds each child of a recorded process to them. Exec is watched
+/// either way: a process that execs loses its layout until the new program
+/// announces one.
+fn load_procs<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
     pid: u32,
     l: &Layout,
+    follow: bool,
+    btf: bool,
+) -> Result<(procs::ProcsSkel<'o>, Vec<Link>)> {
+    let mut open = procs::ProcsSkelBuilder::default()
+        .open(storage)
+        .context("open the process tracker")?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the process tracker has no rodata")?;
+    ro.target_tgid = pid;
+    ro.follow = u8::from(follow);
+    let p = &mut open.progs;
+    p.exec_btf.set_autoload(btf);
+    p.exec_raw.set_autoload(!btf);
+    p.fork_btf.set_autoload(btf && follow);
+    p.fork_raw.set_autoload(!btf && follow);
+    p.exit_btf.set_autoload(btf && follow);
+    p.exit_raw.set_autoload(!btf && follow);
+    let skel = open.load().context("load the process tracker")?;
+    skel.maps
+        .targets
+        .update(&pid.to_ne_bytes(), &0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("enter the target in the process table")?;
+    put_layout(&skel.maps.layouts, pid, l)?;
+    let p = &skel.progs;
+    let mut links = vec![if btf {
+        p.exec_btf.attach()
+    } else {
+        p.exec_raw.attach()
+    }
+    .context("attach to sched_process_exec")?];
+    if follow {
+        let (f, e) = if btf {
+            (p.fork_btf.attach(), p.exit_btf.attach())
+        } else {
+            (p.fork_raw.attach(), p.exit_raw.attach())
+        };
+        links.push(f.context("attach to sched_process_fork")?);
+        links.push(e.context("attach to sched_process_exit")?);
+    }
+    Ok((skel, links))
+}
+
+fn load_cpu<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
     freq: u64,
 ) -> Result<(cpu::CpuSkel<'o>, Vec<Link>)> {
     let mut open = cpu::CpuSkelBuilder::default()
         .open(storage)
         .context("open the CPU sampler")?;
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .context("the CPU sampler has no rodata")?
-        .target_tgid = pid;
+    share!(open, shared, "the CPU sampler");
     let skel = open.load().context("load the CPU sampler")?;
-    put_layout(&skel.maps.layouts, pid, l)?;
     let mut links = Vec::new();
     for c in online_cpus()? {
         let fd = open_cpu_clock(c, freq)
@@ -150,19 +264,14 @@ fn load_cpu<'o>(
 
 fn load_sched<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
-    pid: u32,
-    l: &Layout,
+    shared: Shared<'_>,
     btf: bool,
     wakeups: bool,
 ) -> Result<(sched::SchedSkel<'o>, Vec<Link>)> {
     let mut open = sched::SchedSkelBuilder::default()
         .open(storage)
         .context("open the scheduler programs")?;
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .context("the scheduler programs have no rodata")?
-        .target_tgid = pid;
+    share!(open, shared, "the scheduler programs");
     let p = &mut open.progs;
     p.switch_btf.set_autoload(btf);
     p.switch_raw.set_autoload(!btf);
@@ -171,7 +280,6 @@ fn load_sched<'o>(
     p.wakeup_new_btf.set_autoload(btf && wakeups);
     p.wakeup_new_raw.set_autoload(!btf && wakeups);
     let skel = open.load().context("load the scheduler programs")?;
-    put_layout(&skel.maps.layouts, pid, l)?;
     let p = &skel.progs;
     let mut links = vec![if btf {
         p.switch_btf.attach()
@@ -193,8 +301,7 @@ fn load_sched<'o>(
 
 fn load_syscall<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
-    pid: u32,
-    l: &Layout,
+    shared: Shared<'_>,
     btf: bool,
 ) -> Result<(syscall::SyscallSkel<'o>, Vec<Link>)> {
     let mut open = syscall::SyscallSkelBuilder::default()
@@ -205,18 +312,13 @@ fn load_syscall<'o>(
         .kstacks
         .set_max_entries(1)
         .context("shrink the unused kernel stack map")?;
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .context("the syscall programs have no rodata")?
-        .target_tgid = pid;
+    share!(open, shared, "the syscall programs");
     let p = &mut open.progs;
     p.enter_btf.set_autoload(btf);
     p.exit_btf.set_autoload(btf);
     p.enter_raw.set_autoload(!btf);
     p.exit_raw.set_autoload(!btf);
     let skel = open.load().context("load the syscall programs")?;
-    put_layout(&skel.maps.layouts, pid, l)?;
     let p = &skel.progs;
     let (enter, exit) = if btf {
         (p.enter_btf.attach(), p.exit_btf.attach())
@@ -291,15 +393,30 @@ fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
     Ok(out)
 }
 
+/// A namer per recorded process, made on first use.
+struct Namers {
+    layouts: HashMap<u32, Option<Layout>>,
+    by_pid: HashMap<u32, Namer>,
+}
+
+impl Namers {
+    fn get(&mut self, pid: u32) -> &mut Namer {
+        let layouts = &self.layouts;
+        self.by_pid
+            .entry(pid)
+            .or_insert_with(|| Namer::new(pid, layouts.get(&pid).copied().flatten()))
+    }
+}
+
 /// The names the BPF side read at first sight, and the thread names it
 /// kept, from one object's `code_names` and `comms` maps.
 fn learn_names(
     code_names: &impl MapCore,
     comms: &impl MapCore,
-    namer: &mut Namer,
+    namers: &mut Namers,
     threads: &mut BTreeMap<u32, String>,
 ) -> Result<()> {
-    for (code, n) in entries::<u64, cpu::types::code_name>(code_names)? {
+    for (key, n) in entries::<cpu::types::code_key, cpu::types::code_name>(code_names)? {
         let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
         let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
         let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
@@ -309,7 +426,7 @@ fn learn_names(
             pyname::decode(&bytes(f), n.filename_kind),
             n.firstlineno
         );
-        namer.learn(code, name);
+        namers.get(key.tgid).learn(key.code, name);
     }
     for (tid, c) in entries::<u32, cpu::types::comm_value>(comms)? {
         threads.insert(tid, comm_str(&c.comm));
@@ -343,6 +460,7 @@ fn comm_str(c: &[i8]) -> String {
 
 /// A stack as the maps hold it, before anything is named.
 struct RawSample {
+    pid: u32,
     tid: u32,
     /// Code addresses, root first, and whether the walker cut the stack.
     python: (Vec<u64>, bool),
@@ -358,8 +476,8 @@ enum Tail {
     Kernel(Vec<u64>),
     /// A syscall number.
     Syscall(i64),
-    /// The waker's frame name and its Python stack.
-    Waker(String, (Vec<u64>, bool)),
+    /// The waker's frame name, its process and its Python stack.
+    Waker(String, u32, (Vec<u64>, bool)),
 }
 
 /// A view as the maps hold it.
@@ -374,6 +492,7 @@ fn cpu_samples(s: &cpu::CpuSkel<'_>) -> Result<Vec<RawSample>> {
     let mut out = Vec::new();
     for (k, count) in entries::<cpu::types::cpu_key, u64>(&s.maps.cpu_samples)? {
         out.push(RawSample {
+            pid: k.tgid,
             tid: k.tid,
             python: python_stack(&s.maps.pystacks, k.pystack)?,
             tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
@@ -388,6 +507,7 @@ fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
     let mut out = Vec::new();
     for (k, v) in entries::<sched::types::offcpu_key, sched::types::time_value>(&s.maps.offcpu)? {
         out.push(RawSample {
+            pid: k.tgid,
             tid: k.tid,
             python: python_stack(&s.maps.pystacks, k.pystack)?,
             tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
@@ -400,19 +520,26 @@ fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
 
 fn wakeup_samples(
     s: &sched::SchedSkel<'_>,
-    pid: u32,
+    recorded: &BTreeSet<u32>,
     threads: &BTreeMap<u32, String>,
 ) -> Result<Vec<RawSample>> {
     let mut out = Vec::new();
     for (k, v) in entries::<sched::types::wakeup_key, sched::types::time_value>(&s.maps.wakeups)? {
         let waker = if k.waker_tgid == 0 {
             "waker [kernel]".to_string()
-        } else if k.waker_tgid == pid {
+        } else if recorded.contains(&k.waker_tgid) {
             let name = threads
                 .get(&k.waker_tid)
                 .cloned()
                 .unwrap_or_else(|| comm_str(&k.waker_comm));
-            format!("waker thread {name} ({})", k.waker_tid)
+            if k.waker_tgid == k.tgid {
+                format!("waker thread {name} ({})", k.waker_tid)
+            } else {
+                format!(
+                    "waker thread {name} ({}) of process {}",
+                    k.waker_tid, k.waker_tgid
+                )
+            }
         } else {
             format!(
                 "waker {} ({}) of process {}",
@@ -422,9 +549,14 @@ fn wakeup_samples(
             )
         };
         out.push(RawSample {
+            pid: k.tgid,
             tid: k.tid,
             python: python_stack(&s.maps.pystacks, k.pystack)?,
-            tail: Tail::Waker(waker, python_stack(&s.maps.pystacks, k.waker_pystack)?),
+            tail: Tail::Waker(
+                waker,
+                k.waker_tgid,
+                python_stack(&s.maps.pystacks, k.waker_pystack)?,
+            ),
             value: v.ns,
             count: v.count,
         });
@@ -438,6 +570,7 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
         entries::<syscall::types::syscall_key, syscall::types::syscall_value>(&s.maps.syscalls)?
     {
         out.push(RawSample {
+            pid: k.tgid,
             tid: k.tid,
             python: python_stack(&s.maps.pystacks, k.pystack)?,
             tail: Tail::Syscall(k.nr),
@@ -450,7 +583,7 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
 
 /// Names every frame of every view (kernel symbols in one batch) into a
 /// frame table and the views' stacks.
-fn name_views(raw: Vec<RawView>, namer: &mut Namer) -> (Vec<String>, Vec<View>) {
+fn name_views(raw: Vec<RawView>, namers: &mut Namers) -> (Vec<String>, Vec<View>) {
     let mut ips: Vec<u64> = raw
         .iter()
         .flat_map(|v| &v.samples)
@@ -480,16 +613,17 @@ fn name_views(raw: Vec<RawView>, namer: &mut Namer) -> (Vec<String>, Vec<View>) 
                 .into_iter()
                 .map(|s| {
                     let mut stack = Vec::new();
-                    frames.python(namer, &s.python.0, s.python.1, &mut stack);
+                    frames.python(namers.get(s.pid), &s.python.0, s.python.1, &mut stack);
                     match &s.tail {
                         Tail::Kernel(ips) => frames.kernel(ips, &mut stack),
                         Tail::Syscall(nr) => stack.push(frames.id(&syscalls::label(*nr))),
-                        Tail::Waker(name, (codes, truncated)) => {
+                        Tail::Waker(name, pid, (codes, truncated)) => {
                             stack.push(frames.id(name));
-                            frames.python(namer, codes, *truncated, &mut stack);
+                            frames.python(namers.get(*pid), codes, *truncated, &mut stack);
                         }
                     }
                     Sample {
+                        pid: s.pid,
                         tid: s.tid,
                         stack,
                         value: s.value,
@@ -561,10 +695,141 @@ impl Frames {
     }
 }
 
+/// A process of the recording, as the procs object and /proc tell of it.
+struct Followed {
+    ppid: u32,
+    command: Vec<String>,
+    /// Its layout, None until a program it exec'd announces one.
+    layout: Option<Layout>,
+    /// It exec'd a program that may load pyusdt: ask it for its layout.
+    awaiting: bool,
+    /// The link that asks it.
+    asking: Option<Link>,
+    alive: bool,
+}
+
+/// Processes and their layouts, kept current from the procs object's
+/// events and the layout announcements.
+struct Tracker {
+    procs: BTreeMap<u32, Followed>,
+    /// Problems met once, to say once each.
+    said: BTreeSet<String>,
+}
+
+impl Tracker {
+    fn new(pid: u32, command: Vec<String>, l: Layout) -> Self {
+        let first = Followed {
+            ppid: 0,
+            command,
+            layout: Some(l),
+            awaiting: false,
+            asking: None,
+            alive: true,
+        };
+        Tracker {
+            procs: BTreeMap::from([(pid, first)]),
+            said: BTreeSet::new(),
+        }
+    }
+
+    fn say_once(&mut self, what: String) {
+        if self.said.insert(what.clone()) {
+            eprintln!("\r\x1b[Kpyusdt-prof: {what}");
+        }
+    }
+
+    fn on_event(&mut self, e: &procs::types::follow_event) {
+        use procs::types::follow_event_kind as Kind;
+        let comm = || vec![comm_str(&e.comm)];
+        match Kind(e.kind) {
+            Kind::PROC_FORK => {
+                let parent = self.procs.get(&e.ppid);
+                let layout = parent.and_then(|p| p.layout);
+                let command = target::command_line(e.pid)
+                    .or_else(|| parent.map(|p| p.command.clone()))
+                    .unwrap_or_else(comm);
+                self.procs.insert(
+                    e.pid,
+                    Followed {
+                        ppid: e.ppid,
+                        command,
+                        layout,
+                        awaiting: false,
+                        asking: None,
+                        alive: true,
+                    },
+                );
+            }
+            Kind::PROC_EXEC => {
+                if let Some(p) = self.procs.get_mut(&e.pid) {
+                    p.layout = None;
+                    p.awaiting = true;
+                    p.asking = None;
+                    p.command = target::command_line(e.pid).unwrap_or_else(comm);
+                }
+            }
+            Kind::PROC_EXIT => {
+                if let Some(p) = self.procs.get_mut(&e.pid) {
+                    p.alive = false;
+                    p.awaiting = false;
+                    p.asking = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes a layout announcement: the process's frames can be walked
+    /// from now on.
+    fn on_layout(&mut self, e: &layout::Event, layouts: &impl MapCore) {
+        let Some(p) = self.procs.get_mut(&e.pid) else {
+            return;
+        };
+        p.awaiting = false;
+        p.asking = None;
+        match layout::accept(e).and_then(|l| put_layout(layouts, e.pid, &l).map(|()| l)) {
+            Ok(l) => p.layout = Some(l),
+            Err(err) => self.say_once(format!("{err:#}; its Python frames are not recorded")),
+        }
+    }
+
+    /// Asks each process that exec'd a program with pyusdt for its layout;
+    /// stops asking one that runs a program that is not Python.
+    fn ask(&mut self, skel: &crate::bpf::layout::LayoutSkel<'_>) {
+        let mut problems = Vec::new();
+        for (&pid, p) in &mut self.procs {
+            if !p.alive || !p.awaiting || p.asking.is_some() {
+                continue;
+            }
+            match target::lookup(pid) {
+                Ok(Lookup::Ready(t)) => match layout::attach(skel, &t) {
+                    Ok(link) => p.asking = Some(link),
+                    Err(e) => {
+                        p.awaiting = false;
+                        problems.push(format!("process {pid}: {e:#}"));
+                    }
+                },
+                Ok(Lookup::NotPython(_)) => p.awaiting = false,
+                Ok(Lookup::Gone) => p.alive = false,
+                // Python that may import pyusdt later: ask again.
+                Ok(Lookup::WithoutPyusdt(_)) | Err(_) => {}
+            }
+        }
+        for what in problems {
+            self.say_once(what);
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.procs.values().filter(|p| p.alive).count()
+    }
+}
+
 /// Records `target` as `opts` says until `stop` is set, the duration runs
-/// out or the target exits. `on_ready` runs once everything is attached
-/// (the launcher lets the program start then); `on_tick` gets live
-/// figures about ten times a second.
+/// out or the target exits (with `opts.subprocesses`, once every recorded
+/// process has). `on_ready` runs once everything is attached (the launcher
+/// lets the program start then); `on_tick` gets live figures about ten
+/// times a second.
 pub fn record(
     target: &Target,
     opts: &Options,
@@ -576,8 +841,23 @@ pub fn record(
         bail!("no view to record");
     }
     let pid = target.pid;
+    let follow = opts.subprocesses;
     let l = layout::receive(target, Duration::from_secs(10))?;
     let want = |v| opts.views.contains(&v);
+    let (mut s_procs_btf, mut s_procs_raw, mut s_layout) = (
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+        MaybeUninit::uninit(),
+    );
+    let (procs, procs_links) = btf_or_raw(&mut s_procs_btf, &mut s_procs_raw, |s, btf| {
+        load_procs(s, pid, &l, follow, btf)
+    })?;
+    let shared = Shared {
+        pid,
+        follow,
+        targets: procs.maps.targets.as_fd(),
+        layouts: procs.maps.layouts.as_fd(),
+    };
     let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
         MaybeUninit::uninit(),
         MaybeUninit::uninit(),
@@ -586,44 +866,44 @@ pub fn record(
         MaybeUninit::uninit(),
     );
     let cpu = if want(ViewKind::Cpu) {
-        Some(load_cpu(&mut s_cpu, pid, &l, opts.freq)?)
+        Some(load_cpu(&mut s_cpu, shared, opts.freq)?)
     } else {
         None
     };
     let wakeups = want(ViewKind::Wakeup);
-    // PYUSDT_PROF_RAW_TP=1 skips tp_btf, to exercise the raw_tp programs
-    // on a kernel that has both.
-    let try_btf = std::env::var_os("PYUSDT_PROF_RAW_TP").is_none_or(|v| v != "1");
-    let no_btf = || anyhow::anyhow!("tp_btf skipped (PYUSDT_PROF_RAW_TP=1)");
     let sched = if want(ViewKind::Offcpu) || wakeups {
-        // tp_btf where the kernel offers it, raw_tp where it does not.
-        let btf = if try_btf {
-            load_sched(&mut s_sched_btf, pid, &l, true, wakeups)
-        } else {
-            Err(no_btf())
-        };
-        Some(match btf {
-            Ok(s) => s,
-            Err(e) => load_sched(&mut s_sched_raw, pid, &l, false, wakeups)
-                .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,
-        })
+        Some(btf_or_raw(&mut s_sched_btf, &mut s_sched_raw, |s, btf| {
+            load_sched(s, shared, btf, wakeups)
+        })?)
     } else {
         None
     };
     let sys = if want(ViewKind::Syscall) {
-        let btf = if try_btf {
-            load_syscall(&mut s_sys_btf, pid, &l, true)
-        } else {
-            Err(no_btf())
-        };
-        Some(match btf {
-            Ok(s) => s,
-            Err(e) => load_syscall(&mut s_sys_raw, pid, &l, false)
-                .map_err(|raw| raw.context(format!("and with tp_btf: {e:#}")))?,
-        })
+        Some(btf_or_raw(&mut s_sys_btf, &mut s_sys_raw, |s, btf| {
+            load_syscall(s, shared, btf)
+        })?)
     } else {
         None
     };
+
+    // Processes come and go through one ring buffer, and the layouts that
+    // exec'd programs announce through another; one poll waits on both.
+    let lay = layout::open(&mut s_layout)?;
+    let proc_events: Rc<RefCell<Vec<procs::types::follow_event>>> = Rc::default();
+    let announced = layout::Inbox::default();
+    let mut builder = RingBufferBuilder::new();
+    let sink = Rc::clone(&proc_events);
+    builder
+        .add(&procs.maps.follow_events, move |data: &[u8]| {
+            let mut e = procs::types::follow_event::default();
+            if plain::copy_from_bytes(&mut e, data).is_ok() {
+                sink.borrow_mut().push(e);
+            }
+            0
+        })
+        .context("watch the process events")?;
+    layout::watch(&mut builder, &lay, &announced)?;
+    let ring = builder.build().context("build the event ring buffers")?;
 
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -631,19 +911,12 @@ pub fn record(
     let started = Instant::now();
     on_ready();
 
-    let mut namer = Namer::new(pid, l);
+    let mut tracker = Tracker::new(pid, target::command_line(pid).unwrap_or_default(), l);
     let mut threads = BTreeMap::new();
-    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let progress = |elapsed| {
+    let progress = |elapsed, processes| {
         let mut p = Progress {
             elapsed,
+            processes,
             ..Default::default()
         };
         if let Some((s, _)) = &cpu {
@@ -672,21 +945,47 @@ pub fn record(
         p
     };
 
+    let tick = Duration::from_millis(100);
+    let mut next_tick = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let elapsed = started.elapsed();
-        let alive = target.alive();
-        if alive {
-            proc_threads(pid, &mut threads);
+        match ring.poll(next_tick.saturating_duration_since(Instant::now())) {
+            // A signal (Ctrl-C) arrived: the stop flag says what to do.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            r => r.context("poll the event ring buffers")?,
         }
-        on_tick(&progress(elapsed));
-        if !alive || stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| elapsed >= d) {
+        for e in proc_events.borrow_mut().drain(..) {
+            tracker.on_event(&e);
+        }
+        for e in announced.borrow_mut().drain(..) {
+            tracker.on_layout(&e, &procs.maps.layouts);
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick += tick;
+        let elapsed = started.elapsed();
+        if !target.alive() {
+            if let Some(p) = tracker.procs.get_mut(&pid) {
+                p.alive = false;
+            }
+        }
+        tracker.ask(&lay);
+        for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
+            proc_threads(p, &mut threads);
+        }
+        let running = tracker.live();
+        on_tick(&progress(elapsed, running));
+        if running == 0
+            || stop.load(Ordering::Relaxed)
+            || opts.duration.is_some_and(|d| elapsed >= d)
+        {
             break;
         }
     }
     let duration_ns = started.elapsed().as_nanos() as u64;
 
     // Detach everything before reading: the counts stop moving.
+    drop(procs_links);
     let cpu = cpu.map(|(s, links)| {
         drop(links);
         s
@@ -699,22 +998,33 @@ pub fn record(
         drop(links);
         s
     });
-    if target.alive() {
-        proc_threads(pid, &mut threads);
+    for e in proc_events.borrow_mut().drain(..) {
+        tracker.on_event(&e);
+    }
+    for (&p, f) in &mut tracker.procs {
+        f.asking = None;
+        if target::command_line(p).is_some() {
+            proc_threads(p, &mut threads);
+        }
     }
 
     // Names read by the BPF side at first sight win: they are what the
     // code objects were called when the stacks were taken.
+    let mut namers = Namers {
+        layouts: tracker.procs.iter().map(|(&p, f)| (p, f.layout)).collect(),
+        by_pid: HashMap::new(),
+    };
     if let Some(s) = &cpu {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
     }
     if let Some(s) = &sched {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
     }
     if let Some(s) = &sys {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namer, &mut threads)?;
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
     }
 
+    let recorded: BTreeSet<u32> = tracker.procs.keys().copied().collect();
     let mut raw: Vec<RawView> = Vec::new();
     if let Some(s) = &cpu {
         let b = s.maps.bss_data.as_deref();
@@ -740,7 +1050,7 @@ pub fn record(
                 kind: ViewKind::Wakeup,
                 events: b.map_or(0, |b| b.wakeups_joined),
                 lost: b.map_or(0, |b| b.lost_wakeups),
-                samples: wakeup_samples(s, pid, &threads)?,
+                samples: wakeup_samples(s, &recorded, &threads)?,
             });
         }
     }
@@ -753,7 +1063,7 @@ pub fn record(
             samples: syscall_samples(s)?,
         });
     }
-    let (frame_names, mut views) = name_views(raw, &mut namer);
+    let (frame_names, mut views) = name_views(raw, &mut namers);
 
     // pyusdt's own poll thread is instrumentation, not the program.
     let poll: Vec<u32> = threads
@@ -789,7 +1099,36 @@ pub fn record(
     if let Some(b) = sys.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
         add_errors(&b.pystack_errors);
     }
+    if let Some(b) = procs.maps.bss_data.as_deref() {
+        if b.lost_children > 0 {
+            walk_errors.insert(LOST_CHILDREN.into(), b.lost_children);
+        }
+        if b.lost_events > 0 {
+            walk_errors.insert(LOST_PROCESS_EVENTS.into(), b.lost_events);
+        }
+    }
 
+    let command = tracker.procs[&pid].command.clone();
+    let processes = if follow {
+        tracker
+            .procs
+            .iter()
+            .map(|(&p, f)| {
+                let process = Process {
+                    ppid: f.ppid,
+                    command: f.command.clone(),
+                    python: f
+                        .layout
+                        .as_ref()
+                        .map(layout::python_version)
+                        .unwrap_or_default(),
+                };
+                (p, process)
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     Ok(Profile {
         format: FORMAT.into(),
         version: VERSION,
@@ -800,6 +1139,7 @@ pub fn record(
         duration_ns,
         sample_hz: opts.freq,
         threads,
+        processes,
         frames: frame_names,
         views,
         walk_errors,

@@ -57,16 +57,34 @@ fn is_python(path: &str) -> bool {
     file.starts_with("python") || file.starts_with("libpython")
 }
 
-/// Finds process `pid` and its pyusdt extension, or says plainly why not.
-pub fn find(pid: u32) -> Result<Target> {
+/// What a process is, as far as recording it goes.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Python with pyusdt loaded: ready to record.
+    Ready(Target),
+    /// Python without pyusdt (yet: a program may import it later).
+    WithoutPyusdt(String),
+    /// Not Python.
+    NotPython(String),
+    /// No such process.
+    Gone,
+}
+
+/// Looks at process `pid`'s command name and memory map.
+pub fn lookup(pid: u32) -> Result<Lookup> {
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let comm = match fs::read_to_string(proc.join("comm")) {
         Ok(c) => c.trim_end().to_string(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("no process with PID {pid}"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Gone),
         Err(e) => return Err(e).with_context(|| format!("read /proc/{pid}/comm")),
     };
-    let maps = fs::read_to_string(proc.join("maps"))
-        .with_context(|| format!("read the memory map of process {pid} ({comm})"))?;
+    let maps = match fs::read_to_string(proc.join("maps")) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Gone),
+        Err(e) => {
+            return Err(e).with_context(|| format!("read the memory map of process {pid} ({comm})"))
+        }
+    };
     let paths = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -74,22 +92,44 @@ pub fn find(pid: u32) -> Result<Target> {
     let mut python = false;
     for path in paths {
         if is_extension(path) {
-            return Ok(Target {
+            return Ok(Lookup::Ready(Target {
                 pid,
                 comm,
                 extension: PathBuf::from(path),
-            });
+            }));
         }
         python |= is_python(path);
     }
-    if python {
-        bail!(
+    Ok(if python {
+        Lookup::WithoutPyusdt(comm)
+    } else {
+        Lookup::NotPython(comm)
+    })
+}
+
+/// Finds process `pid` and its pyusdt extension, or says plainly why not.
+pub fn find(pid: u32) -> Result<Target> {
+    match lookup(pid)? {
+        Lookup::Ready(t) => Ok(t),
+        Lookup::Gone => bail!("no process with PID {pid}"),
+        Lookup::WithoutPyusdt(comm) => bail!(
             "process {pid} ({comm}) runs Python without pyusdt: start it with \
              `python -m pyusdt app.py` (or `-m module`), or call \
              `import pyusdt; pyusdt.enable()` in it"
-        )
+        ),
+        Lookup::NotPython(comm) => bail!("process {pid} ({comm}) is not a Python process"),
     }
-    bail!("process {pid} ({comm}) is not a Python process")
+}
+
+/// Process `pid`'s command line, if it still runs.
+pub fn command_line(pid: u32) -> Option<Vec<String>> {
+    let b = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = b
+        .split(|&c| c == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!args.is_empty()).then_some(args)
 }
 
 #[cfg(test)]

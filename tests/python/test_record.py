@@ -401,3 +401,61 @@ def test_a_syscall_storm_is_counted_exactly(tmp_path):
     recorded = under(stacks, "storm_writes", "syscall:write")
     assert recorded + lost == made, (recorded, lost, made)
     assert made > 100_000
+
+
+def by_process(stacks):
+    """{pid: {stack below the process root: value}} of a folded view
+    recorded with --subprocesses."""
+    out = {}
+    for stack, v in stacks.items():
+        root = stack[0]
+        assert root.startswith("process "), stack
+        pid = int(root.rsplit("(", 1)[1].rstrip(")"))
+        out.setdefault(pid, {})[stack[1:]] = v
+    return out
+
+
+def test_subprocesses_are_recorded_each_under_its_root(tmp_path):
+    """Two forked workers and an exec'd Python: each is its own process
+    root, with its own functions and none of another's."""
+    code, path = record(tmp_path, "fork", views="cpu,syscall", extra=("--subprocesses",))
+    assert code == 0
+    profile = json.loads(path.read_text())
+    procs = {int(p): v for p, v in profile["processes"].items()}
+    assert len(procs) == 4, procs
+    main = profile["pid"]
+    assert procs[main]["ppid"] == 0
+    children = [p for p in procs if p != main]
+    assert all(procs[c]["ppid"] == main for c in children)
+    execd = [c for c in children if "exec_child" in procs[c]["command"]]
+    forked = [c for c in children if c not in execd]
+    assert len(execd) == 1 and len(forked) == 2, procs
+    assert procs[execd[0]]["python"] == profile["python"]
+
+    cpu = by_process(fold(path, "cpu", merge=True))
+    for pid in forked:
+        mine = cpu.get(pid, {})
+        total = sum(mine.values())
+        spin = under(mine, "spin_for")
+        # 0.5 s at 99 Hz: about 50 samples on an idle machine, nearly all in
+        # child_spin.
+        assert total >= 10, (pid, mine)
+        assert spin >= 0.9 * total, (pid, mine)
+        assert all("child_spin" in {fn(f) for f in s} for s in mine if s and fn(s[-1]) == "spin_for")
+    ex = cpu.get(execd[0], {})
+    # 0.6 s, less the time it takes to receive the new program's layout.
+    assert under(ex, "spin_for") >= 20, ex
+    assert all("exec_spin" in {fn(f) for f in s} for s in ex if s and fn(s[-1]) == "spin_for")
+    assert not [s for s in cpu.get(main, {}) if "child_spin" in {fn(f) for f in s}]
+
+    sys_ = by_process(fold(path, "syscall", count=True, merge=True))
+    # The parent's waits are its own, under the function that waited.
+    assert under(sys_[main], "parent_wait", "syscall:wait4") == 2
+
+
+def test_without_subprocesses_children_are_not_recorded(tmp_path):
+    code, path = record(tmp_path, "fork", views="cpu")
+    assert code == 0
+    profile = json.loads(path.read_text())
+    assert "processes" not in profile
+    assert not [f for f in profile["frames"] if fn(f) in ("child_spin", "exec_spin")]

@@ -249,6 +249,55 @@ def shape_storm():
     print("writes", sum(counts), flush=True)
 
 
+def spin_for(seconds):
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def child_spin():
+    spin_for(0.5)
+
+
+def parent_wait(pids):
+    for pid in pids:
+        os.waitpid(pid, 0)
+
+
+def exec_spin():
+    spin_for(0.6)
+
+
+def shape_fork():
+    """Forks two workers that each spin 0.5 s in child_spin (the parent
+    waits in parent_wait), then runs `python -m pyusdt shapes.py
+    exec_child`, a new program that spins 0.6 s in exec_spin once a
+    recorder has asked it for its layout."""
+    import subprocess
+
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            child_spin()
+            os._exit(0)
+        pids.append(pid)
+    parent_wait(pids)
+    subprocess.run([sys.executable, "-m", "pyusdt", __file__, "exec_child"], check=True)
+
+
+def shape_exec_child():
+    """Waits until a recorder asks for its layout, then spins."""
+    from pyusdt import _native
+
+    deadline = time.monotonic() + 10
+    while not _native.status()["semaphores"]["layout"] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    exec_spin()
+
+
 def first_function():
     os.write(DEVNULL, b"first")
 

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Which processes a recording covers, and the layout each announced. Every
+ * BPF object of a recording includes this; userspace makes them share one
+ * `targets` and one `layouts` map (the recorder's procs object owns them),
+ * so that a process that bpf/procs.bpf.c adds on fork is recorded by every
+ * view at once.
+ */
+#ifndef PYUSDT_PROCS_BPF_H
+#define PYUSDT_PROCS_BPF_H
+
+#include "pyusdt_layout.h"
+
+/* Processes recorded, most of them; one recording follows at most this
+ * many processes at a time. */
+#define MAX_TARGETS 16384
+
+/* The process the recording started with; set before load. */
+const volatile __u32 target_tgid = 0;
+/* Whether children are followed: then `targets` says which processes are
+ * recorded, else only target_tgid is. */
+const volatile __u8 follow = 0;
+
+/* Recorded processes by tgid (value: the parent's tgid, 0 for the first). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} targets SEC(".maps");
+
+/* The layout of each recorded process, by tgid: userspace puts the one a
+ * process announced through pyusdt:layout; a fork inherits its parent's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, struct pyusdt_layout);
+} layouts SEC(".maps");
+
+/* Whether process `tgid` is recorded. Without --subprocesses this is one
+ * comparison, the cost every event outside the target pays. */
+static __always_inline int is_target(__u32 tgid)
+{
+	if (tgid == target_tgid)
+		return 1;
+	return follow && bpf_map_lookup_elem(&targets, &tgid);
+}
+
+#endif /* PYUSDT_PROCS_BPF_H */
