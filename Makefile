@@ -48,9 +48,12 @@ deps-python:
 	@[ -n "$(PYTHONS)" ] || { echo "deps: no Python 3.11-3.13 found; set PYTHONS" >&2; exit 1; }
 	@for py in $(PYTHONS); do \
 	    v=$(call venv_of,$$py); \
-	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ]; then \
+	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ] || \
+	       ! $$v/bin/python -c 'import grpc_tools' 2>/dev/null; then \
 	        echo "deps: $$v from $$py"; \
-	        $$py -m venv $$v && $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' || exit 1; \
+	        [ -x $$v/bin/python ] || $$py -m venv $$v || exit 1; \
+	        $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' \
+	            'protobuf>=5' 'grpcio-tools>=1.60' || exit 1; \
 	    fi; \
 	done
 

@@ -107,6 +107,42 @@ pub fn write_svg<W: Write>(lines: &[String], opts: &FlameOptions, mut out: W) ->
         .context("failed to write the flame graph")
 }
 
+/// Writes a differential flame graph of two sets of folded stacks: the
+/// shape is `after`; a frame is red where it grew from `before` and blue
+/// where it shrank, the deeper the more (inferno's differential graph).
+/// With `normalize`, `before` is first scaled to `after`'s total, so that
+/// a longer recording does not make everything red.
+pub fn write_diff_svg<W: Write>(
+    before: &[String],
+    after: &[String],
+    normalize: bool,
+    opts: &FlameOptions,
+    out: W,
+) -> Result<()> {
+    let text = |lines: &[String]| {
+        let mut t = lines.join("\n");
+        t.push('\n');
+        t
+    };
+    let mut diff = Vec::new();
+    let o = inferno::differential::Options {
+        normalize,
+        strip_hex: false,
+    };
+    inferno::differential::from_readers(
+        o,
+        text(before).as_bytes(),
+        text(after).as_bytes(),
+        &mut diff,
+    )
+    .context("failed to compare the profiles")?;
+    let lines: Vec<String> = String::from_utf8_lossy(&diff)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    write_svg(&lines, opts, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +215,30 @@ mod tests {
         let lines = ["a (x.py:1);b (x.py:2) 3", "a (x.py:1);c_[k] 4"];
         let opts = FlameOptions::default();
         assert_eq!(render(&lines, &opts), render(&lines, &opts));
+    }
+
+    #[test]
+    fn differences_are_red_and_blue() {
+        let before = vec![
+            "a (x.py:1);old (x.py:2) 90".to_string(),
+            "a (x.py:1);same (x.py:3) 10".to_string(),
+        ];
+        let after = vec![
+            "a (x.py:1);new (x.py:4) 90".to_string(),
+            "a (x.py:1);same (x.py:3) 10".to_string(),
+        ];
+        let mut out = Vec::new();
+        write_diff_svg(&before, &after, false, &FlameOptions::default(), &mut out).unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        // Grown frames are red (no blue), and the unchanged one is white.
+        let new = fill_of(&svg, "new (x.py:4)").expect("new frame");
+        assert!(new.starts_with("rgb(255,"), "{new}");
+        let same = fill_of(&svg, "same (x.py:3)").expect("same frame");
+        assert_eq!(same, "rgb(250,250,250)");
+        assert!(
+            fill_of(&svg, "old (x.py:2)").is_none(),
+            "only after's shape is drawn"
+        );
     }
 
     #[test]

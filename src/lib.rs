@@ -13,6 +13,7 @@
 
 pub mod bpf;
 pub mod errors;
+pub mod export;
 pub mod flame;
 pub mod ksym;
 pub mod layout;

@@ -13,9 +13,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use pyusdt_prof::flame::{self, FlameOptions};
+use pyusdt_prof::profile::write_atomic;
 use pyusdt_prof::profile::{Profile, Unit, ViewKind};
 use pyusdt_prof::record::{self, Progress};
-use pyusdt_prof::{errors, layout, target, Result};
+use pyusdt_prof::{errors, export, layout, target, Result};
 
 /// The profile file `record` writes and the other commands read by default.
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
@@ -145,6 +146,65 @@ enum Command {
         #[arg(long)]
         merge_threads: bool,
     },
+    /// Convert a profile for other tools: speedscope, Perfetto or
+    /// chrome://tracing (Chrome's Trace Event format), pprof, or folded
+    /// stacks.
+    ///
+    /// speedscope gets one profile per view and thread; the Chrome trace one
+    /// process per view with a track per thread, each thread's stacks
+    /// merged and laid end to end (a profile holds totals, not times);
+    /// pprof one sample type per view, with thread labels. Folded stacks
+    /// hold one view (--view).
+    ///
+    /// Examples:
+    ///
+    ///   pyusdt-prof export --format speedscope     # -> pyusdt-profile.speedscope.json
+    ///
+    ///   pyusdt-prof export --format pprof -o app.pb.gz && go tool pprof -top app.pb.gz
+    ///
+    ///   pyusdt-prof export --format chrome --view cpu --view offcpu -o trace.json
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// The profile to read.
+        #[arg(short, long, default_value = DEFAULT_PROFILE)]
+        input: PathBuf,
+        /// speedscope, chrome, pprof or folded.
+        #[arg(short, long, value_parser = parse_format)]
+        format: export::Format,
+        /// Where to write (default: the profile's name with the format's
+        /// extension).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The views to export (repeat, or comma-separate; default: all;
+        /// folded: cpu).
+        #[arg(long, value_delimiter = ',', value_parser = parse_view)]
+        view: Vec<ViewKind>,
+    },
+    /// Draw a differential flamegraph of two profiles: the shape of AFTER,
+    /// red where a frame grew since BEFORE and blue where it shrank.
+    ///
+    /// Threads are merged (two recordings have different thread ids).
+    /// Compare recordings of equal length, or use --normalize.
+    ///
+    /// Example:
+    ///
+    ///   pyusdt-prof diff before.json after.json -o diff.svg --view cpu
+    #[command(verbatim_doc_comment)]
+    Diff {
+        /// The earlier profile.
+        before: PathBuf,
+        /// The later profile.
+        after: PathBuf,
+        /// The SVG to write.
+        #[arg(short, long, default_value = "pyusdt-diff.svg")]
+        output: PathBuf,
+        /// The view to compare.
+        #[arg(long, default_value = "cpu", value_parser = parse_view)]
+        view: ViewKind,
+        /// Scale BEFORE to AFTER's total first.
+        #[arg(long)]
+        normalize: bool,
+    },
     /// Print the interpreter layout that a pyusdt process announces.
     ///
     /// Attaches a BPF program to the process's `pyusdt:layout` probe and
@@ -176,6 +236,16 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
         Ok(t) if t > 0.0 && t <= 86_400.0 => Ok(t),
         _ => Err(format!("`{s}` is not a number of seconds from 0 to 86400")),
     }
+}
+
+fn parse_format(s: &str) -> std::result::Result<export::Format, String> {
+    export::Format::parse(s).ok_or_else(|| {
+        let names: Vec<_> = export::Format::ALL.iter().map(|(n, _)| *n).collect();
+        format!(
+            "`{s}` is not a format; the formats are {}",
+            names.join(", ")
+        )
+    })
 }
 
 fn parse_view(s: &str) -> std::result::Result<ViewKind, String> {
@@ -417,6 +487,25 @@ fn record_cmd(
     Ok(code)
 }
 
+/// The title and unit of a view's flamegraph.
+fn flame_options(view: ViewKind) -> FlameOptions {
+    let unit = match view.unit() {
+        Unit::Samples => flame::Unit::Samples,
+        Unit::Nanoseconds => flame::Unit::Nanoseconds,
+    };
+    let what = match view {
+        ViewKind::Cpu => "CPU samples",
+        ViewKind::Offcpu => "off-CPU time",
+        ViewKind::Syscall => "time in syscalls",
+        _ => "time waited, by waker",
+    };
+    FlameOptions {
+        title: format!("{} view: {what} ({})", view.name(), unit.count_name()),
+        subtitle: None,
+        unit,
+    }
+}
+
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Record {
@@ -457,30 +546,62 @@ fn run(cli: Cli) -> Result<u8> {
                     .map_or("pyusdt-profile".into(), |s| s.to_string_lossy());
                 PathBuf::from(format!("{stem}-{}.svg", view.name()))
             });
-            let unit = match view.unit() {
-                Unit::Samples => flame::Unit::Samples,
-                Unit::Nanoseconds => flame::Unit::Nanoseconds,
-            };
-            let what = match view {
-                ViewKind::Cpu => "CPU samples",
-                ViewKind::Offcpu => "off-CPU time",
-                ViewKind::Syscall => "time in syscalls",
-                _ => "time waited, by waker",
-            };
-            let opts = FlameOptions {
-                title: format!("{} view: {what} ({})", view.name(), unit.count_name()),
-                subtitle: Some(format!(
-                    "{} (pid {}), Python {}",
-                    p.command.join(" "),
-                    p.pid,
-                    p.python
-                )),
-                unit,
-            };
-            let file =
-                std::fs::File::create(&out).with_context(|| format!("create {}", out.display()))?;
-            flame::write_svg(&lines, &opts, std::io::BufWriter::new(file))?;
+            let mut opts = flame_options(view);
+            opts.subtitle = Some(format!(
+                "{} (pid {}), Python {}",
+                p.command.join(" "),
+                p.pid,
+                p.python
+            ));
+            write_atomic(&out, |w| flame::write_svg(&lines, &opts, w))?;
             eprintln!("pyusdt-prof: wrote {}", out.display());
+        }
+        Command::Export {
+            input,
+            format,
+            output,
+            view,
+        } => {
+            let p = Profile::read(&input)?;
+            let view = if view.is_empty() && format == export::Format::Folded {
+                vec![ViewKind::Cpu]
+            } else {
+                view
+            };
+            let out = output.unwrap_or_else(|| {
+                let stem = input
+                    .file_stem()
+                    .map_or("pyusdt-profile".into(), |s| s.to_string_lossy());
+                PathBuf::from(format!("{stem}.{}", format.extension()))
+            });
+            write_atomic(&out, |w| export::export(&p, format, &view, w))?;
+            eprintln!("pyusdt-prof: wrote {}", out.display());
+        }
+        Command::Diff {
+            before,
+            after,
+            output,
+            view,
+            normalize,
+        } => {
+            let (b, a) = (Profile::read(&before)?, Profile::read(&after)?);
+            let lines = |p: &Profile, which: &PathBuf| {
+                p.folded(view, false, true)
+                    .with_context(|| format!("{}", which.display()))
+            };
+            let (lb, la) = (lines(&b, &before)?, lines(&a, &after)?);
+            let mut opts = flame_options(view);
+            opts.title = format!("Differential {}", opts.title);
+            opts.subtitle = Some(format!(
+                "{} -> {}: red grew, blue shrank{}",
+                before.display(),
+                after.display(),
+                if normalize { " (normalized)" } else { "" }
+            ));
+            write_atomic(&output, |w| {
+                flame::write_diff_svg(&lb, &la, normalize, &opts, w)
+            })?;
+            eprintln!("pyusdt-prof: wrote {}", output.display());
         }
         Command::Layout { pid, json, timeout } => {
             errors::check_can_trace()?;

@@ -102,6 +102,40 @@ pub struct Sample {
     pub count: u64,
 }
 
+/// Writes `path` atomically: `fill` writes a temporary file beside it,
+/// which is synced and renamed into place, readable by its owner only. A
+/// failure or a crash never leaves a partial file under the final name.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().context("the output path names no file")?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    let result = (|| -> Result<()> {
+        let mut w = BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("write {}", path.display()))
+}
+
 /// A process of a recording that followed children.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
@@ -262,35 +296,11 @@ impl Profile {
     /// Writes the profile to `path` atomically (a temporary file beside
     /// it, renamed into place), readable by its owner only.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path.file_name().context("the output path names no file")?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("create {}", tmp.display()))?;
-        let result = (|| -> Result<()> {
-            let mut w = BufWriter::new(file);
-            serde_json::to_writer(&mut w, self)?;
+        write_atomic(path, |w| {
+            serde_json::to_writer(&mut *w, self)?;
             w.write_all(b"\n")?;
-            let file = w.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
             Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("write {}", path.display()))
+        })
     }
 
     /// Reads a profile, with a clear error for anything that is not one

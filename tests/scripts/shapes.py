@@ -308,5 +308,30 @@ def shape_exit():
     sys.exit(7)
 
 
+def hot_a():
+    x = 0
+    for i in range(20_000):
+        x += i
+    return x
+
+
+def hot_b():
+    x = 0
+    for i in range(20_000):
+        x += i
+    return x
+
+
+def shape_hot():
+    """For 1.5 s, calls hot_a nine times for each hot_b; with the argument
+    `b`, the other way round."""
+    first, second = (hot_b, hot_a) if sys.argv[2:] == ["b"] else (hot_a, hot_b)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        for _ in range(9):
+            first()
+        second()
+
+
 if __name__ == "__main__":
     globals()["shape_" + sys.argv[1]]()
