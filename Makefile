@@ -14,7 +14,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-apt deps-python build demo flamegraphs test test-rust test-python lint bench soak fuzz clean
+.PHONY: help deps deps-apt deps-python deps-web build demo flamegraphs test test-rust test-python lint bench soak fuzz clean
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
@@ -24,6 +24,9 @@ PYTHONS ?= $(strip $(foreach v,3.11 3.12 3.13,$(call find_python,$(v))))
 PYTHON := $(lastword $(PYTHONS))
 
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool bpftrace
+# For the export test: the real speedscope (npm, tests/web) in Chromium.
+APT_PACKAGES += chromium
+WEB_DIR := tests/web
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROF := target/release/pyusdt-prof
 # The venv of an interpreter: .venv/X.Y
@@ -33,7 +36,14 @@ help:
 	@awk 'NR > 1 && !/^#/ { exit } NR > 1' Makefile | sed 's/^# \{0,1\}//'
 	@echo "PYTHONS = $(PYTHONS)"
 
-deps: deps-apt deps-python
+deps: deps-apt deps-python deps-web
+
+deps-web: deps-apt
+	@command -v npm >/dev/null || { echo "deps: npm not found (Node.js is needed for tests/web)" >&2; exit 1; }
+	@if [ ! -d $(WEB_DIR)/node_modules ]; then \
+	    echo "deps: npm ci in $(WEB_DIR)"; \
+	    npm ci --prefix $(WEB_DIR) --no-audit --no-fund --loglevel=error; \
+	fi
 
 deps-apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \

@@ -75,4 +75,17 @@ enum pystack_error {
 	PYSTACK_ERR_MAX = 6,
 };
 
+/*
+ * Time spent, how often, and how it was spread: hist[k] counts the events
+ * that lasted [2^k, 2^(k+1)) ns (hist[0]: under 2 ns), the last slot
+ * everything from 2^(HIST_SLOTS-1) ns (about 9 minutes) up.
+ */
+#define HIST_SLOTS 40
+
+struct time_hist {
+	__u64 ns;
+	__u64 count;
+	__u32 hist[HIST_SLOTS];
+};
+
 #endif /* PYUSDT_PYSTACK_H */

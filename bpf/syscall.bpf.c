@@ -28,11 +28,14 @@ struct {
 	__type(value, struct sys_in);
 } in_syscall SEC(".maps");
 
+/* Allocated as keys appear (syscall exit may allocate; the scheduler's
+ * maps may not), each with a histogram of its calls' times. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct syscall_key);
-	__type(value, struct syscall_value);
+	__type(value, struct time_hist);
 } syscalls SEC(".maps");
 
 /* Syscalls of the target counted, and records lost to full maps. */
@@ -59,7 +62,6 @@ static __always_inline int on_exit(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct syscall_value *v, init = { .count = 1 };
 	struct syscall_key key = {};
 	struct sys_in *in;
 	__u64 ns;
@@ -77,19 +79,7 @@ static __always_inline int on_exit(void)
 	bpf_map_delete_elem(&in_syscall, &tid);
 	__sync_fetch_and_add(&calls, 1);
 
-	v = bpf_map_lookup_elem(&syscalls, &key);
-	if (!v) {
-		init.ns = ns;
-		if (!bpf_map_update_elem(&syscalls, &key, &init, BPF_NOEXIST))
-			return 0;
-		v = bpf_map_lookup_elem(&syscalls, &key);
-		if (!v) {
-			__sync_fetch_and_add(&lost_syscalls, 1);
-			return 0;
-		}
-	}
-	__sync_fetch_and_add(&v->ns, ns);
-	__sync_fetch_and_add(&v->count, 1);
+	add_time_hist(&syscalls, &key, ns, &lost_syscalls);
 	return 0;
 }
 
@@ -119,7 +109,7 @@ int BPF_PROG(exit_raw, struct pt_regs *regs, long ret)
 
 /* Puts the key and value types in the skeleton's types. */
 struct syscall_key _syscall_key = {};
-struct syscall_value _syscall_value = {};
+struct time_hist _time_hist = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
 struct comm_value _comm_value = {};

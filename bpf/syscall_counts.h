@@ -12,9 +12,4 @@ struct syscall_key {
 	__s64 nr;      /* the syscall number (x86_64) */
 };
 
-struct syscall_value {
-	__u64 ns;
-	__u64 count;
-};
-
 #endif /* PYUSDT_SYSCALL_H */

@@ -55,6 +55,8 @@ pub mod sched {
     // SAFETY: as above.
     unsafe impl plain::Plain for types::time_value {}
     // SAFETY: as above.
+    unsafe impl plain::Plain for types::time_hist {}
+    // SAFETY: as above.
     unsafe impl plain::Plain for types::comm_value {}
 }
 
@@ -65,5 +67,5 @@ pub mod syscall {
     // SAFETY: plain C data, no padding, any bit pattern valid.
     unsafe impl plain::Plain for types::syscall_key {}
     // SAFETY: as above.
-    unsafe impl plain::Plain for types::syscall_value {}
+    unsafe impl plain::Plain for types::time_hist {}
 }

@@ -20,6 +20,7 @@ pub mod layout;
 pub mod profile;
 pub mod pyname;
 pub mod record;
+pub mod report;
 pub mod syscalls;
 pub mod target;
 

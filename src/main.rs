@@ -16,7 +16,7 @@ use pyusdt_prof::flame::{self, FlameOptions};
 use pyusdt_prof::profile::write_atomic;
 use pyusdt_prof::profile::{Profile, Unit, ViewKind};
 use pyusdt_prof::record::{self, Progress};
-use pyusdt_prof::{errors, export, layout, target, Result};
+use pyusdt_prof::{errors, export, layout, report, target, Result};
 
 /// The profile file `record` writes and the other commands read by default.
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
@@ -145,6 +145,46 @@ enum Command {
         /// One tree for all threads, without the thread roots.
         #[arg(long)]
         merge_threads: bool,
+    },
+    /// Print the numbers behind the flamegraphs: top functions, syscall
+    /// tables and latency histograms.
+    ///
+    /// For each view, the Python functions with the most self weight
+    /// (where they are the innermost Python frame) and total weight
+    /// (anywhere in the stack). The syscall view adds, per function, its
+    /// syscalls with calls, total, mean, p50 and p99; the syscall and offcpu
+    /// views add log2 histograms of durations per function, as bcc's tools
+    /// print them. Threads are merged unless --thread or --per-thread.
+    /// --format json prints the same as one JSON document (see the README
+    /// for its fields).
+    ///
+    /// Examples:
+    ///
+    ///   pyusdt-prof report
+    ///
+    ///   pyusdt-prof report --view syscall --thread worker-1 --limit 5
+    ///
+    ///   pyusdt-prof report --format json | jq '.sections[0].functions[0]'
+    #[command(verbatim_doc_comment)]
+    Report {
+        /// The profile to read.
+        #[arg(short, long, default_value = DEFAULT_PROFILE)]
+        input: PathBuf,
+        /// The views to report (repeat, or comma-separate; default: all).
+        #[arg(long, value_delimiter = ',', value_parser = parse_view)]
+        view: Vec<ViewKind>,
+        /// Only the threads with this name, or this thread id.
+        #[arg(short, long)]
+        thread: Option<String>,
+        /// One section per thread instead of all threads merged.
+        #[arg(long)]
+        per_thread: bool,
+        /// Rows per table (histograms: at most 5).
+        #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
     },
     /// Convert a profile for other tools: speedscope, Perfetto or
     /// chrome://tracing (Chrome's Trace Event format), pprof, or folded
@@ -555,6 +595,31 @@ fn run(cli: Cli) -> Result<u8> {
             ));
             write_atomic(&out, |w| flame::write_svg(&lines, &opts, w))?;
             eprintln!("pyusdt-prof: wrote {}", out.display());
+        }
+        Command::Report {
+            input,
+            view,
+            thread,
+            per_thread,
+            limit,
+            format,
+        } => {
+            let p = Profile::read(&input)?;
+            let opts = report::ReportOptions {
+                views: view,
+                thread,
+                per_thread,
+                limit: limit as usize,
+            };
+            let r = report::report(&p, &opts)?;
+            let mut out = std::io::stdout().lock();
+            if format == "json" {
+                serde_json::to_writer_pretty(&mut out, &r).context("write to stdout")?;
+                writeln!(out)?;
+            } else {
+                out.write_all(report::text(&r).as_bytes())?;
+            }
+            out.flush().context("write to stdout")?;
         }
         Command::Export {
             input,

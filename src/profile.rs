@@ -100,6 +100,11 @@ pub struct Sample {
     pub value: u64,
     /// How many events make up `value` (samples, switches, calls).
     pub count: u64,
+    /// For the offcpu and syscall views: how the events' durations spread,
+    /// as a log2 histogram: `hist[k]` events lasted from 2^k to 2^(k+1) ns
+    /// (`hist[0]`: under 2 ns), without trailing empty slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hist: Vec<u64>,
 }
 
 /// Writes `path` atomically: `fill` writes a temporary file beside it,
@@ -374,6 +379,7 @@ mod tests {
                         stack: vec![0, 1, 2],
                         value: 100,
                         count: 1,
+                        hist: vec![0, 0, 0, 0, 0, 0, 1],
                     },
                     Sample {
                         pid: 0,
@@ -381,6 +387,7 @@ mod tests {
                         stack: vec![0, 1, 2],
                         value: 50,
                         count: 2,
+                        hist: vec![0, 0, 0, 0, 0, 2],
                     },
                     Sample {
                         pid: 0,
@@ -388,6 +395,7 @@ mod tests {
                         stack: vec![0, 1, 2],
                         value: 10,
                         count: 1,
+                        hist: vec![0, 0, 0, 1],
                     },
                 ],
             }],

@@ -468,6 +468,14 @@ struct RawSample {
     tail: Tail,
     value: u64,
     count: u64,
+    /// Log2 histogram of the events' durations, if the view keeps one.
+    hist: Vec<u64>,
+}
+
+/// A histogram as the profile keeps it: without its trailing empty slots.
+fn trimmed(hist: &[u32]) -> Vec<u64> {
+    let used = hist.iter().rposition(|&n| n != 0).map_or(0, |i| i + 1);
+    hist[..used].iter().map(|&n| u64::from(n)).collect()
 }
 
 /// What a view puts after a thread's Python frames.
@@ -498,6 +506,7 @@ fn cpu_samples(s: &cpu::CpuSkel<'_>) -> Result<Vec<RawSample>> {
             tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
             value: count,
             count,
+            hist: Vec::new(),
         });
     }
     Ok(out)
@@ -505,7 +514,7 @@ fn cpu_samples(s: &cpu::CpuSkel<'_>) -> Result<Vec<RawSample>> {
 
 fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
     let mut out = Vec::new();
-    for (k, v) in entries::<sched::types::offcpu_key, sched::types::time_value>(&s.maps.offcpu)? {
+    for (k, v) in entries::<sched::types::offcpu_key, sched::types::time_hist>(&s.maps.offcpu)? {
         out.push(RawSample {
             pid: k.tgid,
             tid: k.tid,
@@ -513,6 +522,7 @@ fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
             tail: Tail::Kernel(kernel_stack(&s.maps.kstacks, k.kstack)?),
             value: v.ns,
             count: v.count,
+            hist: trimmed(&v.hist),
         });
     }
     Ok(out)
@@ -559,6 +569,7 @@ fn wakeup_samples(
             ),
             value: v.ns,
             count: v.count,
+            hist: Vec::new(),
         });
     }
     Ok(out)
@@ -567,7 +578,7 @@ fn wakeup_samples(
 fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
     let mut out = Vec::new();
     for (k, v) in
-        entries::<syscall::types::syscall_key, syscall::types::syscall_value>(&s.maps.syscalls)?
+        entries::<syscall::types::syscall_key, syscall::types::time_hist>(&s.maps.syscalls)?
     {
         out.push(RawSample {
             pid: k.tgid,
@@ -576,6 +587,7 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
             tail: Tail::Syscall(k.nr),
             value: v.ns,
             count: v.count,
+            hist: trimmed(&v.hist),
         });
     }
     Ok(out)
@@ -628,6 +640,7 @@ fn name_views(raw: Vec<RawView>, namers: &mut Namers) -> (Vec<String>, Vec<View>
                         stack,
                         value: s.value,
                         count: s.count,
+                        hist: s.hist,
                     }
                 })
                 .collect(),

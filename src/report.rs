@@ -1,0 +1,603 @@
+//! `pyusdt-prof report`: the numbers behind the flame graphs. For each
+//! view, the Python functions with the most self and total weight; for the
+//! syscall view, a table per function of its syscalls (calls, total, mean,
+//! p50, p99); for the syscall and offcpu views, bcc-style log2 histograms
+//! of durations per function. As text for a terminal (80 columns) or as
+//! JSON for scripts (the schema is [`Report`]; `version` changes when a
+//! field changes meaning or goes away).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::export::python_frame;
+use crate::profile::{Profile, Unit, View, ViewKind};
+use crate::Result;
+
+/// The `format` of a JSON report.
+pub const REPORT_FORMAT: &str = "pyusdt-prof report";
+/// The version of the JSON report's schema.
+pub const REPORT_VERSION: u32 = 1;
+/// The name of the weight of stacks without a Python frame.
+pub const NO_PYTHON: &str = "[no Python frame]";
+
+/// What to report.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// The views (all recorded ones when empty).
+    pub views: Vec<ViewKind>,
+    /// Only the threads with this name or thread id.
+    pub thread: Option<String>,
+    /// One section per thread instead of all threads merged.
+    pub per_thread: bool,
+    /// Rows per table.
+    pub limit: usize,
+}
+
+/// A whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Always [`REPORT_FORMAT`].
+    pub format: &'static str,
+    /// [`REPORT_VERSION`].
+    pub version: u32,
+    /// The recorded process, its command line and interpreter.
+    pub pid: u32,
+    /// See [`Report::pid`].
+    pub command: Vec<String>,
+    /// See [`Report::pid`].
+    pub python: String,
+    /// How long the recording lasted.
+    pub duration_ns: u64,
+    /// One section per view (and per thread with `per_thread`).
+    pub sections: Vec<Section>,
+}
+
+/// One view, over all threads or one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// The view's name.
+    pub view: &'static str,
+    /// `samples` or `nanoseconds`.
+    pub unit: &'static str,
+    /// The threads covered: `all`, or `thread NAME (TID)`.
+    pub threads: String,
+    /// The weight of every stack in the section.
+    pub total: u64,
+    /// Events (samples, switches, calls) in the section.
+    pub events: u64,
+    /// The functions with the most self weight.
+    pub by_self: Vec<FunctionRow>,
+    /// The functions with the most total weight.
+    pub by_total: Vec<FunctionRow>,
+    /// The syscall view: per function (most time first), its syscalls.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub syscalls: Vec<SyscallTable>,
+    /// The syscall and offcpu views: durations per function.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub histograms: Vec<Histogram>,
+}
+
+/// A Python function's weight.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionRow {
+    /// `qualname (file:firstline)`, or [`NO_PYTHON`].
+    pub function: String,
+    /// Weight where it is the innermost Python frame.
+    pub self_value: u64,
+    /// Weight where it is anywhere in the stack (once per stack).
+    pub total_value: u64,
+}
+
+/// One function's syscalls.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyscallTable {
+    /// The function that made them (innermost Python frame).
+    pub function: String,
+    /// All its syscalls' time.
+    pub total_ns: u64,
+    /// All its syscalls.
+    pub calls: u64,
+    /// Per syscall, most time first.
+    pub rows: Vec<SyscallRow>,
+}
+
+/// One syscall of one function.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyscallRow {
+    /// `read`, `futex`, ...
+    pub syscall: String,
+    /// How many calls.
+    pub calls: u64,
+    /// Their time.
+    pub total_ns: u64,
+    /// total_ns / calls.
+    pub mean_ns: u64,
+    /// The median, estimated from the log2 histogram (interpolated within
+    /// its power-of-two bucket).
+    pub p50_ns: u64,
+    /// The 99th percentile, likewise.
+    pub p99_ns: u64,
+}
+
+/// How one function's waits (offcpu) or syscalls spread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Histogram {
+    /// The function.
+    pub function: String,
+    /// Events.
+    pub count: u64,
+    /// Their time.
+    pub total_ns: u64,
+    /// `buckets[k]` events lasted from 2^k to 2^(k+1) ns (`[0]`: under 2).
+    pub buckets: Vec<u64>,
+}
+
+/// The Python frames of a stack, root first (the wake-up view: the
+/// wakee's only, not the waker's).
+fn python_frames<'p>(p: &'p Profile, stack: &[u32]) -> Vec<&'p str> {
+    let mut out = Vec::new();
+    for &f in stack {
+        let name = p.frames.get(f as usize).map_or("", String::as_str);
+        if name.starts_with("waker ") {
+            break;
+        }
+        if python_frame(name).is_some() && !name.ends_with("_[k]") {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The syscall a syscall-view stack ends in.
+fn syscall_of<'p>(p: &'p Profile, stack: &[u32]) -> &'p str {
+    stack
+        .last()
+        .and_then(|&f| p.frames.get(f as usize))
+        .and_then(|n| n.strip_prefix("syscall:"))
+        .unwrap_or("?")
+}
+
+/// Events, their time and their log2 histogram, summed.
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    ns: u64,
+    hist: Vec<u64>,
+}
+
+impl Acc {
+    fn add(&mut self, count: u64, ns: u64, h: &[u64]) {
+        self.count += count;
+        self.ns += ns;
+        if self.hist.len() < h.len() {
+            self.hist.resize(h.len(), 0);
+        }
+        for (a, b) in self.hist.iter_mut().zip(h) {
+            *a += b;
+        }
+    }
+}
+
+/// The `q` quantile of a log2 histogram, interpolated within its bucket.
+pub fn quantile(hist: &[u64], q: f64) -> u64 {
+    let count: u64 = hist.iter().sum();
+    if count == 0 {
+        return 0;
+    }
+    let target = q * count as f64;
+    let mut before = 0.0;
+    for (k, &n) in hist.iter().enumerate() {
+        let n = n as f64;
+        if n > 0.0 && before + n >= target {
+            let (lo, hi) = bucket(k);
+            let frac = ((target - before) / n).clamp(0.0, 1.0);
+            return (lo as f64 + (hi - lo) as f64 * frac).round() as u64;
+        }
+        before += n;
+    }
+    bucket(hist.len().saturating_sub(1)).1
+}
+
+/// The range of bucket `k`, in ns.
+fn bucket(k: usize) -> (u64, u64) {
+    if k == 0 {
+        (0, 2)
+    } else {
+        (1u64 << k.min(62), 1u64 << (k + 1).min(63))
+    }
+}
+
+fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit: usize) -> Section {
+    let mut self_w: HashMap<&str, u64> = HashMap::new();
+    let mut total_w: HashMap<&str, u64> = HashMap::new();
+    let mut sys: BTreeMap<&str, BTreeMap<&str, Acc>> = BTreeMap::new();
+    let mut hists: HashMap<&str, Acc> = HashMap::new();
+    let (mut total, mut events) = (0, 0);
+    for s in v.samples.iter().filter(|s| threads.contains(&s.tid)) {
+        total += s.value;
+        events += s.count;
+        let py = python_frames(p, &s.stack);
+        let leaf = py.last().copied().unwrap_or(NO_PYTHON);
+        *self_w.entry(leaf).or_default() += s.value;
+        let mut seen = BTreeSet::new();
+        for f in py.iter().copied().chain(py.is_empty().then_some(NO_PYTHON)) {
+            if seen.insert(f) {
+                *total_w.entry(f).or_default() += s.value;
+            }
+        }
+        if v.kind == ViewKind::Syscall {
+            sys.entry(leaf)
+                .or_default()
+                .entry(syscall_of(p, &s.stack))
+                .or_default()
+                .add(s.count, s.value, &s.hist);
+        }
+        if matches!(v.kind, ViewKind::Syscall | ViewKind::Offcpu) {
+            hists
+                .entry(leaf)
+                .or_default()
+                .add(s.count, s.value, &s.hist);
+        }
+    }
+    let functions: Vec<FunctionRow> = total_w
+        .iter()
+        .map(|(&f, &t)| FunctionRow {
+            function: f.to_string(),
+            self_value: self_w.get(f).copied().unwrap_or(0),
+            total_value: t,
+        })
+        .collect();
+    let mut by_self = functions.clone();
+    by_self.sort_by(|a, b| {
+        (b.self_value, b.total_value, &a.function).cmp(&(a.self_value, a.total_value, &b.function))
+    });
+    by_self.truncate(limit);
+    let mut by_total = functions;
+    by_total.sort_by(|a, b| {
+        (b.total_value, b.self_value, &a.function).cmp(&(a.total_value, a.self_value, &b.function))
+    });
+    by_total.truncate(limit);
+
+    let mut syscalls: Vec<SyscallTable> = sys
+        .into_iter()
+        .map(|(f, rows)| {
+            let mut rows: Vec<SyscallRow> = rows
+                .into_iter()
+                .map(|(name, a)| SyscallRow {
+                    syscall: name.to_string(),
+                    calls: a.count,
+                    total_ns: a.ns,
+                    mean_ns: a.ns / a.count.max(1),
+                    p50_ns: quantile(&a.hist, 0.5),
+                    p99_ns: quantile(&a.hist, 0.99),
+                })
+                .collect();
+            rows.sort_by(|a, b| (b.total_ns, &a.syscall).cmp(&(a.total_ns, &b.syscall)));
+            SyscallTable {
+                function: f.to_string(),
+                total_ns: rows.iter().map(|r| r.total_ns).sum(),
+                calls: rows.iter().map(|r| r.calls).sum(),
+                rows,
+            }
+        })
+        .collect();
+    syscalls.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
+    syscalls.truncate(limit);
+
+    let mut histograms: Vec<Histogram> = hists
+        .into_iter()
+        .map(|(f, a)| Histogram {
+            function: f.to_string(),
+            count: a.count,
+            total_ns: a.ns,
+            buckets: a.hist,
+        })
+        .collect();
+    histograms.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
+    histograms.truncate(limit.min(5));
+
+    Section {
+        view: v.kind.name(),
+        unit: match v.unit {
+            Unit::Samples => "samples",
+            Unit::Nanoseconds => "nanoseconds",
+        },
+        threads: label,
+        total,
+        events,
+        by_self,
+        by_total,
+        syscalls,
+        histograms,
+    }
+}
+
+/// Builds the report of `p` that `o` asks for.
+pub fn report(p: &Profile, o: &ReportOptions) -> Result<Report> {
+    let views: Vec<&View> = if o.views.is_empty() {
+        p.views.iter().collect()
+    } else {
+        let mut vs = Vec::new();
+        for &k in &o.views {
+            match p.view(k) {
+                Some(v) => vs.push(v),
+                None => bail!("this profile has no {} view", k.name()),
+            }
+        }
+        vs
+    };
+    let mut all: BTreeSet<u32> = p.threads.keys().copied().collect();
+    all.extend(p.views.iter().flat_map(|v| v.samples.iter().map(|s| s.tid)));
+    let chosen: BTreeSet<u32> = match &o.thread {
+        None => all,
+        Some(t) => {
+            let picked: BTreeSet<u32> = all
+                .into_iter()
+                .filter(|tid| tid.to_string() == *t || p.threads.get(tid).is_some_and(|n| n == t))
+                .collect();
+            if picked.is_empty() {
+                let names: BTreeSet<String> = p
+                    .threads
+                    .iter()
+                    .map(|(tid, n)| format!("{n} ({tid})"))
+                    .collect();
+                let names: Vec<String> = names.into_iter().collect();
+                bail!(
+                    "no thread named or numbered `{t}` in this profile; its threads are {}",
+                    names.join(", ")
+                );
+            }
+            picked
+        }
+    };
+    let limit = o.limit.max(1);
+    let mut sections = Vec::new();
+    for v in views {
+        if o.per_thread {
+            let present: BTreeSet<u32> = v.samples.iter().map(|s| s.tid).collect();
+            for &tid in chosen.intersection(&present) {
+                let one = BTreeSet::from([tid]);
+                sections.push(section(p, v, &one, p.thread_frame(tid), limit));
+            }
+        } else {
+            let label = if o.thread.is_some() && chosen.len() == 1 {
+                p.thread_frame(*chosen.iter().next().unwrap_or(&0))
+            } else if o.thread.is_some() {
+                format!(
+                    "{} threads named {}",
+                    chosen.len(),
+                    o.thread.as_deref().unwrap_or("")
+                )
+            } else {
+                "all threads".to_string()
+            };
+            sections.push(section(p, v, &chosen, label, limit));
+        }
+    }
+    Ok(Report {
+        format: REPORT_FORMAT,
+        version: REPORT_VERSION,
+        pid: p.pid,
+        command: p.command.clone(),
+        python: p.python.clone(),
+        duration_ns: p.duration_ns,
+        sections,
+    })
+}
+
+/// A duration for people, to three significant digits: `850 ns`,
+/// `12.3 us`, `4.56 ms`, `1.20 s`.
+pub fn duration(ns: u64) -> String {
+    if ns < 1_000 {
+        return format!("{ns} ns");
+    }
+    let (v, unit) = if ns < 1_000_000 {
+        (ns as f64 / 1e3, "us")
+    } else if ns < 1_000_000_000 {
+        (ns as f64 / 1e6, "ms")
+    } else {
+        (ns as f64 / 1e9, "s")
+    };
+    if v < 10.0 {
+        format!("{v:.2} {unit}")
+    } else if v < 100.0 || unit == "s" && v < 1000.0 {
+        format!("{v:.1} {unit}")
+    } else {
+        format!("{v:.0} {unit}")
+    }
+}
+
+/// `qualname (file.py:line)` with the file's directories left out.
+fn short(function: &str) -> String {
+    match python_frame(function) {
+        Some((q, file, line)) => {
+            format!("{q} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
+        }
+        None => function.to_string(),
+    }
+}
+
+/// Cuts `s` to `n` characters, marking the cut with `~`.
+fn fit(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(n - 1).collect();
+    out.push('~');
+    out
+}
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", 100.0 * part as f64 / whole as f64)
+}
+
+/// The report as text for an 80-column terminal.
+pub fn text(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "pyusdt-prof report: process {} ({}), Python {}, {:.1} s",
+        r.pid,
+        fit(&crate::profile::short_command(&r.command), 30),
+        r.python,
+        r.duration_ns as f64 / 1e9
+    );
+    for s in &r.sections {
+        let time = s.unit == "nanoseconds";
+        let val = |v: u64| if time { duration(v) } else { v.to_string() };
+        let what = match s.view {
+            "cpu" => "samples",
+            "offcpu" => "off the CPU",
+            "syscall" => "in syscalls",
+            _ => "waited",
+        };
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{} view, {}: {} {what} ({} events)",
+            s.view,
+            s.threads,
+            val(s.total),
+            s.events
+        );
+        for (title, rows) in [("most self", &s.by_self), ("most total", &s.by_total)] {
+            let _ = writeln!(
+                o,
+                "  {:>9} {:>6} {:>9} {:>6}  function ({title})",
+                "self", "self%", "total", "total%"
+            );
+            for f in rows {
+                let _ = writeln!(
+                    o,
+                    "  {:>9} {:>6} {:>9} {:>6}  {}",
+                    val(f.self_value),
+                    pct(f.self_value, s.total),
+                    val(f.total_value),
+                    pct(f.total_value, s.total),
+                    fit(&short(&f.function), 41)
+                );
+            }
+        }
+        if !s.syscalls.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(o, "  syscalls by the function that made them:");
+            for t in &s.syscalls {
+                let _ = writeln!(
+                    o,
+                    "  {}: {} calls, {}",
+                    fit(&short(&t.function), 50),
+                    t.calls,
+                    duration(t.total_ns)
+                );
+                let _ = writeln!(
+                    o,
+                    "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                    "syscall", "calls", "total", "mean", "p50", "p99"
+                );
+                for row in &t.rows {
+                    let _ = writeln!(
+                        o,
+                        "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                        fit(&row.syscall, 16),
+                        row.calls,
+                        duration(row.total_ns),
+                        duration(row.mean_ns),
+                        duration(row.p50_ns),
+                        duration(row.p99_ns)
+                    );
+                }
+            }
+        }
+        for h in &s.histograms {
+            let _ = writeln!(o);
+            let what = if s.view == "syscall" {
+                "syscalls"
+            } else {
+                "waits off the CPU"
+            };
+            let _ = writeln!(
+                o,
+                "  {what} of {}: {} in {}",
+                fit(&short(&h.function), 40),
+                h.count,
+                duration(h.total_ns)
+            );
+            o.push_str(&histogram_text(&h.buckets));
+        }
+    }
+    o
+}
+
+/// A bcc-style log2 histogram: one row per bucket from the first used to
+/// the last, `range : count |bar|`, 78 columns.
+pub fn histogram_text(buckets: &[u64]) -> String {
+    let mut o = String::new();
+    let Some(first) = buckets.iter().position(|&n| n > 0) else {
+        return o;
+    };
+    let last = buckets.iter().rposition(|&n| n > 0).unwrap_or(first);
+    let max = buckets.iter().copied().max().unwrap_or(1).max(1);
+    let _ = writeln!(o, "  {:>21}  : {:<8} distribution", "duration", "count");
+    for (k, &n) in buckets.iter().enumerate().take(last + 1).skip(first) {
+        let (lo, hi) = bucket(k);
+        let width = ((n as f64 / max as f64) * 40.0).round() as usize;
+        let width = if n > 0 { width.max(1) } else { 0 };
+        let _ = writeln!(
+            o,
+            "  {:>9} -> {:<9} : {:<8} |{:<40}|",
+            duration(lo),
+            duration(hi),
+            n,
+            "*".repeat(width)
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        // 100 events in [1024, 2048) ns.
+        let mut h = vec![0; 11];
+        h[10] = 100;
+        assert_eq!(quantile(&h, 0.5), 1536);
+        assert_eq!(quantile(&h, 0.99), 2038);
+        // 90 fast, 10 slow: the p99 is among the slow.
+        let mut h = vec![0; 21];
+        h[3] = 90;
+        h[20] = 10;
+        assert!(quantile(&h, 0.5) < 16);
+        assert!(quantile(&h, 0.99) >= 1 << 20);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(850), "850 ns");
+        assert_eq!(duration(12_300), "12.3 us");
+        assert_eq!(duration(4_560_000), "4.56 ms");
+        assert_eq!(duration(1_200_000_000), "1.20 s");
+    }
+
+    #[test]
+    fn histogram_rows_fit_80_columns() {
+        let text = histogram_text(&[0, 0, 3, 0, 40, 1]);
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows.len(), 5, "{text}");
+        assert!(rows.iter().all(|r| r.chars().count() <= 80), "{text}");
+        assert!(
+            rows[3].ends_with(&format!("|{}|", "*".repeat(40))),
+            "{text}"
+        );
+        assert!(rows[1].starts_with("       4 ns -> 8 ns"), "{text}");
+    }
+}
