@@ -24,8 +24,9 @@ PYTHONS ?= $(strip $(foreach v,3.11 3.12 3.13,$(call find_python,$(v))))
 PYTHON := $(lastword $(PYTHONS))
 
 APT_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config bpftool bpftrace
-# For the export test: the real speedscope (npm, tests/web) in Chromium.
-APT_PACKAGES += chromium
+# For the export test: the real speedscope (npm, tests/web) in Chromium;
+# for the top test: tmux.
+APT_PACKAGES += chromium tmux
 WEB_DIR := tests/web
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROF := target/release/pyusdt-prof

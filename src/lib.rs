@@ -23,6 +23,7 @@ pub mod record;
 pub mod report;
 pub mod syscalls;
 pub mod target;
+pub mod top;
 
 /// The result type of this crate.
 pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;

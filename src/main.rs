@@ -16,7 +16,7 @@ use pyusdt_prof::flame::{self, FlameOptions};
 use pyusdt_prof::profile::write_atomic;
 use pyusdt_prof::profile::{Profile, Unit, ViewKind};
 use pyusdt_prof::record::{self, Progress};
-use pyusdt_prof::{errors, export, layout, report, target, Result};
+use pyusdt_prof::{errors, export, layout, report, target, top, Result};
 
 /// The profile file `record` writes and the other commands read by default.
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
@@ -145,6 +145,29 @@ enum Command {
         /// One tree for all threads, without the thread roots.
         #[arg(long)]
         merge_threads: bool,
+    },
+    /// A live view of a running program's Python functions: CPU, off-CPU
+    /// and syscall time, refreshed in place.
+    ///
+    /// Shows each function's self time (where it is the innermost Python
+    /// frame) over the last interval. Keys: c, o, s sort by CPU, off-CPU or
+    /// syscall time; a toggles totals since the start; t toggles total
+    /// (inclusive) time; q quits. Works in any terminal, over ssh too.
+    ///
+    /// Example:
+    ///
+    ///   sudo pyusdt-prof top -p 4242
+    #[command(verbatim_doc_comment)]
+    Top {
+        /// The process id of a Python program that runs pyusdt.
+        #[arg(short, long)]
+        pid: u32,
+        /// CPU samples per second, per CPU.
+        #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        freq: u64,
+        /// Seconds between refreshes.
+        #[arg(short, long, default_value_t = 1.0, value_parser = parse_seconds)]
+        interval: f64,
     },
     /// Print the numbers behind the flamegraphs: top functions, syscall
     /// tables and latency histograms.
@@ -480,7 +503,7 @@ fn record_cmd(
                 l.go();
             }
         },
-        |p| {
+        |p, _| {
             if tty {
                 eprint!("\r\x1b[K{}", progress_line(p));
             }
@@ -595,6 +618,59 @@ fn run(cli: Cli) -> Result<u8> {
             ));
             write_atomic(&out, |w| flame::write_svg(&lines, &opts, w))?;
             eprintln!("pyusdt-prof: wrote {}", out.display());
+        }
+        Command::Top {
+            pid,
+            freq,
+            interval,
+        } => {
+            errors::check_can_trace()?;
+            let t = target::find(pid)?;
+            let screen = top::Screen::open()?;
+            let opts = record::Options {
+                views: [ViewKind::Cpu, ViewKind::Offcpu, ViewKind::Syscall]
+                    .into_iter()
+                    .collect(),
+                freq,
+                duration: None,
+                subprocesses: false,
+            };
+            catch_signals();
+            let title = format!(
+                "pyusdt-prof top: process {} ({})",
+                t.pid,
+                pyusdt_prof::profile::short_command(
+                    &target::command_line(t.pid).unwrap_or_else(|| vec![t.comm.clone()])
+                )
+            );
+            let mut driver = top::Driver::new(
+                top::Top::new(title, freq),
+                screen,
+                Duration::from_secs_f64(interval),
+            );
+            let mut failed = None;
+            let result = record::record(
+                &t,
+                &opts,
+                &STOP,
+                || {},
+                |_, snapshot| match driver.tick(snapshot) {
+                    Ok(true) => {}
+                    Ok(false) => STOP.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        failed = Some(e);
+                        STOP.store(true, Ordering::Relaxed);
+                    }
+                },
+            );
+            drop(driver);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            result?;
+            if !t.alive() {
+                eprintln!("pyusdt-prof: process {} exited", t.pid);
+            }
         }
         Command::Report {
             input,

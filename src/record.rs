@@ -595,7 +595,11 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
 
 /// Names every frame of every view (kernel symbols in one batch) into a
 /// frame table and the views' stacks.
-fn name_views(raw: Vec<RawView>, namers: &mut Namers) -> (Vec<String>, Vec<View>) {
+fn name_views(
+    raw: Vec<RawView>,
+    namers: &mut Namers,
+    kernel_names: bool,
+) -> (Vec<String>, Vec<View>) {
     let mut ips: Vec<u64> = raw
         .iter()
         .flat_map(|v| &v.samples)
@@ -607,7 +611,11 @@ fn name_views(raw: Vec<RawView>, namers: &mut Namers) -> (Vec<String>, Vec<View>
         .collect();
     ips.sort_unstable();
     ips.dedup();
-    let names = KernelSymbolizer::new().symbolize(&ips);
+    let names = if kernel_names {
+        KernelSymbolizer::new().symbolize(&ips)
+    } else {
+        ips.iter().map(|ip| format!("{ip:#x}")).collect()
+    };
     let mut frames = Frames {
         names: Vec::new(),
         index: HashMap::new(),
@@ -842,13 +850,14 @@ impl Tracker {
 /// out or the target exits (with `opts.subprocesses`, once every recorded
 /// process has). `on_ready` runs once everything is attached (the launcher
 /// lets the program start then); `on_tick` gets live figures about ten
-/// times a second.
+/// times a second, with a function that reads a profile of what was
+/// recorded so far (without kernel frame names), for a live view.
 pub fn record(
     target: &Target,
     opts: &Options,
     stop: &AtomicBool,
     on_ready: impl FnOnce(),
-    mut on_tick: impl FnMut(&Progress),
+    mut on_tick: impl FnMut(&Progress, &mut dyn FnMut() -> Result<Profile>),
 ) -> Result<Profile> {
     if opts.views.is_empty() {
         bail!("no view to record");
@@ -958,6 +967,16 @@ pub fn record(
         p
     };
 
+    let meta_at = |d: Duration| Meta {
+        pid,
+        follow,
+        offcpu: want(ViewKind::Offcpu),
+        wakeups,
+        python: layout::python_version(&l),
+        start_unix_ns,
+        duration_ns: d.as_nanos() as u64,
+        freq: opts.freq,
+    };
     let tick = Duration::from_millis(100);
     let mut next_tick = Instant::now();
     loop {
@@ -987,7 +1006,16 @@ pub fn record(
             proc_threads(p, &mut threads);
         }
         let running = tracker.live();
-        on_tick(&progress(elapsed, running));
+        let mut snapshot = || {
+            let skels = Skels {
+                procs: &procs,
+                cpu: cpu.as_ref().map(|(s, _)| s),
+                sched: sched.as_ref().map(|(s, _)| s),
+                sys: sys.as_ref().map(|(s, _)| s),
+            };
+            build_profile(&skels, &tracker, threads.clone(), &meta_at(elapsed), false)
+        };
+        on_tick(&progress(elapsed, running), &mut snapshot);
         if running == 0
             || stop.load(Ordering::Relaxed)
             || opts.duration.is_some_and(|d| elapsed >= d)
@@ -995,7 +1023,7 @@ pub fn record(
             break;
         }
     }
-    let duration_ns = started.elapsed().as_nanos() as u64;
+    let duration = started.elapsed();
 
     // Detach everything before reading: the counts stop moving.
     drop(procs_links);
@@ -1021,6 +1049,52 @@ pub fn record(
         }
     }
 
+    let skels = Skels {
+        procs: &procs,
+        cpu: cpu.as_ref(),
+        sched: sched.as_ref(),
+        sys: sys.as_ref(),
+    };
+    build_profile(&skels, &tracker, threads, &meta_at(duration), true)
+}
+
+/// The loaded objects of a recording, to read a profile out of.
+struct Skels<'a, 'o> {
+    procs: &'a procs::ProcsSkel<'o>,
+    cpu: Option<&'a cpu::CpuSkel<'o>>,
+    sched: Option<&'a sched::SchedSkel<'o>>,
+    sys: Option<&'a syscall::SyscallSkel<'o>>,
+}
+
+/// What a profile says of its recording besides the counts.
+struct Meta {
+    pid: u32,
+    follow: bool,
+    offcpu: bool,
+    wakeups: bool,
+    python: String,
+    start_unix_ns: u64,
+    duration_ns: u64,
+    freq: u64,
+}
+
+/// Reads the counts out of the maps (while they still move, for a live
+/// view, or after detaching) and names every frame; kernel frames only
+/// with `kernel_names` (symbolizing takes a while; `top` shows none).
+fn build_profile(
+    skels: &Skels<'_, '_>,
+    tracker: &Tracker,
+    mut threads: BTreeMap<u32, String>,
+    meta: &Meta,
+    kernel_names: bool,
+) -> Result<Profile> {
+    let Skels {
+        procs,
+        cpu,
+        sched,
+        sys,
+    } = *skels;
+    let (pid, follow, wakeups) = (meta.pid, meta.follow, meta.wakeups);
     // Names read by the BPF side at first sight win: they are what the
     // code objects were called when the stacks were taken.
     let mut namers = Namers {
@@ -1050,7 +1124,7 @@ pub fn record(
     }
     if let Some(s) = &sched {
         let b = s.maps.bss_data.as_deref();
-        if want(ViewKind::Offcpu) {
+        if meta.offcpu {
             raw.push(RawView {
                 kind: ViewKind::Offcpu,
                 events: b.map_or(0, |b| b.switches),
@@ -1076,7 +1150,7 @@ pub fn record(
             samples: syscall_samples(s)?,
         });
     }
-    let (frame_names, mut views) = name_views(raw, &mut namers);
+    let (frame_names, mut views) = name_views(raw, &mut namers, kernel_names);
 
     // pyusdt's own poll thread is instrumentation, not the program.
     let poll: Vec<u32> = threads
@@ -1147,10 +1221,10 @@ pub fn record(
         version: VERSION,
         pid,
         command,
-        python: layout::python_version(&l),
-        start_unix_ns,
-        duration_ns,
-        sample_hz: opts.freq,
+        python: meta.python.clone(),
+        start_unix_ns: meta.start_unix_ns,
+        duration_ns: meta.duration_ns,
+        sample_hz: meta.freq,
         threads,
         processes,
         frames: frame_names,

@@ -137,7 +137,7 @@ pub struct Histogram {
 
 /// The Python frames of a stack, root first (the wake-up view: the
 /// wakee's only, not the waker's).
-fn python_frames<'p>(p: &'p Profile, stack: &[u32]) -> Vec<&'p str> {
+pub(crate) fn python_frames<'p>(p: &'p Profile, stack: &[u32]) -> Vec<&'p str> {
     let mut out = Vec::new();
     for &f in stack {
         let name = p.frames.get(f as usize).map_or("", String::as_str);

@@ -308,6 +308,20 @@ def shape_exit():
     sys.exit(7)
 
 
+def nap():
+    time.sleep(0.02)
+
+
+def shape_busy():
+    """Until killed: heavy (three times light's work), light, and nap
+    (sleeps 20 ms), in a loop; prints `ready` first."""
+    print("ready", flush=True)
+    while True:
+        heavy()
+        light()
+        nap()
+
+
 def hot_a():
     x = 0
     for i in range(20_000):
