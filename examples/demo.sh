@@ -14,9 +14,16 @@ mkdir -p build flamegraphs
 for view in cpu offcpu syscall wakeup; do
     "$PROF" flame "flamegraphs/demo-$view.svg" -i build/demo.json --view "$view"
 done
+# The differential graph: the same app with crunch's fib two levels deeper.
+"$PROF" record -F 499 --views cpu -o build/demo-fib20.json -- \
+    "$PY" -m pyusdt examples/demo_app.py --seconds 4 --fib 20
+"$PROF" diff build/demo.json build/demo-fib20.json --view cpu --normalize \
+    -o flamegraphs/demo-diff-cpu.svg
+"$PROF" report -i build/demo.json --view syscall --limit 3 > flamegraphs/demo-report.txt
 echo
 echo "== the five hottest stacks of the syscall view (calls), merged over threads"
 "$PROF" fold -i build/demo.json --view syscall --count --merge-threads |
     awk '{ n = $NF; $NF = ""; printf "%8d  %s\n", n, $0 }' | sort -rn | awk 'NR <= 5' | cut -c1-160
 echo
-echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup}.svg in a browser"
+echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup,diff-cpu}.svg in a browser;"
+echo "flamegraphs/demo-report.txt is the syscall view's report"

@@ -16,8 +16,8 @@ def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
 
 
-def crunch():
-    return sum(fib(18) for _ in range(3))
+def crunch(n):
+    return sum(fib(n) for _ in range(3))
 
 
 def nap():
@@ -48,6 +48,8 @@ def worker(lock, stop, counter):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--fib", type=int, default=18,
+                    help="how deep crunch's fib goes (the gallery's diff compares 18 and 20)")
     args = ap.parse_args()
     print(f"demo app: pid {os.getpid()}, running {args.seconds:g}s", flush=True)
     lock, stop, counter = threading.Lock(), threading.Event(), [0]
@@ -58,7 +60,7 @@ def main():
         end = time.monotonic() + args.seconds
         rounds = 0
         while time.monotonic() < end:
-            crunch()
+            crunch(args.fib)
             nap()
             write_log(log, 50)
             with lock:
