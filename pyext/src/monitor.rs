@@ -197,23 +197,31 @@ pub fn disabled() -> u16 {
     DISABLED.load(Ordering::Relaxed)
 }
 
-/// Keeps process-directed signals (Ctrl-C above all) away from the poll
-/// thread, so that the interpreter's main thread gets them as it would
-/// without pyusdt.
-fn block_signals() {
-    // SAFETY: a zeroed sigset_t is valid storage that sigfillset fills;
-    // pthread_sigmask only changes this thread's mask.
+/// Blocks every signal in the calling thread; returns the mask it had.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: zeroed sigset_t values are valid storage that sigfillset and
+    // pthread_sigmask fill; pthread_sigmask only changes this thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
     }
 }
 
-fn poll_loop() {
-    block_signals();
+/// Puts back a mask that [`block_signals`] returned.
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: `old` is a mask pthread_sigmask filled.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+fn poll_loop(started: std::sync::mpsc::Sender<()>) {
     // SAFETY: gettid cannot fail.
     POLL_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    // The thread has its name (set before this runs) and its mask: the
+    // program may look at its threads now.
+    let _ = started.send(());
     while !STOP.load(Ordering::Relaxed) {
         // Announce the layout on every tick while a tracer is attached: a
         // count that rose cannot tell a tracer that detached and another
@@ -245,10 +253,20 @@ pub fn start(check_msec: u64) -> PyResult<bool> {
     }
     CHECK_MSEC.store(check_msec, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
-    let handle = thread::Builder::new()
+    // The thread is born with every signal blocked (it inherits the mask),
+    // so that process-directed signals, Ctrl-C above all, go to the
+    // interpreter's main thread as they would without pyusdt, even in the
+    // instant after it starts; and start() returns only once it runs,
+    // named, so that nobody sees it half made.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let old = block_signals();
+    let spawned = thread::Builder::new()
         .name("pyusdt-poll".into())
-        .spawn(poll_loop)
+        .spawn(move || poll_loop(tx));
+    restore_signals(&old);
+    let handle = spawned
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("start the poll thread: {e}")))?;
+    let _ = rx.recv();
     st.poll = Some(handle);
     st.poll_pid = pid;
     Ok(true)
