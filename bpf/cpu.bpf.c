@@ -39,6 +39,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	key.pystack = py_stack_id(key.tgid, key.tid);
 	/* None when the sample hit user mode. */
 	key.kstack = kernel_stack_id(ctx);
+	if (bpf_map_lookup_elem(&gil_waits, &key.tid))
+		key.flags = CPU_F_GIL_WAIT;
 
 	count = bpf_map_lookup_elem(&cpu_samples, &key);
 	if (count)

@@ -38,6 +38,21 @@ struct {
 	__type(value, struct pyusdt_layout);
 } layouts SEC(".maps");
 
+/* A thread waiting for the GIL: since when, and the Python stack it
+ * waits at (bpf/gil.bpf.c writes it; the CPU sampler reads it to tell a
+ * sample spent waiting for the GIL from one spent running). */
+struct gil_wait {
+	__u64 ts;
+	__u64 pystack;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct gil_wait);
+} gil_waits SEC(".maps");
+
 /* Whether process `tgid` is recorded. Without --subprocesses this is one
  * comparison, the cost every event outside the target pays. */
 static __always_inline int is_target(__u32 tgid)

@@ -31,6 +31,10 @@ pub mod procs {
 pub mod cpu {
     include!(concat!(env!("OUT_DIR"), "/cpu.skel.rs"));
 
+    /// `CPU_F_GIL_WAIT` of bpf/cpu_counts.h: the sampled thread was
+    /// waiting for the GIL.
+    pub const CPU_F_GIL_WAIT: u32 = 1;
+
     // SAFETY: plain C data, no padding (explicit reserved words), any bit
     // pattern valid.
     unsafe impl plain::Plain for types::cpu_key {}
@@ -66,6 +70,17 @@ pub mod syscall {
 
     // SAFETY: plain C data, no padding, any bit pattern valid.
     unsafe impl plain::Plain for types::syscall_key {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::time_hist {}
+}
+
+/// `bpf/gil.bpf.c`: time waiting for the GIL, by holder.
+pub mod gil {
+    include!(concat!(env!("OUT_DIR"), "/gil.skel.rs"));
+
+    // SAFETY: plain C data, no padding (explicit reserved word), any bit
+    // pattern valid.
+    unsafe impl plain::Plain for types::gil_key {}
     // SAFETY: as above.
     unsafe impl plain::Plain for types::time_hist {}
 }

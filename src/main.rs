@@ -58,7 +58,11 @@ enum Command {
     /// Views and what they weigh: cpu (samples at -F Hz), offcpu (time
     /// blocked or waiting for a CPU, with the kernel stack), syscall (time
     /// inside each syscall, and calls), wakeup (time waited, under the
-    /// thread and Python frames that woke it).
+    /// thread and Python frames that woke it), and, when asked for, gil
+    /// (time waiting for the GIL, under the thread that handed it over;
+    /// uprobes on the interpreter's take_gil and drop_gil: a cost per GIL
+    /// hand-over, so not in the defaults). With gil, cpu samples taken
+    /// while a thread waits for the GIL end in `[waiting for the GIL]`.
     ///
     /// Examples:
     ///
@@ -560,6 +564,7 @@ fn flame_options(view: ViewKind) -> FlameOptions {
         ViewKind::Cpu => "CPU samples",
         ViewKind::Offcpu => "off-CPU time",
         ViewKind::Syscall => "time in syscalls",
+        ViewKind::Gil => "time waiting for the GIL, by holder",
         _ => "time waited, by waker",
     };
     FlameOptions {

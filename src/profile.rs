@@ -39,15 +39,19 @@ pub enum ViewKind {
     Syscall,
     /// Time waited, under the wakee's and the waker's stacks.
     Wakeup,
+    /// Time waiting for the GIL, under the waiter's stack and the stack of
+    /// the thread that handed the GIL over.
+    Gil,
 }
 
 impl ViewKind {
     /// Every view, in the order they are shown.
-    pub const ALL: [ViewKind; 4] = [
+    pub const ALL: [ViewKind; 5] = [
         ViewKind::Cpu,
         ViewKind::Offcpu,
         ViewKind::Syscall,
         ViewKind::Wakeup,
+        ViewKind::Gil,
     ];
 
     /// The view's name, as on the command line.
@@ -57,6 +61,7 @@ impl ViewKind {
             ViewKind::Offcpu => "offcpu",
             ViewKind::Syscall => "syscall",
             ViewKind::Wakeup => "wakeup",
+            ViewKind::Gil => "gil",
         }
     }
 
@@ -192,6 +197,10 @@ pub struct View {
     pub events: u64,
     /// Events lost (a full map), counted.
     pub lost: u64,
+    /// Why the view could not be measured (then it has no stacks), e.g. an
+    /// interpreter without the symbols the gil view probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
     /// The stacks.
     pub samples: Vec<Sample>,
 }
@@ -268,6 +277,9 @@ impl Profile {
         let view = self
             .view(kind)
             .with_context(|| format!("this profile has no {} view", kind.name()))?;
+        if let Some(why) = &view.unavailable {
+            bail!("the {} view could not be measured: {why}", kind.name());
+        }
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
         for s in &view.samples {
             let mut parts: Vec<String> = Vec::with_capacity(s.stack.len() + 2);
@@ -372,6 +384,7 @@ mod tests {
                 unit: Unit::Nanoseconds,
                 events: 3,
                 lost: 0,
+                unavailable: None,
                 samples: vec![
                     Sample {
                         pid: 0,

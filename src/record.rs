@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-use crate::bpf::{cpu, procs, sched, syscall};
+use crate::bpf::{cpu, gil, procs, sched, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
 use crate::profile::{Process, Profile, Sample, View, ViewKind, FORMAT, VERSION};
@@ -39,6 +39,10 @@ pub const LOST_KERNEL_STACKS: &str = "kernel stack map full or colliding";
 pub const LOST_CHILDREN: &str = "children not followed (process table full)";
 /// Process events the recorder did not hear of (ring buffer full).
 pub const LOST_PROCESS_EVENTS: &str = "process events lost";
+
+/// The frame a cpu sample ends in (before any kernel frames) when the
+/// thread was waiting for the GIL (with the gil view recorded).
+pub const GIL_WAIT_FRAME: &str = "[waiting for the GIL]";
 
 /// The name of the pyusdt extension's poll thread, left out of profiles.
 pub const POLL_THREAD: &str = "pyusdt-poll";
@@ -136,6 +140,7 @@ struct Shared<'a> {
     follow: bool,
     targets: BorrowedFd<'a>,
     layouts: BorrowedFd<'a>,
+    gil_waits: BorrowedFd<'a>,
 }
 
 /// Points an open object at the shared maps and the recorded process.
@@ -158,6 +163,11 @@ macro_rules! share {
             .layouts
             .reuse_fd($shared.layouts)
             .context("share the layouts")?;
+        $open
+            .maps
+            .gil_waits
+            .reuse_fd($shared.gil_waits)
+            .context("share the GIL waits")?;
     }};
 }
 
@@ -334,6 +344,49 @@ fn load_syscall<'o>(
     ))
 }
 
+fn load_gil<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
+) -> Result<gil::GilSkel<'o>> {
+    let mut open = gil::GilSkelBuilder::default()
+        .open(storage)
+        .context("open the GIL probes")?;
+    open.maps
+        .kstacks
+        .set_max_entries(1)
+        .context("shrink the unused kernel stack map")?;
+    share!(open, shared, "the GIL probes");
+    open.load().context("load the GIL probes")
+}
+
+/// Attaches the GIL probes to process `pid`'s interpreter, or says why
+/// they cannot be (no interpreter file, or one without the symbols).
+fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
+    let file = target::interpreter_file(pid)
+        .with_context(|| format!("process {pid} maps no python or libpython file"))?;
+    let probe = |prog: &libbpf_rs::ProgramMut<'_>, func: &str, ret: bool| {
+        let opts = libbpf_rs::UprobeOpts {
+            func_name: Some(func.to_string()),
+            retprobe: ret,
+            ..Default::default()
+        };
+        prog.attach_uprobe_with_opts(pid as i32, &file, 0, opts)
+            .with_context(|| {
+                format!(
+                    "{} has no symbol {func} (a stripped interpreter): the GIL cannot be \
+                     watched there",
+                    file.display()
+                )
+            })
+    };
+    let p = &skel.progs;
+    Ok(vec![
+        probe(&p.take_gil_enter, "take_gil", false)?,
+        probe(&p.take_gil_return, "take_gil", true)?,
+        probe(&p.drop_gil_enter, "drop_gil", false)?,
+    ])
+}
+
 /// A Python stack by id from a `pystacks` map: code addresses root first,
 /// and whether it was truncated. Every object's map holds the one C
 /// `struct pystack` (bpf/pystack.h), so one skeleton's type decodes all.
@@ -470,6 +523,8 @@ struct RawSample {
     count: u64,
     /// Log2 histogram of the events' durations, if the view keeps one.
     hist: Vec<u64>,
+    /// A CPU sample taken while the thread waited for the GIL.
+    gil_wait: bool,
 }
 
 /// A histogram as the profile keeps it: without its trailing empty slots.
@@ -493,6 +548,7 @@ struct RawView {
     kind: ViewKind,
     events: u64,
     lost: u64,
+    unavailable: Option<String>,
     samples: Vec<RawSample>,
 }
 
@@ -507,6 +563,7 @@ fn cpu_samples(s: &cpu::CpuSkel<'_>) -> Result<Vec<RawSample>> {
             value: count,
             count,
             hist: Vec::new(),
+            gil_wait: k.flags & cpu::CPU_F_GIL_WAIT != 0,
         });
     }
     Ok(out)
@@ -523,6 +580,7 @@ fn offcpu_samples(s: &sched::SchedSkel<'_>) -> Result<Vec<RawSample>> {
             value: v.ns,
             count: v.count,
             hist: trimmed(&v.hist),
+            gil_wait: false,
         });
     }
     Ok(out)
@@ -570,6 +628,36 @@ fn wakeup_samples(
             value: v.ns,
             count: v.count,
             hist: Vec::new(),
+            gil_wait: false,
+        });
+    }
+    Ok(out)
+}
+
+fn gil_samples(s: &gil::GilSkel<'_>, threads: &BTreeMap<u32, String>) -> Result<Vec<RawSample>> {
+    let mut out = Vec::new();
+    for (k, v) in entries::<gil::types::gil_key, gil::types::time_hist>(&s.maps.gil)? {
+        let holder = if k.holder_tid == 0 {
+            "GIL held by [unknown]".to_string()
+        } else if k.holder_tid == k.tid {
+            "GIL held by nobody (free)".to_string()
+        } else {
+            let name = threads.get(&k.holder_tid).map_or("?", String::as_str);
+            format!("GIL held by thread {name} ({})", k.holder_tid)
+        };
+        out.push(RawSample {
+            pid: k.tgid,
+            tid: k.tid,
+            python: python_stack(&s.maps.pystacks, k.pystack)?,
+            tail: Tail::Waker(
+                holder,
+                k.tgid,
+                python_stack(&s.maps.pystacks, k.holder_pystack)?,
+            ),
+            value: v.ns,
+            count: v.count,
+            hist: trimmed(&v.hist),
+            gil_wait: false,
         });
     }
     Ok(out)
@@ -588,6 +676,7 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
             value: v.ns,
             count: v.count,
             hist: trimmed(&v.hist),
+            gil_wait: false,
         });
     }
     Ok(out)
@@ -628,12 +717,16 @@ fn name_views(
             unit: v.kind.unit(),
             events: v.events,
             lost: v.lost,
+            unavailable: v.unavailable,
             samples: v
                 .samples
                 .into_iter()
                 .map(|s| {
                     let mut stack = Vec::new();
                     frames.python(namers.get(s.pid), &s.python.0, s.python.1, &mut stack);
+                    if s.gil_wait {
+                        stack.push(frames.id(GIL_WAIT_FRAME));
+                    }
                     match &s.tail {
                         Tail::Kernel(ips) => frames.kernel(ips, &mut stack),
                         Tail::Syscall(nr) => stack.push(frames.id(&syscalls::label(*nr))),
@@ -727,6 +820,8 @@ struct Followed {
     /// The link that asks it.
     asking: Option<Link>,
     alive: bool,
+    /// The gil view's probes in its interpreter, once tried.
+    gil: Option<Vec<Link>>,
 }
 
 /// Processes and their layouts, kept current from the procs object's
@@ -746,6 +841,7 @@ impl Tracker {
             awaiting: false,
             asking: None,
             alive: true,
+            gil: None,
         };
         Tracker {
             procs: BTreeMap::from([(pid, first)]),
@@ -778,6 +874,7 @@ impl Tracker {
                         awaiting: false,
                         asking: None,
                         alive: true,
+                        gil: None,
                     },
                 );
             }
@@ -786,6 +883,7 @@ impl Tracker {
                     p.layout = None;
                     p.awaiting = true;
                     p.asking = None;
+                    p.gil = None;
                     p.command = target::command_line(e.pid).unwrap_or_else(comm);
                 }
             }
@@ -794,6 +892,7 @@ impl Tracker {
                     p.alive = false;
                     p.awaiting = false;
                     p.asking = None;
+                    p.gil = None;
                 }
             }
             _ => {}
@@ -841,6 +940,34 @@ impl Tracker {
         }
     }
 
+    /// Attaches the GIL probes to each live Python process that has a
+    /// layout and has not had them yet. Returns why the first process's
+    /// interpreter cannot be probed, if it cannot.
+    fn watch_gil(&mut self, skel: &gil::GilSkel<'_>, first: u32) -> Option<String> {
+        let mut why = None;
+        let mut problems = Vec::new();
+        for (&pid, p) in &mut self.procs {
+            if !p.alive || p.layout.is_none() || p.gil.is_some() {
+                continue;
+            }
+            p.gil = Some(match attach_gil(skel, pid) {
+                Ok(links) => links,
+                Err(e) => {
+                    if pid == first {
+                        why = Some(format!("{e:#}"));
+                    } else {
+                        problems.push(format!("process {pid}: {e:#}"));
+                    }
+                    Vec::new()
+                }
+            });
+        }
+        for what in problems {
+            self.say_once(what);
+        }
+        why
+    }
+
     fn live(&self) -> usize {
         self.procs.values().filter(|p| p.alive).count()
     }
@@ -879,6 +1006,7 @@ pub fn record(
         follow,
         targets: procs.maps.targets.as_fd(),
         layouts: procs.maps.layouts.as_fd(),
+        gil_waits: procs.maps.gil_waits.as_fd(),
     };
     let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
         MaybeUninit::uninit(),
@@ -907,6 +1035,12 @@ pub fn record(
     } else {
         None
     };
+    let mut s_gil = MaybeUninit::uninit();
+    let gil_skel = if want(ViewKind::Gil) {
+        Some(load_gil(&mut s_gil, shared)?)
+    } else {
+        None
+    };
 
     // Processes come and go through one ring buffer, and the layouts that
     // exec'd programs announce through another; one poll waits on both.
@@ -930,10 +1064,10 @@ pub fn record(
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
+    let mut tracker = Tracker::new(pid, target::command_line(pid).unwrap_or_default(), l);
+    let gil_unavailable = gil_skel.as_ref().and_then(|g| tracker.watch_gil(g, pid));
     let started = Instant::now();
     on_ready();
-
-    let mut tracker = Tracker::new(pid, target::command_line(pid).unwrap_or_default(), l);
     let mut threads = BTreeMap::new();
     let progress = |elapsed, processes| {
         let mut p = Progress {
@@ -964,6 +1098,10 @@ pub fn record(
                 p.lost += live(&b.lost_syscalls);
             }
         }
+        if let Some(b) = gil_skel.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
+            p.events.insert(ViewKind::Gil, live(&b.gil_waited));
+            p.lost += live(&b.lost_gil);
+        }
         p
     };
 
@@ -976,6 +1114,7 @@ pub fn record(
         start_unix_ns,
         duration_ns: d.as_nanos() as u64,
         freq: opts.freq,
+        gil_unavailable: gil_unavailable.clone(),
     };
     let tick = Duration::from_millis(100);
     let mut next_tick = Instant::now();
@@ -1002,6 +1141,9 @@ pub fn record(
             }
         }
         tracker.ask(&lay);
+        if let Some(g) = &gil_skel {
+            tracker.watch_gil(g, pid);
+        }
         for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
             proc_threads(p, &mut threads);
         }
@@ -1012,6 +1154,7 @@ pub fn record(
                 cpu: cpu.as_ref().map(|(s, _)| s),
                 sched: sched.as_ref().map(|(s, _)| s),
                 sys: sys.as_ref().map(|(s, _)| s),
+                gil: gil_skel.as_ref(),
             };
             build_profile(&skels, &tracker, threads.clone(), &meta_at(elapsed), false)
         };
@@ -1054,6 +1197,7 @@ pub fn record(
         cpu: cpu.as_ref(),
         sched: sched.as_ref(),
         sys: sys.as_ref(),
+        gil: gil_skel.as_ref(),
     };
     build_profile(&skels, &tracker, threads, &meta_at(duration), true)
 }
@@ -1064,6 +1208,7 @@ struct Skels<'a, 'o> {
     cpu: Option<&'a cpu::CpuSkel<'o>>,
     sched: Option<&'a sched::SchedSkel<'o>>,
     sys: Option<&'a syscall::SyscallSkel<'o>>,
+    gil: Option<&'a gil::GilSkel<'o>>,
 }
 
 /// What a profile says of its recording besides the counts.
@@ -1076,6 +1221,8 @@ struct Meta {
     start_unix_ns: u64,
     duration_ns: u64,
     freq: u64,
+    /// Why the gil view could not be measured.
+    gil_unavailable: Option<String>,
 }
 
 /// Reads the counts out of the maps (while they still move, for a live
@@ -1093,6 +1240,7 @@ fn build_profile(
         cpu,
         sched,
         sys,
+        gil,
     } = *skels;
     let (pid, follow, wakeups) = (meta.pid, meta.follow, meta.wakeups);
     // Names read by the BPF side at first sight win: they are what the
@@ -1110,6 +1258,9 @@ fn build_profile(
     if let Some(s) = &sys {
         learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
     }
+    if let Some(s) = &gil {
+        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
+    }
 
     let recorded: BTreeSet<u32> = tracker.procs.keys().copied().collect();
     let mut raw: Vec<RawView> = Vec::new();
@@ -1119,6 +1270,7 @@ fn build_profile(
             kind: ViewKind::Cpu,
             events: b.map_or(0, |b| b.samples),
             lost: b.map_or(0, |b| b.lost_samples),
+            unavailable: None,
             samples: cpu_samples(s)?,
         });
     }
@@ -1129,6 +1281,7 @@ fn build_profile(
                 kind: ViewKind::Offcpu,
                 events: b.map_or(0, |b| b.switches),
                 lost: b.map_or(0, |b| b.lost_offcpu),
+                unavailable: None,
                 samples: offcpu_samples(s)?,
             });
         }
@@ -1137,6 +1290,7 @@ fn build_profile(
                 kind: ViewKind::Wakeup,
                 events: b.map_or(0, |b| b.wakeups_joined),
                 lost: b.map_or(0, |b| b.lost_wakeups),
+                unavailable: None,
                 samples: wakeup_samples(s, &recorded, &threads)?,
             });
         }
@@ -1147,7 +1301,18 @@ fn build_profile(
             kind: ViewKind::Syscall,
             events: b.map_or(0, |b| b.calls),
             lost: b.map_or(0, |b| b.lost_syscalls),
+            unavailable: None,
             samples: syscall_samples(s)?,
+        });
+    }
+    if let Some(s) = &gil {
+        let b = s.maps.bss_data.as_deref();
+        raw.push(RawView {
+            kind: ViewKind::Gil,
+            events: b.map_or(0, |b| b.gil_waited),
+            lost: b.map_or(0, |b| b.lost_gil),
+            unavailable: meta.gil_unavailable.clone(),
+            samples: gil_samples(s, &threads)?,
         });
     }
     let (frame_names, mut views) = name_views(raw, &mut namers, kernel_names);
@@ -1184,6 +1349,9 @@ fn build_profile(
         add_errors(&b.pystack_errors);
     }
     if let Some(b) = sys.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
+        add_errors(&b.pystack_errors);
+    }
+    if let Some(b) = gil.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
         add_errors(&b.pystack_errors);
     }
     if let Some(b) = procs.maps.bss_data.as_deref() {

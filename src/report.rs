@@ -20,6 +20,9 @@ use crate::Result;
 pub const REPORT_FORMAT: &str = "pyusdt-prof report";
 /// The version of the JSON report's schema.
 pub const REPORT_VERSION: u32 = 1;
+/// How the gil view's stacks name the thread that held the GIL.
+pub const GIL_HOLDER_PREFIX: &str = "GIL held by ";
+
 /// The name of the weight of stacks without a Python frame.
 pub const NO_PYTHON: &str = "[no Python frame]";
 
@@ -75,9 +78,29 @@ pub struct Section {
     /// The syscall view: per function (most time first), its syscalls.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub syscalls: Vec<SyscallTable>,
-    /// The syscall and offcpu views: durations per function.
+    /// The syscall, offcpu and gil views: durations per function.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub histograms: Vec<Histogram>,
+    /// The gil view: who held the GIL while the threads waited, and where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gil_holders: Vec<HolderRow>,
+    /// Why the view could not be measured, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// Time the threads waited for the GIL while one thread held it, at one
+/// function.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderRow {
+    /// `thread NAME (TID)`, or `[unknown]`.
+    pub holder: String,
+    /// The holder's innermost Python function when it let the GIL go.
+    pub function: String,
+    /// Waits it ended.
+    pub waits: u64,
+    /// Their time.
+    pub total_ns: u64,
 }
 
 /// A Python function's weight.
@@ -141,7 +164,7 @@ pub(crate) fn python_frames<'p>(p: &'p Profile, stack: &[u32]) -> Vec<&'p str> {
     let mut out = Vec::new();
     for &f in stack {
         let name = p.frames.get(f as usize).map_or("", String::as_str);
-        if name.starts_with("waker ") {
+        if name.starts_with("waker ") || name.starts_with(GIL_HOLDER_PREFIX) {
             break;
         }
         if python_frame(name).is_some() && !name.ends_with("_[k]") {
@@ -215,6 +238,7 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
     let mut total_w: HashMap<&str, u64> = HashMap::new();
     let mut sys: BTreeMap<&str, BTreeMap<&str, Acc>> = BTreeMap::new();
     let mut hists: HashMap<&str, Acc> = HashMap::new();
+    let mut holders: HashMap<(String, &str), Acc> = HashMap::new();
     let (mut total, mut events) = (0, 0);
     for s in v.samples.iter().filter(|s| threads.contains(&s.tid)) {
         total += s.value;
@@ -235,7 +259,13 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
                 .or_default()
                 .add(s.count, s.value, &s.hist);
         }
-        if matches!(v.kind, ViewKind::Syscall | ViewKind::Offcpu) {
+        if v.kind == ViewKind::Gil {
+            holders
+                .entry(gil_holder(p, &s.stack))
+                .or_default()
+                .add(s.count, s.value, &[]);
+        }
+        if matches!(v.kind, ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil) {
             hists
                 .entry(leaf)
                 .or_default()
@@ -299,6 +329,20 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
     histograms.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
     histograms.truncate(limit.min(5));
 
+    let mut gil_holders: Vec<HolderRow> = holders
+        .into_iter()
+        .map(|((holder, f), a)| HolderRow {
+            holder,
+            function: f.to_string(),
+            waits: a.count,
+            total_ns: a.ns,
+        })
+        .collect();
+    gil_holders.sort_by(|a, b| {
+        (b.total_ns, &a.holder, &a.function).cmp(&(a.total_ns, &b.holder, &b.function))
+    });
+    gil_holders.truncate(limit);
+
     Section {
         view: v.kind.name(),
         unit: match v.unit {
@@ -312,7 +356,28 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
         by_total,
         syscalls,
         histograms,
+        gil_holders,
+        unavailable: v.unavailable.clone(),
     }
+}
+
+/// The holder of a gil-view stack and its innermost Python function.
+fn gil_holder<'p>(p: &'p Profile, stack: &[u32]) -> (String, &'p str) {
+    let names: Vec<&str> = stack
+        .iter()
+        .map(|&f| p.frames.get(f as usize).map_or("", String::as_str))
+        .collect();
+    let Some(at) = names.iter().position(|n| n.starts_with(GIL_HOLDER_PREFIX)) else {
+        return ("[unknown]".into(), NO_PYTHON);
+    };
+    let holder = names[at][GIL_HOLDER_PREFIX.len()..].to_string();
+    let f = names[at + 1..]
+        .iter()
+        .rev()
+        .find(|n| python_frame(n).is_some() && !n.ends_with("_[k]"))
+        .copied()
+        .unwrap_or(NO_PYTHON);
+    (holder, f)
 }
 
 /// Builds the report of `p` that `o` asks for.
@@ -455,9 +520,14 @@ pub fn text(r: &Report) -> String {
             "cpu" => "samples",
             "offcpu" => "off the CPU",
             "syscall" => "in syscalls",
+            "gil" => "waiting for the GIL",
             _ => "waited",
         };
         let _ = writeln!(o);
+        if let Some(why) = &s.unavailable {
+            let _ = writeln!(o, "{} view: not measured: {why}", s.view);
+            continue;
+        }
         let _ = writeln!(
             o,
             "{} view, {}: {} {what} ({} events)",
@@ -514,12 +584,29 @@ pub fn text(r: &Report) -> String {
                 }
             }
         }
+        if !s.gil_holders.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "  who held the GIL during the waits, and where it let go:"
+            );
+            let _ = writeln!(o, "  {:>9} {:>7}  holder: function", "waited", "waits");
+            for h in &s.gil_holders {
+                let _ = writeln!(
+                    o,
+                    "  {:>9} {:>7}  {}",
+                    duration(h.total_ns),
+                    h.waits,
+                    fit(&format!("{}: {}", h.holder, short(&h.function)), 60)
+                );
+            }
+        }
         for h in &s.histograms {
             let _ = writeln!(o);
-            let what = if s.view == "syscall" {
-                "syscalls"
-            } else {
-                "waits off the CPU"
+            let what = match s.view {
+                "syscall" => "syscalls",
+                "gil" => "waits for the GIL",
+                _ => "waits off the CPU",
             };
             let _ = writeln!(
                 o,

@@ -121,6 +121,26 @@ pub fn find(pid: u32) -> Result<Target> {
     }
 }
 
+/// The file that holds process `pid`'s interpreter (libpython, else the
+/// python executable), as seen from here through the process's root.
+pub fn interpreter_file(pid: u32) -> Option<PathBuf> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let files: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && is_python(p))
+        .collect();
+    let file = files
+        .iter()
+        .find(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("libpython"))
+        })
+        .or_else(|| files.first())?;
+    Some(PathBuf::from(format!("/proc/{pid}/root{file}")))
+}
+
 /// Process `pid`'s command line, if it still runs.
 pub fn command_line(pid: u32) -> Option<Vec<String>> {
     let b = fs::read(format!("/proc/{pid}/cmdline")).ok()?;

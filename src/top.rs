@@ -412,6 +412,7 @@ mod tests {
                     unit: Unit::Samples,
                     events: 0,
                     lost: 0,
+                    unavailable: None,
                     samples: vec![s(vec![0, 1], heavy), s(vec![0, 2], light)],
                 },
                 View {
@@ -419,6 +420,7 @@ mod tests {
                     unit: Unit::Nanoseconds,
                     events: 0,
                     lost: 0,
+                    unavailable: None,
                     samples: vec![s(vec![0, 3], slept)],
                 },
             ],

@@ -322,6 +322,55 @@ def shape_busy():
         nap()
 
 
+def burn_for(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        spin(2_000)
+
+
+def gil_spinner(name, seconds):
+    set_thread_name(name)
+    burn_for(seconds)
+
+
+def shape_gil_pair():
+    """Two threads, spin-a and spin-b, each burn the CPU in Python for 2 s:
+    each holds the GIL about half the time and waits the other half."""
+    ts = [threading.Thread(target=gil_spinner, args=(n, 2.0)) for n in ("spin-a", "spin-b")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def io_call(fd):
+    # Releases the GIL for the syscall; takes it back after.
+    os.read(fd, 1)
+
+
+def io_loop(fd, stop, made):
+    set_thread_name("io")
+    while not stop.is_set():
+        io_call(fd)
+        made[0] += 1
+
+
+def shape_gil_io():
+    """Thread cpu burns in Python for 1.5 s; thread io meanwhile does short
+    blocking reads (one byte of /dev/zero each, in io_call), and each time
+    waits for the GIL after the read; prints how many reads it made."""
+    fd = os.open("/dev/zero", os.O_RDONLY)
+    stop, made = threading.Event(), [0]
+    io = threading.Thread(target=io_loop, args=(fd, stop, made))
+    cpu = threading.Thread(target=gil_spinner, args=("cpu", 1.5))
+    cpu.start()
+    io.start()
+    cpu.join()
+    stop.set()
+    io.join()
+    print("reads", made[0], flush=True)
+
+
 def hot_a():
     x = 0
     for i in range(20_000):
