@@ -55,4 +55,5 @@ struct cpu_key _cpu_key = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
 struct code_key _code_key = {};
+struct code_lines _code_lines = {};
 struct comm_value _comm_value = {};

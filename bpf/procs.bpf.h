@@ -20,6 +20,9 @@ const volatile __u32 target_tgid = 0;
 /* Whether children are followed: then `targets` says which processes are
  * recorded, else only target_tgid is. */
 const volatile __u8 follow = 0;
+/* `record --lines`: walks note each frame's instruction, and code objects'
+ * line tables are read at first sight. */
+const volatile __u8 with_lines = 0;
 
 /* Recorded processes by tgid (value: the parent's tgid, 0 for the first). */
 struct {

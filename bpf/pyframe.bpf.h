@@ -59,6 +59,23 @@ struct {
 	__type(value, struct code_name);
 } code_name_scratch SEC(".maps");
 
+/* With --lines: (process, code object) -> its line table, read at first
+ * sight (allocated as needed: most recordings have no --lines). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct code_key);
+	__type(value, struct code_lines);
+} code_lines SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct code_lines);
+} code_lines_scratch SEC(".maps");
+
 /* Thread id -> its name, kept current (threads rename themselves). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -151,6 +168,8 @@ static long hash_step(__u32 i, void *arg)
 	if (!s || i >= s->len)
 		return 1;
 	w->h = (w->h ^ s->frames[i & (PYSTACK_MAX_FRAMES - 1)]) * 0x100000001b3ULL;
+	if (with_lines)
+		w->h = (w->h ^ s->lasti[i & (PYSTACK_MAX_FRAMES - 1)]) * 0x100000001b3ULL;
 	return 0;
 }
 
@@ -211,6 +230,33 @@ struct name_walk {
 	__u32 tgid;
 };
 
+/* Keeps code object `code`'s line table (a bytes object) in code_lines. */
+static __always_inline void read_line_table(const struct pyusdt_layout *l,
+					    const struct code_key *key, __u64 code)
+{
+	__u32 zero = 0;
+	struct code_lines *t = bpf_map_lookup_elem(&code_lines_scratch, &zero);
+	__u64 table, size, n;
+	int err = 0;
+
+	if (!t)
+		return;
+	table = read_u64(code + l->code_linetable, &err);
+	size = read_u64(table + l->bytes_size, &err);
+	if (err || !table)
+		return;
+	n = size > LINETABLE_MAX ? LINETABLE_MAX : size;
+	n &= (LINETABLE_MAX - 1) | LINETABLE_MAX;
+	if (n == 0 || n > LINETABLE_MAX)
+		return;
+	if (bpf_probe_read_user(t->data, n, (const void *)(table + l->bytes_data)))
+		return;
+	t->len = n;
+	t->full_len = size;
+	if (bpf_map_update_elem(&code_lines, key, t, BPF_ANY))
+		pystack_error(PYSTACK_ERR_NAMES);
+}
+
 /* Names frame i of the scratch stack if it has no name yet, or if its
  * address now holds another code object. */
 static long name_step(__u32 i, void *arg)
@@ -248,6 +294,8 @@ static long name_step(__u32 i, void *arg)
 	n->filename_len = got > 0 ? got : 0;
 	if (bpf_map_update_elem(&code_names, &key, n, BPF_ANY))
 		pystack_error(PYSTACK_ERR_NAMES);
+	if (with_lines)
+		read_line_table(l, &key, code);
 	return 0;
 }
 
@@ -307,6 +355,8 @@ struct frame_walk {
 	__u32 frame_previous;
 	__u32 object_type;
 	__u32 owner_cstack;
+	__u32 frame_instr;
+	__u32 code_adaptive;
 	int err;
 };
 
@@ -332,6 +382,15 @@ static long frame_step(__u32 i, void *arg)
 			return 1;
 		}
 		s->frames[s->len & (PYSTACK_MAX_FRAMES - 1)] = code;
+		s->lasti[s->len & (PYSTACK_MAX_FRAMES - 1)] = LASTI_NONE;
+		if (with_lines) {
+			int ierr = 0;
+			__u64 instr = read_u64(w->frame + w->frame_instr, &ierr);
+			__u64 first = code + w->code_adaptive;
+
+			if (!ierr && instr >= first && instr - first < (1ULL << 32))
+				s->lasti[s->len & (PYSTACK_MAX_FRAMES - 1)] = (instr - first) / 2;
+		}
 		s->len++;
 	}
 	w->frame = read_u64(w->frame + w->frame_previous, &w->err);
@@ -379,6 +438,8 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	fw.frame_previous = l->frame_previous;
 	fw.object_type = l->object_type;
 	fw.owner_cstack = l->owner_cstack;
+	fw.frame_instr = l->frame_instr;
+	fw.code_adaptive = l->code_adaptive;
 	bpf_loop(PYSTACK_MAX_FRAMES * 2, frame_step, &fw, 0);
 	if (fw.err && s->len == 0) {
 		pystack_error(PYSTACK_ERR_READ);

@@ -21,11 +21,28 @@
  * no Python). */
 #define PYSTACK_NONE 0
 
+/* lasti of a frame whose instruction is not known. */
+#define LASTI_NONE 0xffffffffU
+
 struct pystack {
 	__u32 len;	 /* frames used */
 	__u32 truncated; /* 1 if the stack was deeper than PYSTACK_MAX_FRAMES */
 	/* Code object addresses, leaf first. */
 	__u64 frames[PYSTACK_MAX_FRAMES];
+	/* With `record --lines`: each frame's instruction, in code units from
+	 * the code's first (CPython's _PyInterpreterFrame_LASTI), else
+	 * LASTI_NONE. */
+	__u32 lasti[PYSTACK_MAX_FRAMES];
+};
+
+/* Bytes of a code object's line table (co_linetable) kept. */
+#define LINETABLE_MAX 2048
+
+/* A code object's line table, read at first sight with `--lines`. */
+struct code_lines {
+	__u32 len;	 /* bytes kept */
+	__u32 full_len;	 /* bytes the table has */
+	__u8 data[LINETABLE_MAX];
 };
 
 /* Bytes of a code object's names kept. */

@@ -45,6 +45,8 @@ pub mod cpu {
     // SAFETY: as above.
     unsafe impl plain::Plain for types::code_key {}
     // SAFETY: as above.
+    unsafe impl plain::Plain for types::code_lines {}
+    // SAFETY: as above.
     unsafe impl plain::Plain for types::comm_value {}
 }
 

@@ -412,10 +412,18 @@ fn pprof(p: &Profile, views: &[&View]) -> Vec<u8> {
         line.int(1, id);
         let mut func = Pb::default();
         func.int(1, id);
-        if let Some((qualname, file, first)) = python_frame(name) {
-            line.int(2, first as u64);
+        if let Some((qualname, file, at)) = python_frame(name) {
+            // With --lines the frame names its line; its function, the
+            // first line.
+            let function = p
+                .function_of
+                .get(i)
+                .and_then(|&f| p.frames.get(f as usize))
+                .unwrap_or(name);
+            let first = python_frame(function).map_or(at, |(_, _, l)| l);
+            line.int(2, at as u64);
             func.int(2, st.id(qualname));
-            func.int(3, st.id(name));
+            func.int(3, st.id(function));
             func.int(4, st.id(file));
             func.int(5, first as u64);
         } else {

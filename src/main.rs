@@ -100,6 +100,11 @@ enum Command {
         /// Recording then ends when every recorded process has exited.
         #[arg(long)]
         subprocesses: bool,
+        /// Name each Python frame by the line it is at, `qualname
+        /// (file:line)`, not by its function (`qualname (file:firstline)`);
+        /// the readers' --functions folds lines back into functions.
+        #[arg(long)]
+        lines: bool,
         /// The command to launch and record (after `--`).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -128,6 +133,10 @@ enum Command {
         /// One tree for all threads, without the thread roots.
         #[arg(long)]
         merge_threads: bool,
+        /// For a profile recorded with --lines: name frames by function,
+        /// not line.
+        #[arg(long)]
+        functions: bool,
     },
     /// Draw a view as a flamegraph SVG.
     ///
@@ -149,6 +158,10 @@ enum Command {
         /// One tree for all threads, without the thread roots.
         #[arg(long)]
         merge_threads: bool,
+        /// For a profile recorded with --lines: name frames by function,
+        /// not line.
+        #[arg(long)]
+        functions: bool,
     },
     /// A live view of a running program's Python functions: CPU, off-CPU
     /// and syscall time, refreshed in place.
@@ -212,6 +225,10 @@ enum Command {
         /// text or json.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+        /// For a profile recorded with --lines: name frames by function,
+        /// not line.
+        #[arg(long)]
+        functions: bool,
     },
     /// Convert a profile for other tools: speedscope, Perfetto or
     /// chrome://tracing (Chrome's Trace Event format), pprof, or folded
@@ -246,6 +263,10 @@ enum Command {
         /// folded: cpu).
         #[arg(long, value_delimiter = ',', value_parser = parse_view)]
         view: Vec<ViewKind>,
+        /// For a profile recorded with --lines: name frames by function,
+        /// not line.
+        #[arg(long)]
+        functions: bool,
     },
     /// Draw a differential flamegraph of two profiles: the shape of AFTER,
     /// red where a frame grew since BEFORE and blue where it shrank.
@@ -271,6 +292,10 @@ enum Command {
         /// Scale BEFORE to AFTER's total first.
         #[arg(long)]
         normalize: bool,
+        /// For a profile recorded with --lines: name frames by function,
+        /// not line.
+        #[arg(long)]
+        functions: bool,
     },
     /// Print the interpreter layout that a pyusdt process announces.
     ///
@@ -432,10 +457,7 @@ fn progress_line(p: &Progress) -> String {
 fn record_cmd(
     pid: Option<u32>,
     output: PathBuf,
-    duration: Option<f64>,
-    freq: u64,
-    views: Vec<ViewKind>,
-    subprocesses: bool,
+    opts: record::Options,
     command: Vec<String>,
 ) -> Result<u8> {
     errors::check_can_trace()?;
@@ -464,12 +486,6 @@ fn record_cmd(
             }
         }
     }
-    let opts = record::Options {
-        views: views.into_iter().collect::<BTreeSet<_>>(),
-        freq,
-        duration: duration.map(Duration::from_secs_f64),
-        subprocesses,
-    };
     catch_signals();
     let mut launched = if command.is_empty() {
         None
@@ -554,6 +570,12 @@ fn record_cmd(
     Ok(code)
 }
 
+/// Reads a profile, with its Python frames named by function if asked.
+fn read_profile(path: &Path, functions: bool) -> Result<Profile> {
+    let p = Profile::read(path)?;
+    Ok(if functions { p.by_function() } else { p })
+}
+
 /// The title and unit of a view's flamegraph.
 fn flame_options(view: ViewKind) -> FlameOptions {
     let unit = match view.unit() {
@@ -583,17 +605,26 @@ fn run(cli: Cli) -> Result<u8> {
             freq,
             views,
             subprocesses,
+            lines,
             command,
         } => {
-            return record_cmd(pid, output, duration, freq, views, subprocesses, command);
+            let opts = record::Options {
+                views: views.into_iter().collect::<BTreeSet<_>>(),
+                freq,
+                duration: duration.map(Duration::from_secs_f64),
+                subprocesses,
+                lines,
+            };
+            return record_cmd(pid, output, opts, command);
         }
         Command::Fold {
             input,
             view,
             count,
             merge_threads,
+            functions,
         } => {
-            let p = Profile::read(&input)?;
+            let p = read_profile(&input, functions)?;
             let mut out = std::io::stdout().lock();
             for line in p.folded(view, count, merge_threads)? {
                 writeln!(out, "{line}")?;
@@ -605,8 +636,9 @@ fn run(cli: Cli) -> Result<u8> {
             input,
             view,
             merge_threads,
+            functions,
         } => {
-            let p = Profile::read(&input)?;
+            let p = read_profile(&input, functions)?;
             let lines = p.folded(view, false, merge_threads)?;
             let out = out.unwrap_or_else(|| {
                 let stem = input
@@ -639,6 +671,7 @@ fn run(cli: Cli) -> Result<u8> {
                 freq,
                 duration: None,
                 subprocesses: false,
+                lines: false,
             };
             catch_signals();
             let title = format!(
@@ -684,8 +717,9 @@ fn run(cli: Cli) -> Result<u8> {
             per_thread,
             limit,
             format,
+            functions,
         } => {
-            let p = Profile::read(&input)?;
+            let p = read_profile(&input, functions)?;
             let opts = report::ReportOptions {
                 views: view,
                 thread,
@@ -707,8 +741,9 @@ fn run(cli: Cli) -> Result<u8> {
             format,
             output,
             view,
+            functions,
         } => {
-            let p = Profile::read(&input)?;
+            let p = read_profile(&input, functions)?;
             let view = if view.is_empty() && format == export::Format::Folded {
                 vec![ViewKind::Cpu]
             } else {
@@ -729,8 +764,12 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             view,
             normalize,
+            functions,
         } => {
-            let (b, a) = (Profile::read(&before)?, Profile::read(&after)?);
+            let (b, a) = (
+                read_profile(&before, functions)?,
+                read_profile(&after, functions)?,
+            );
             let lines = |p: &Profile, which: &PathBuf| {
                 p.folded(view, false, true)
                     .with_context(|| format!("{}", which.display()))

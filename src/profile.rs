@@ -233,6 +233,12 @@ pub struct Profile {
     pub processes: BTreeMap<u32, Process>,
     /// Frame names, indexed by [`Sample::stack`].
     pub frames: Vec<String>,
+    /// Recorded with `--lines`: Python frames are named by their line,
+    /// `qualname (file:line)`, and `function_of[i]` is the index of frame
+    /// i's function, `qualname (file:firstline)` (i itself for frames that
+    /// are not lines). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub function_of: Vec<u32>,
     /// The views recorded.
     pub views: Vec<View>,
     /// Python stacks that could not be read, and stacks or names dropped
@@ -244,6 +250,42 @@ impl Profile {
     /// The view `kind`, if it was recorded.
     pub fn view(&self, kind: ViewKind) -> Option<&View> {
         self.views.iter().find(|v| v.kind == kind)
+    }
+
+    /// The profile with Python frames named by function rather than line
+    /// (for a profile recorded with `--lines`; others are as they are):
+    /// stacks that differ only in lines are merged.
+    pub fn by_function(&self) -> Profile {
+        let mut p = self.clone();
+        if self.function_of.is_empty() {
+            return p;
+        }
+        let map = |f: u32| self.function_of.get(f as usize).copied().unwrap_or(f);
+        for v in &mut p.views {
+            let mut merged: BTreeMap<(u32, u32, Vec<u32>), Sample> = BTreeMap::new();
+            for s in std::mem::take(&mut v.samples) {
+                let stack: Vec<u32> = s.stack.iter().map(|&f| map(f)).collect();
+                match merged.entry((s.pid, s.tid, stack.clone())) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(Sample { stack, ..s });
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let m = e.get_mut();
+                        m.value += s.value;
+                        m.count += s.count;
+                        if m.hist.len() < s.hist.len() {
+                            m.hist.resize(s.hist.len(), 0);
+                        }
+                        for (a, b) in m.hist.iter_mut().zip(&s.hist) {
+                            *a += b;
+                        }
+                    }
+                }
+            }
+            v.samples = merged.into_values().collect();
+        }
+        p.function_of.clear();
+        p
     }
 
     /// `process COMMAND (PID)`, the root frame of a process in a recording
@@ -347,6 +389,12 @@ impl Profile {
             bail!("profile version {version}; this pyusdt-prof reads version {VERSION}");
         }
         let p: Profile = serde_json::from_value(v).context("a damaged profile")?;
+        let n = p.frames.len();
+        if !p.function_of.is_empty()
+            && (p.function_of.len() != n || p.function_of.iter().any(|&f| f as usize >= n))
+        {
+            bail!("a damaged profile: its function_of table does not match its frames");
+        }
         for view in &p.views {
             for s in &view.samples {
                 if let Some(&f) = s.stack.iter().find(|&&f| f as usize >= p.frames.len()) {
@@ -374,6 +422,7 @@ mod tests {
             sample_hz: 99,
             threads: BTreeMap::from([(7, "python".to_string()), (8, "worker".to_string())]),
             processes: BTreeMap::new(),
+            function_of: Vec::new(),
             frames: vec![
                 "main (a.py:1)".into(),
                 "f (a.py:5)".into(),

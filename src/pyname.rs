@@ -36,7 +36,15 @@ pub struct Namer {
     /// elsewhere are known.
     layout: Option<Layout>,
     cache: HashMap<u64, String>,
+    /// Line tables the BPF side read: the bytes kept, and the table's
+    /// whole length.
+    tables: HashMap<u64, (Vec<u8>, u32)>,
+    lines: HashMap<(u64, u32), String>,
 }
+
+/// The `lasti` of a frame whose instruction is not known (LASTI_NONE of
+/// bpf/pystack.h).
+pub const LASTI_NONE: u32 = u32::MAX;
 
 /// Longest name read, in characters.
 const MAX_STR: u64 = 1024;
@@ -48,6 +56,8 @@ impl Namer {
             pid,
             layout,
             cache: HashMap::new(),
+            tables: HashMap::new(),
+            lines: HashMap::new(),
         }
     }
 
@@ -111,6 +121,51 @@ impl Namer {
         self.cache.insert(code, name);
     }
 
+    /// Takes a line table read elsewhere (by the BPF side): `data`, the
+    /// first bytes of a table of `full_len`.
+    pub fn learn_lines(&mut self, code: u64, data: Vec<u8>, full_len: u32) {
+        self.tables.insert(code, (data, full_len));
+    }
+
+    /// The code object's line table from the process's memory.
+    fn read_table(&self, code: u64) -> io::Result<Vec<u8>> {
+        let l = self.layout()?;
+        let table = self.u64_at(code + u64::from(l.code_linetable))?;
+        let size = self.u64_at(table + u64::from(l.bytes_size))?.min(1 << 20);
+        let mut b = vec![0u8; size as usize];
+        read_memory(self.pid, table + u64::from(l.bytes_data), &mut b)?;
+        Ok(b)
+    }
+
+    /// `qualname (file:line)`: the code object at `code` at the line of
+    /// instruction `lasti`; its function name ([`Namer::name`]) when the
+    /// line cannot be known.
+    pub fn line_name(&mut self, code: u64, lasti: u32) -> String {
+        if let Some(n) = self.lines.get(&(code, lasti)) {
+            return n.clone();
+        }
+        let function = self.name(code).to_string();
+        let mut name = function.clone();
+        if let Some((q, file, first)) = crate::export::python_frame(&function) {
+            let learned = self.tables.get(&code);
+            let complete = learned.filter(|(d, full)| d.len() as u32 >= *full);
+            let line = match complete {
+                Some((d, _)) => addr2line(d, first as i32, lasti),
+                // A table cut short, or none: the process's own, if it
+                // still runs; else what was kept.
+                None => match self.read_table(code) {
+                    Ok(t) => addr2line(&t, first as i32, lasti),
+                    Err(_) => learned.and_then(|(d, _)| addr2line(d, first as i32, lasti)),
+                },
+            };
+            if let (Some(line), true) = (line, lasti != LASTI_NONE) {
+                name = format!("{q} ({file}:{line})");
+            }
+        }
+        self.lines.insert((code, lasti), name.clone());
+        name
+    }
+
     /// `qualname (file:firstline)` of the code object at `code`, or a
     /// placeholder naming the address when it cannot be read.
     pub fn name(&mut self, code: u64) -> &str {
@@ -122,6 +177,57 @@ impl Namer {
         }
         &self.cache[&code]
     }
+}
+
+/// The line of instruction `lasti` (in code units) in a code object whose
+/// first line is `firstlineno`, from its line table (`co_linetable`, the
+/// location table of CPython 3.11 and later, Objects/locations.md); None
+/// for an instruction without a line or past the table's end.
+pub fn addr2line(table: &[u8], firstlineno: i32, lasti: u32) -> Option<i32> {
+    let varint = |at: &mut usize| -> u32 {
+        let mut read = u32::from(*table.get(*at).unwrap_or(&0));
+        *at += 1;
+        let mut val = read & 63;
+        let mut shift = 0;
+        while read & 64 != 0 && shift < 30 {
+            read = u32::from(*table.get(*at).unwrap_or(&0));
+            *at += 1;
+            shift += 6;
+            val |= (read & 63) << shift;
+        }
+        val
+    };
+    let (mut line, mut addr, mut at) = (firstlineno, 0u32, 0usize);
+    while at < table.len() {
+        let head = table[at];
+        let code = (head >> 3) & 15;
+        let len = u32::from(head & 7) + 1;
+        let mut next = at + 1;
+        let delta = match code {
+            13 | 14 => {
+                let u = varint(&mut next);
+                if u & 1 != 0 {
+                    -((u >> 1) as i32)
+                } else {
+                    (u >> 1) as i32
+                }
+            }
+            11 => 1,
+            12 => 2,
+            _ => 0,
+        };
+        line += delta;
+        if lasti < addr + len {
+            return (code != 15).then_some(line);
+        }
+        addr += len;
+        // The next entry starts at the next byte with its top bit set.
+        at = next;
+        while at < table.len() && table[at] & 0x80 == 0 {
+            at += 1;
+        }
+    }
+    None
 }
 
 /// Text of `len` bytes of a str's raw characters, `kind` bytes each.
@@ -147,7 +253,43 @@ pub fn decode(bytes: &[u8], kind: u8) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{addr2line, decode};
+
+    #[test]
+    fn reads_line_tables_as_cpython_does() {
+        // f's table and co_lines() from CPython 3.12:
+        //   def f(a):                     # line 1
+        //       x = a + 1
+        //       if x > 3:
+        //           y = [i for i in range(x)]
+        //       else:
+        //           y = None
+        //       return y
+        let table = [
+            128, 0, 216, 8, 9, 136, 65, 137, 5, 128, 65, 216, 7, 8, 136, 49, 130, 117, 220, 24, 29,
+            152, 97, 155, 8, 214, 12, 33, 144, 49, 138, 81, 208, 12, 33, 136, 1, 208, 12, 33, 240,
+            6, 0, 12, 13, 128, 72, 240, 3, 0, 13, 17, 136, 1, 216, 11, 12, 128, 72, 249, 242, 7, 0,
+            13, 34,
+        ];
+        let ranges: [(u32, u32, Option<i32>); 9] = [
+            (0, 1, Some(1)),
+            (1, 6, Some(2)),
+            (6, 11, Some(3)),
+            (11, 35, Some(4)),
+            (35, 37, Some(7)),
+            (37, 39, Some(6)),
+            (39, 41, Some(7)),
+            (41, 43, None),
+            (43, 46, Some(4)),
+        ];
+        for (start, end, line) in ranges {
+            for lasti in start..end {
+                assert_eq!(addr2line(&table, 1, lasti), line, "lasti {lasti}");
+            }
+        }
+        assert_eq!(addr2line(&table, 1, 46), None);
+        assert_eq!(addr2line(&[], 1, 0), None);
+    }
 
     #[test]
     fn decodes_each_kind() {

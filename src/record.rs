@@ -58,6 +58,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Record the processes the target starts, and theirs, too.
     pub subprocesses: bool,
+    /// Name each Python frame by its current line, not its function.
+    pub lines: bool,
 }
 
 /// Live figures, for a progress line.
@@ -141,6 +143,7 @@ struct Shared<'a> {
     targets: BorrowedFd<'a>,
     layouts: BorrowedFd<'a>,
     gil_waits: BorrowedFd<'a>,
+    lines: bool,
 }
 
 /// Points an open object at the shared maps and the recorded process.
@@ -153,6 +156,14 @@ macro_rules! share {
             .context(concat!($what, " have no rodata"))?;
         ro.target_tgid = $shared.pid;
         ro.follow = u8::from($shared.follow);
+        ro.with_lines = u8::from($shared.lines);
+        if !$shared.lines {
+            $open
+                .maps
+                .code_lines
+                .set_max_entries(1)
+                .context("shrink the unused line table map")?;
+        }
         $open
             .maps
             .targets
@@ -387,10 +398,14 @@ fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
     ])
 }
 
+/// A Python stack: (code address, instruction) per frame, root first, and
+/// whether the walker cut it.
+type PyStack = (Vec<(u64, u32)>, bool);
+
 /// A Python stack by id from a `pystacks` map: code addresses root first,
 /// and whether it was truncated. Every object's map holds the one C
 /// `struct pystack` (bpf/pystack.h), so one skeleton's type decodes all.
-fn python_stack(map: &impl MapCore, id: u64) -> Result<(Vec<u64>, bool)> {
+fn python_stack(map: &impl MapCore, id: u64) -> Result<PyStack> {
     if id == 0 {
         return Ok((Vec::new(), false));
     }
@@ -404,7 +419,11 @@ fn python_stack(map: &impl MapCore, id: u64) -> Result<(Vec<u64>, bool)> {
     plain::copy_from_bytes(&mut s, &bytes)
         .map_err(|_| anyhow::anyhow!("a Python stack of {} bytes", bytes.len()))?;
     let n = (s.len as usize).min(s.frames.len());
-    let mut frames = s.frames[..n].to_vec();
+    let mut frames: Vec<(u64, u32)> = s.frames[..n]
+        .iter()
+        .copied()
+        .zip(s.lasti[..n].iter().copied())
+        .collect();
     frames.reverse();
     Ok((frames, s.truncated != 0))
 }
@@ -466,9 +485,16 @@ impl Namers {
 fn learn_names(
     code_names: &impl MapCore,
     comms: &impl MapCore,
+    code_lines: &impl MapCore,
     namers: &mut Namers,
     threads: &mut BTreeMap<u32, String>,
 ) -> Result<()> {
+    for (key, t) in entries::<cpu::types::code_key, cpu::types::code_lines>(code_lines)? {
+        let n = (t.len as usize).min(t.data.len());
+        namers
+            .get(key.tgid)
+            .learn_lines(key.code, t.data[..n].to_vec(), t.full_len);
+    }
     for (key, n) in entries::<cpu::types::code_key, cpu::types::code_name>(code_names)? {
         let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
         let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
@@ -516,7 +542,7 @@ struct RawSample {
     pid: u32,
     tid: u32,
     /// Code addresses, root first, and whether the walker cut the stack.
-    python: (Vec<u64>, bool),
+    python: PyStack,
     /// What follows the Python frames.
     tail: Tail,
     value: u64,
@@ -540,7 +566,7 @@ enum Tail {
     /// A syscall number.
     Syscall(i64),
     /// The waker's frame name, its process and its Python stack.
-    Waker(String, u32, (Vec<u64>, bool)),
+    Waker(String, u32, PyStack),
 }
 
 /// A view as the maps hold it.
@@ -688,7 +714,8 @@ fn name_views(
     raw: Vec<RawView>,
     namers: &mut Namers,
     kernel_names: bool,
-) -> (Vec<String>, Vec<View>) {
+    lines: bool,
+) -> (Vec<String>, Vec<View>, Vec<u32>) {
     let mut ips: Vec<u64> = raw
         .iter()
         .flat_map(|v| &v.samples)
@@ -709,6 +736,8 @@ fn name_views(
         names: Vec::new(),
         index: HashMap::new(),
         kernel: ips.into_iter().zip(names).collect(),
+        lines,
+        function_of: HashMap::new(),
     };
     let views = raw
         .into_iter()
@@ -747,7 +776,15 @@ fn name_views(
                 .collect(),
         })
         .collect();
-    (frames.names, views)
+    // With lines: every frame's function frame (itself, for the others).
+    let function_of = if lines {
+        (0..frames.names.len() as u32)
+            .map(|i| frames.function_of.get(&i).copied().unwrap_or(i))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (frames.names, views, function_of)
 }
 
 /// Interns frame names and builds stacks.
@@ -755,6 +792,10 @@ struct Frames {
     names: Vec<String>,
     index: HashMap<String, u32>,
     kernel: HashMap<u64, String>,
+    /// Name Python frames by line.
+    lines: bool,
+    /// A line frame's function frame.
+    function_of: HashMap<u32, u32>,
 }
 
 impl Frames {
@@ -771,17 +812,41 @@ impl Frames {
     /// The Python part of a stack: launcher frames (runpy and pyusdt's
     /// own `__main__`, which `python -m pyusdt` adds under every program)
     /// left out, `[truncated]` first if the walker cut it.
-    fn python(&mut self, namer: &mut Namer, codes: &[u64], truncated: bool, out: &mut Vec<u32>) {
-        let names: Vec<String> = codes.iter().map(|&c| namer.name(c).to_string()).collect();
+    /// With `lines`, each frame is named by its current line and its
+    /// function is noted in `function_of`.
+    fn python(
+        &mut self,
+        namer: &mut Namer,
+        codes: &[(u64, u32)],
+        truncated: bool,
+        out: &mut Vec<u32>,
+    ) {
+        let names: Vec<(String, String)> = codes
+            .iter()
+            .map(|&(c, lasti)| {
+                let function = namer.name(c).to_string();
+                let line = if self.lines {
+                    namer.line_name(c, lasti)
+                } else {
+                    function.clone()
+                };
+                (line, function)
+            })
+            .collect();
         let start = names
             .iter()
-            .rposition(|n| n.contains("/pyusdt/__main__.py:"))
+            .rposition(|(_, f)| f.contains("/pyusdt/__main__.py:"))
             .map_or(0, |i| i + 1);
         if truncated {
             out.push(self.id("[truncated]"));
         }
-        for n in &names[start..] {
-            out.push(self.id(n));
+        for (line, function) in &names[start..] {
+            let id = self.id(line);
+            if self.lines && line != function {
+                let f = self.id(function);
+                self.function_of.insert(id, f);
+            }
+            out.push(id);
         }
     }
 
@@ -1007,6 +1072,7 @@ pub fn record(
         targets: procs.maps.targets.as_fd(),
         layouts: procs.maps.layouts.as_fd(),
         gil_waits: procs.maps.gil_waits.as_fd(),
+        lines: opts.lines,
     };
     let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
         MaybeUninit::uninit(),
@@ -1115,6 +1181,7 @@ pub fn record(
         duration_ns: d.as_nanos() as u64,
         freq: opts.freq,
         gil_unavailable: gil_unavailable.clone(),
+        lines: opts.lines,
     };
     let tick = Duration::from_millis(100);
     let mut next_tick = Instant::now();
@@ -1223,6 +1290,8 @@ struct Meta {
     freq: u64,
     /// Why the gil view could not be measured.
     gil_unavailable: Option<String>,
+    /// Frames named by line.
+    lines: bool,
 }
 
 /// Reads the counts out of the maps (while they still move, for a live
@@ -1250,16 +1319,40 @@ fn build_profile(
         by_pid: HashMap::new(),
     };
     if let Some(s) = &cpu {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
+        learn_names(
+            &s.maps.code_names,
+            &s.maps.comms,
+            &s.maps.code_lines,
+            &mut namers,
+            &mut threads,
+        )?;
     }
     if let Some(s) = &sched {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
+        learn_names(
+            &s.maps.code_names,
+            &s.maps.comms,
+            &s.maps.code_lines,
+            &mut namers,
+            &mut threads,
+        )?;
     }
     if let Some(s) = &sys {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
+        learn_names(
+            &s.maps.code_names,
+            &s.maps.comms,
+            &s.maps.code_lines,
+            &mut namers,
+            &mut threads,
+        )?;
     }
     if let Some(s) = &gil {
-        learn_names(&s.maps.code_names, &s.maps.comms, &mut namers, &mut threads)?;
+        learn_names(
+            &s.maps.code_names,
+            &s.maps.comms,
+            &s.maps.code_lines,
+            &mut namers,
+            &mut threads,
+        )?;
     }
 
     let recorded: BTreeSet<u32> = tracker.procs.keys().copied().collect();
@@ -1315,7 +1408,8 @@ fn build_profile(
             samples: gil_samples(s, &threads)?,
         });
     }
-    let (frame_names, mut views) = name_views(raw, &mut namers, kernel_names);
+    let (frame_names, mut views, function_of) =
+        name_views(raw, &mut namers, kernel_names, meta.lines);
 
     // pyusdt's own poll thread is instrumentation, not the program.
     let poll: Vec<u32> = threads
@@ -1396,6 +1490,7 @@ fn build_profile(
         threads,
         processes,
         frames: frame_names,
+        function_of,
         views,
         walk_errors,
     })

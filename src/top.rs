@@ -400,6 +400,7 @@ mod tests {
             sample_hz: 100,
             threads: BTreeMap::new(),
             processes: BTreeMap::new(),
+            function_of: Vec::new(),
             frames: vec![
                 "main (/a/app.py:1)".into(),
                 "heavy (/a/app.py:5)".into(),

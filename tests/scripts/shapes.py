@@ -371,6 +371,33 @@ def shape_gil_io():
     print("reads", made[0], flush=True)
 
 
+WORDS = [str(i * 7919 % 1000) for i in range(2000)]
+
+
+def line_writes(fd, n):
+    for _ in range(n):
+        os.write(fd, b"a")  # line: write-a
+        os.write(fd, b"bb")  # line: write-b
+
+
+def line_work(n):
+    total = 0
+    for _ in range(n):
+        total += sum(range(3000))  # line: sum
+        total += len(sorted(WORDS))  # line: sorted
+    return total
+
+
+def shape_lines():
+    """300 writes on each of two lines of line_writes, then 1.5 s of
+    line_work, whose time goes to two lines (a sum and a sort)."""
+    fd = os.open("/dev/null", os.O_WRONLY)
+    line_writes(fd, 300)  # line: call-writes
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        line_work(20)  # line: call-work
+
+
 def hot_a():
     x = 0
     for i in range(20_000):

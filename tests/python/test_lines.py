@@ -1,0 +1,72 @@
+"""record --lines: every Python frame named by the line it is at, checked
+against the lines of a workload of known shape, on this interpreter."""
+
+import json
+import subprocess
+
+from conftest import SCRIPTS, TIMEOUT, prof_binary
+from test_record import fold, record
+
+SHAPES = SCRIPTS / "shapes.py"
+
+
+def line_of(marker):
+    """The line of shapes.py marked `# line: MARKER`."""
+    for n, text in enumerate(SHAPES.read_text().splitlines(), 1):
+        if text.rstrip().endswith(f"# line: {marker}"):
+            return n
+    raise AssertionError(f"no line marked {marker}")
+
+
+def at(function, marker):
+    return f"{function} ({SHAPES}:{line_of(marker)})"
+
+
+def test_lines_name_exactly_the_lines_of_a_known_shape(tmp_path):
+    code, path = record(tmp_path, "lines", views="syscall,cpu", extra=("--lines", "-F", "999"))
+    assert code == 0
+    calls = fold(path, "syscall", count=True, merge=True)
+    # Each write under its own line, under the line that called it.
+    for marker in ("write-a", "write-b"):
+        chain = (at("shape_lines", "call-writes"), at("line_writes", marker), "syscall:write")
+        assert sum(v for s, v in calls.items() if s[-3:] == chain) == 300, marker
+    assert sum(v for s, v in calls.items() if any(f.startswith("line_writes (") for f in s)) == 600
+    cpu = fold(path, "cpu", merge=True)
+    work = {s: v for s, v in cpu.items() if any(f.startswith("line_work (") for f in s)}
+    total = sum(work.values())
+    on_lines = sum(v for s, v in work.items()
+                   if at("line_work", "sum") in s or at("line_work", "sorted") in s)
+    assert total > 300 and on_lines >= 0.9 * total, (on_lines, total)
+    assert all(at("shape_lines", "call-work") in s for s in work)
+    assert sum(v for s, v in work.items() if at("line_work", "sum") in s) > 0.1 * total
+    assert sum(v for s, v in work.items() if at("line_work", "sorted") in s) > 0.1 * total
+
+
+def test_readers_fold_lines_back_into_functions(tmp_path):
+    code, path = record(tmp_path, "lines", views="syscall", extra=("--lines",))
+    assert code == 0
+    args = [prof_binary(), "fold", "-i", str(path), "--view", "syscall", "--count",
+            "--merge-threads", "--functions"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    first = f"line_writes ({SHAPES}:{line_of('write-a') - 2})"
+    rows = [l for l in out.splitlines() if first in l and l.rsplit(" ", 1)[0].endswith("syscall:write")]
+    assert len(rows) == 1 and rows[0].endswith(" 600"), rows
+    report = subprocess.run([prof_binary(), "report", "-i", str(path), "--format", "json",
+                             "--functions", "-n", "1000"],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    tables = {t["function"]: t for t in json.loads(report)["sections"][0]["syscalls"]}
+    assert tables[first]["calls"] == 600
+    report = subprocess.run([prof_binary(), "report", "-i", str(path), "--format", "json",
+                             "-n", "1000"],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=True).stdout
+    tables = {t["function"]: t for t in json.loads(report)["sections"][0]["syscalls"]}
+    assert tables[at("line_writes", "write-a")]["calls"] == 300
+    assert tables[at("line_writes", "write-b")]["calls"] == 300
+    svg = tmp_path / "lines.svg"
+    subprocess.run([prof_binary(), "flame", str(svg), "-i", str(path), "--view", "syscall"],
+                   capture_output=True, check=True, timeout=TIMEOUT)
+    assert f"line_writes ({SHAPES}:{line_of('write-b')})" in svg.read_text()
+    pb = tmp_path / "lines.pb.gz"
+    subprocess.run([prof_binary(), "export", "-i", str(path), "--format", "pprof", "-o", str(pb)],
+                   capture_output=True, check=True, timeout=TIMEOUT)
+    assert pb.stat().st_size > 0
