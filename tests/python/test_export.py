@@ -221,7 +221,8 @@ def test_diff_shows_the_hot_function_that_changed(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--format", "svg"], "is not a format; the formats are speedscope, chrome, pprof, folded"),
     (["--format", "folded", "--view", "cpu,offcpu"], "folded stacks hold one view"),
-    (["--format", "pprof", "--view", "gil"], "is not a view"),
+    (["--format", "pprof", "--view", "lock"], "is not a view"),
+    (["--format", "pprof", "--view", "gil"], "this profile has no gil view"),
 ])
 def test_bad_export_arguments_get_one_clear_line(cpu_profile, args, message):
     p = subprocess.run([prof_binary(), "export", "-i", str(cpu_profile), "-o", "/tmp/x", *args],
