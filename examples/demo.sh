@@ -20,10 +20,18 @@ done
 "$PROF" diff build/demo.json build/demo-fib20.json --view cpu --normalize \
     -o flamegraphs/demo-diff-cpu.svg
 "$PROF" report -i build/demo.json --view syscall --limit 3 > flamegraphs/demo-report.txt
+# The GIL: a threaded app recorded with the gil view beside the cpu view,
+# with lines.
+"$PROF" record -F 499 --views cpu,gil --lines -o build/gil.json -- \
+    "$PY" -m pyusdt examples/gil_app.py --seconds 3
+for view in cpu gil; do
+    "$PROF" flame "flamegraphs/gil-$view.svg" -i build/gil.json --view "$view"
+done
+"$PROF" report -i build/gil.json --view gil --thread fetch --limit 3 > flamegraphs/gil-report.txt
 echo
 echo "== the five hottest stacks of the syscall view (calls), merged over threads"
 "$PROF" fold -i build/demo.json --view syscall --count --merge-threads |
     awk '{ n = $NF; $NF = ""; printf "%8d  %s\n", n, $0 }' | sort -rn | awk 'NR <= 5' | cut -c1-160
 echo
-echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup,diff-cpu}.svg in a browser;"
+echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup,diff-cpu}.svg and gil-{cpu,gil}.svg in a browser;"
 echo "flamegraphs/demo-report.txt is the syscall view's report"
