@@ -204,6 +204,18 @@ fn btf_or_raw<'o, T>(
     }
 }
 
+/// Attaches the tp_btf program of a tracepoint, or its raw_tp twin.
+fn attach_tp(
+    btf: bool,
+    btf_prog: &libbpf_rs::ProgramMut<'_>,
+    raw_prog: &libbpf_rs::ProgramMut<'_>,
+    tracepoint: &str,
+) -> Result<Link> {
+    let prog = if btf { btf_prog } else { raw_prog };
+    prog.attach()
+        .with_context(|| format!("attach to {tracepoint}"))
+}
+
 /// The procs object: owns the process table and the layouts, and with
 /// `follow` adds each child of a recorded process to them. Exec is watched
 /// either way: a process that execs loses its layout until the new program
@@ -239,20 +251,25 @@ fn load_procs<'o>(
         .context("enter the target in the process table")?;
     put_layout(&skel.maps.layouts, pid, l)?;
     let p = &skel.progs;
-    let mut links = vec![if btf {
-        p.exec_btf.attach()
-    } else {
-        p.exec_raw.attach()
-    }
-    .context("attach to sched_process_exec")?];
+    let mut links = vec![attach_tp(
+        btf,
+        &p.exec_btf,
+        &p.exec_raw,
+        "sched_process_exec",
+    )?];
     if follow {
-        let (f, e) = if btf {
-            (p.fork_btf.attach(), p.exit_btf.attach())
-        } else {
-            (p.fork_raw.attach(), p.exit_raw.attach())
-        };
-        links.push(f.context("attach to sched_process_fork")?);
-        links.push(e.context("attach to sched_process_exit")?);
+        links.push(attach_tp(
+            btf,
+            &p.fork_btf,
+            &p.fork_raw,
+            "sched_process_fork",
+        )?);
+        links.push(attach_tp(
+            btf,
+            &p.exit_btf,
+            &p.exit_raw,
+            "sched_process_exit",
+        )?);
     }
     Ok((skel, links))
 }
@@ -302,20 +319,25 @@ fn load_sched<'o>(
     p.wakeup_new_raw.set_autoload(!btf && wakeups);
     let skel = open.load().context("load the scheduler programs")?;
     let p = &skel.progs;
-    let mut links = vec![if btf {
-        p.switch_btf.attach()
-    } else {
-        p.switch_raw.attach()
-    }
-    .context("attach to sched_switch")?];
+    let mut links = vec![attach_tp(
+        btf,
+        &p.switch_btf,
+        &p.switch_raw,
+        "sched_switch",
+    )?];
     if wakeups {
-        let (w, n) = if btf {
-            (p.wakeup_btf.attach(), p.wakeup_new_btf.attach())
-        } else {
-            (p.wakeup_raw.attach(), p.wakeup_new_raw.attach())
-        };
-        links.push(w.context("attach to sched_waking")?);
-        links.push(n.context("attach to sched_wakeup_new")?);
+        links.push(attach_tp(
+            btf,
+            &p.wakeup_btf,
+            &p.wakeup_raw,
+            "sched_waking",
+        )?);
+        links.push(attach_tp(
+            btf,
+            &p.wakeup_new_btf,
+            &p.wakeup_new_raw,
+            "sched_wakeup_new",
+        )?);
     }
     Ok((skel, links))
 }
@@ -341,18 +363,11 @@ fn load_syscall<'o>(
     p.exit_raw.set_autoload(!btf);
     let skel = open.load().context("load the syscall programs")?;
     let p = &skel.progs;
-    let (enter, exit) = if btf {
-        (p.enter_btf.attach(), p.exit_btf.attach())
-    } else {
-        (p.enter_raw.attach(), p.exit_raw.attach())
-    };
-    Ok((
-        skel,
-        vec![
-            enter.context("attach to raw_syscalls:sys_enter")?,
-            exit.context("attach to raw_syscalls:sys_exit")?,
-        ],
-    ))
+    let links = vec![
+        attach_tp(btf, &p.enter_btf, &p.enter_raw, "raw_syscalls:sys_enter")?,
+        attach_tp(btf, &p.exit_btf, &p.exit_raw, "raw_syscalls:sys_exit")?,
+    ];
+    Ok((skel, links))
 }
 
 fn load_gil<'o>(
