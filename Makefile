@@ -14,7 +14,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-apt deps-python deps-web build demo flamegraphs test test-rust test-python lint bench soak fuzz clean
+.PHONY: help deps deps-apt deps-python deps-web bench-calls build demo flamegraphs test test-rust test-python lint bench soak fuzz clean
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 find_python = $(firstword $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)) \
@@ -115,7 +115,19 @@ fuzz:
 soak: build
 	bench/soak.sh $(call venv_of,$(PYTHON))/bin/python $(PROF)
 
+# bench/RESULTS.md: overhead and cost beside cProfile, py-spy and bpftrace
+# on the seed's probes, with the interpreter of BENCH_PYTHON (the newest).
+BENCH_PYTHON ?= $(PYTHON)
 bench: build
+	@v=$(call venv_of,$(BENCH_PYTHON)); \
+	$$v/bin/pip install -q pyperf pyperformance py-spy && \
+	{ command -v inferno-flamegraph >/dev/null || [ -x $$HOME/.cargo/bin/inferno-flamegraph ] || \
+	  cargo install inferno --locked --quiet; } && \
+	PYUSDT_PROF=$(CURDIR)/$(PROF) $$v/bin/python bench/bench.py
+
+# Per-call cost of python -m pyusdt in instructions (callgrind) and time,
+# for every interpreter.
+bench-calls: build
 	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; done
 
 clean:

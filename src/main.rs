@@ -565,6 +565,19 @@ fn record_cmd(
             ", stacks or names dropped {dropped}: see walk_errors"
         ));
     }
+    // What recording cost, in this process (the BPF programs' time is the
+    // target's, in the kernel).
+    // SAFETY: rusage is plain data that getrusage fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to fill, for this process only.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        summary.push_str(&format!(
+            "; recorder {:.2} s CPU, {:.1} MiB peak",
+            secs(ru.ru_utime) + secs(ru.ru_stime),
+            ru.ru_maxrss as f64 / 1024.0
+        ));
+    }
     summary.push(')');
     eprintln!("{summary}");
     Ok(code)

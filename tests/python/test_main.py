@@ -161,8 +161,12 @@ def test_ctrl_c_while_blocked(tree):
     )
     results = []
     for argv in ([PY, str(script)], [PY, "-m", "pyusdt", str(script)]):
+        # A runner started in the background hands its children SIGINT
+        # ignored, and Python keeps an ignored SIGINT ignored: start them
+        # as a terminal would.
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert p.stdout.readline() == "ready\n"
             wait_in_sleep(p.pid)

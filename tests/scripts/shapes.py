@@ -238,10 +238,11 @@ def storm_writes(seconds, counts, i):
 
 
 def shape_storm():
-    """Four threads write 1 byte to /dev/null as fast as they can for 2 s;
-    prints how many writes each made."""
-    counts = [0] * 4
-    threads = [threading.Thread(target=storm_writes, args=(2, counts, i)) for i in range(4)]
+    """Four threads (STORM_THREADS) write 1 byte to /dev/null as fast as
+    they can for 2 s; prints how many writes they made."""
+    n = int(os.environ.get("STORM_THREADS", "4"))
+    counts = [0] * n
+    threads = [threading.Thread(target=storm_writes, args=(2, counts, i)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
