@@ -4,7 +4,8 @@
 #                app and draw flamegraphs/demo-{cpu,offcpu,syscall,wakeup}.svg
 #   make test    everything: fmt, clippy, Rust tests, Python tests per
 #                interpreter, BPF end-to-end tests
-#   make bench   per-call cost of `python -m pyusdt` without a tracer
+#   make bench   bench/RESULTS.md: cost beside cProfile, py-spy, bpftrace (root)
+#   make bench-calls  per-call cost of `python -m pyusdt` without a tracer
 #   make soak    ten minutes of recording: the recorder's memory over time
 #   make fuzz    a minute of fuzzing the profile reader
 #
