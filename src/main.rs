@@ -22,7 +22,7 @@ use pyusdt_prof::{errors, export, layout, report, target, top, Result};
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
 
 /// A profiler for Python on Linux: Python frames with CPU, off-CPU,
-/// syscall and wake-up time, per thread.
+/// syscall, wake-up and GIL time, per thread.
 ///
 /// The program to profile runs with the pyusdt extension loaded:
 /// `python -m pyusdt app.py` (or `-m module`), or `import pyusdt;
@@ -35,7 +35,15 @@ const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
 ///
 ///   sudo pyusdt-prof record -- python -m pyusdt app.py
 ///
-///   pyusdt-prof flame --view offcpu
+///   pyusdt-prof report                       # top functions, syscalls, histograms
+///
+///   pyusdt-prof flame --view offcpu          # -> pyusdt-profile-offcpu.svg
+///
+///   pyusdt-prof diff before.json after.json  # what changed
+///
+///   pyusdt-prof export --format speedscope   # for speedscope, Perfetto, pprof
+///
+///   sudo pyusdt-prof top -p 4242             # live
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, verbatim_doc_comment)]
 struct Cli {
