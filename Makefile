@@ -120,6 +120,7 @@ soak: build
 # on the seed's probes, with the interpreter of BENCH_PYTHON (the newest).
 BENCH_PYTHON ?= $(PYTHON)
 bench: build
+	cargo build --release --locked --example floor
 	@v=$(call venv_of,$(BENCH_PYTHON)); \
 	$$v/bin/pip install -q pyperf pyperformance py-spy && \
 	{ command -v inferno-flamegraph >/dev/null || [ -x $$HOME/.cargo/bin/inferno-flamegraph ] || \

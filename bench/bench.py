@@ -97,10 +97,21 @@ def seed_program():
             f"usdt:{ext}:pyusdt:PY_RETURN {{ @rets[tid] = count(); }}")
 
 
-FLOOR = ("rawtracepoint:sys_enter /cpu == 4096/ { @ = count(); } "
-         "rawtracepoint:sys_exit /cpu == 4096/ { @ = count(); } "
-         "rawtracepoint:sched_switch /cpu == 4096/ { @ = count(); } "
-         "rawtracepoint:sched_waking /cpu == 4096/ { @ = count(); }")
+FLOOR = str(ROOT / "target" / "release" / "examples" / "floor")
+
+
+class Floor:
+    """bench/floor.rs: empty handlers at the recorder's attach points."""
+
+    def __init__(self):
+        self.p = subprocess.Popen([FLOOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        if self.p.stdout.readline().strip() != "attached":
+            raise RuntimeError("the floor's handlers did not attach")
+
+    def stop(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
 
 
 class BpfStats:
@@ -178,7 +189,7 @@ def measure(column, w, stats=None):
                 cmd.append("--nonblocking")
             p = run(cmd + ["--", PY] + args)
         elif column in ("bpftrace (seed)", "floor"):
-            tr = Tracer(seed_program() if column != "floor" else FLOOR)
+            tr = Tracer(seed_program()) if column != "floor" else Floor()
             try:
                 p = run([PY, "-m", "pyusdt"] + args if column != "floor" else [PY] + args)
             finally:
@@ -362,10 +373,11 @@ def main():
         plain = [v[key] for v in results[w]["plain"] if v]
         label = f"{w} (plain {statistics.median(plain):.3g} {'req/s' if inv else 's'})" if plain else w
         lines.append(f"| {label} | " + " | ".join(fmt(cells[c]) for c in columns[1:]) + " | n/a |")
-    lines += ["", "`--exact` does not exist yet (n/a). `floor`: the same kernel attach points "
-              "as the default views (raw_syscalls enter and exit, sched_switch, sched_waking) "
-              "with handlers that do nothing, under plain python: what the kernel charges for "
-              "enabling them at all.", ""]
+    lines += ["", "`--exact` does not exist yet (n/a). `floor` (bench/floor.rs): the default "
+              "views' kernel attach points (raw_syscalls enter and exit, sched_switch, "
+              "sched_waking as tp_btf, the cpu-clock sampler at 99 Hz) with handlers that do "
+              "nothing, under plain python: what the kernel charges for running any handler "
+              "there.", ""]
 
     lines += ["## The recorder's own cost", "",
               "CPU seconds of the pyusdt-prof process and its peak resident memory, per run "

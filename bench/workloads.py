@@ -20,7 +20,7 @@ def fib(n):
 def w_fib():
     fib(15)
     t = time.perf_counter()
-    fib(int(os.environ.get("BENCH_FIB", "27")))
+    fib(int(os.environ.get("BENCH_FIB", "30")))
     return time.perf_counter() - t
 
 
@@ -106,8 +106,8 @@ def w_pyperf(bench):
     path = os.path.join(os.environ["BENCH_PYPERFORMANCE"], f"bm_{bench}", "run_benchmark.py")
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "o.json")
-        sys.argv = [path, "--worker", "-l", os.environ.get("BENCH_LOOPS", "2"), "-w", "1",
-                    "-n", "3", "-o", out, "--quiet"]
+        sys.argv = [path, "--worker", "-l", os.environ.get("BENCH_LOOPS", "4"), "-w", "1",
+                    "-n", "5", "-o", out, "--quiet"]
         try:
             runpy.run_path(path, run_name="__main__")
         except SystemExit:

@@ -86,3 +86,9 @@ pub mod gil {
     // SAFETY: as above.
     unsafe impl plain::Plain for types::time_hist {}
 }
+
+/// `bpf/floor.bpf.c`: empty handlers at the recorder's attach points, for
+/// `make bench`.
+pub mod floor {
+    include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
+}

@@ -274,6 +274,23 @@ fn load_procs<'o>(
     Ok((skel, links))
 }
 
+/// Attaches a perf_event program to the cpu-clock event of every online
+/// CPU at `freq` samples a second.
+pub fn attach_sampler(prog: &libbpf_rs::ProgramMut<'_>, freq: u64) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    for c in online_cpus()? {
+        let fd = open_cpu_clock(c, freq)
+            .with_context(|| format!("open the cpu-clock event on CPU {c}"))?;
+        let link = prog
+            .attach_perf_event(fd.as_raw_fd())
+            .with_context(|| format!("attach the CPU sampler on CPU {c}"))?;
+        // The link owns the event now: libbpf closes it with the link.
+        let _ = fd.into_raw_fd();
+        links.push(link);
+    }
+    Ok(links)
+}
+
 fn load_cpu<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
     shared: Shared<'_>,
@@ -284,19 +301,7 @@ fn load_cpu<'o>(
         .context("open the CPU sampler")?;
     share!(open, shared, "the CPU sampler");
     let skel = open.load().context("load the CPU sampler")?;
-    let mut links = Vec::new();
-    for c in online_cpus()? {
-        let fd = open_cpu_clock(c, freq)
-            .with_context(|| format!("open the cpu-clock event on CPU {c}"))?;
-        let link = skel
-            .progs
-            .on_cpu_sample
-            .attach_perf_event(fd.as_raw_fd())
-            .with_context(|| format!("attach the CPU sampler on CPU {c}"))?;
-        // The link owns the event now: libbpf closes it with the link.
-        let _ = fd.into_raw_fd();
-        links.push(link);
-    }
+    let links = attach_sampler(&skel.progs.on_cpu_sample, freq)?;
     Ok((skel, links))
 }
 
