@@ -66,7 +66,9 @@ def test_readers_fold_lines_back_into_functions(tmp_path):
     subprocess.run([prof_binary(), "flame", str(svg), "-i", str(path), "--view", "syscall"],
                    capture_output=True, check=True, timeout=TIMEOUT)
     assert f"line_writes ({SHAPES}:{line_of('write-b')})" in svg.read_text()
-    pb = tmp_path / "lines.pb.gz"
-    subprocess.run([prof_binary(), "export", "-i", str(path), "--format", "pprof", "-o", str(pb)],
-                   capture_output=True, check=True, timeout=TIMEOUT)
-    assert pb.stat().st_size > 0
+    ss = tmp_path / "lines.speedscope.json"
+    subprocess.run([prof_binary(), "export", "-i", str(path), "--format", "speedscope",
+                    "-o", str(ss)], capture_output=True, check=True, timeout=TIMEOUT)
+    frames = {f["name"]: f for f in json.loads(ss.read_text())["shared"]["frames"]}
+    assert frames[at("line_writes", "write-a")]["line"] == line_of("write-a")
+    assert frames[at("line_writes", "write-b")]["line"] == line_of("write-b")
