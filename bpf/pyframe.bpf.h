@@ -155,37 +155,6 @@ static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u3
 	return w.t;
 }
 
-struct hash_walk {
-	__u64 h;
-};
-
-static long hash_step(__u32 i, void *arg)
-{
-	struct hash_walk *w = arg;
-	__u32 zero = 0;
-	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
-
-	if (!s || i >= s->len)
-		return 1;
-	w->h = (w->h ^ s->frames[i & (PYSTACK_MAX_FRAMES - 1)]) * 0x100000001b3ULL;
-	if (with_lines)
-		w->h = (w->h ^ s->lasti[i & (PYSTACK_MAX_FRAMES - 1)]) * 0x100000001b3ULL;
-	return 0;
-}
-
-/* FNV-1a over the process and the frames of the scratch stack, never
- * PYSTACK_NONE. The process is in it because a stack's names are read per
- * process: a forked child runs code at its parent's addresses, and another
- * program may put other code there. */
-static __always_inline __u64 pystack_hash(const struct pystack *s, __u32 tgid)
-{
-	struct hash_walk w = { .h = (0xcbf29ce484222325ULL ^ tgid) * 0x100000001b3ULL };
-
-	bpf_loop(PYSTACK_MAX_FRAMES, hash_step, &w, 0);
-	w.h ^= s->truncated;
-	return w.h == PYSTACK_NONE ? 1 : w.h;
-}
-
 static __always_inline void pystack_error(int which)
 {
 	if (which >= 0 && which < PYSTACK_ERR_MAX)
@@ -347,8 +316,32 @@ static __always_inline __s32 kernel_stack_id(void *ctx)
 	return KSTACK_NONE;
 }
 
+/* Bytes of a frame read at once: enough for every field the walk reads
+ * (userspace's layout check keeps them below it). */
+#define FRAME_CHUNK 128
+
+struct frame_bytes {
+	__u8 b[FRAME_CHUNK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame_bytes);
+} frame_scratch SEC(".maps");
+
+/* The 8 bytes at `off` of a frame read into `c`, 0 past its end. */
+static __always_inline __u64 chunk_u64(const struct frame_bytes *c, __u32 off)
+{
+	if (off > FRAME_CHUNK - 8)
+		return 0;
+	return *(const __u64 *)(c->b + off);
+}
+
 struct frame_walk {
 	__u64 frame;
+	__u64 h; /* the stack's hash so far */
 	__u64 code_type_addr;
 	__u32 frame_code;
 	__u32 frame_owner;
@@ -357,6 +350,8 @@ struct frame_walk {
 	__u32 owner_cstack;
 	__u32 frame_instr;
 	__u32 code_adaptive;
+	__u32 chunk_len;  /* bytes of each frame to read */
+	__u32 check_type; /* whether f_code may be something other than code */
 	int err;
 };
 
@@ -365,35 +360,46 @@ struct frame_walk {
 static long frame_step(__u32 i, void *arg)
 {
 	struct frame_walk *w = arg;
-	__u32 zero = 0;
+	__u32 zero = 0, n = w->chunk_len;
 	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
-	__u64 code;
-	__u8 owner = 0;
+	struct frame_bytes *c = bpf_map_lookup_elem(&frame_scratch, &zero);
+	__u64 code, slot;
+	__u8 owner;
 
-	if (!s || !w->frame || w->err)
+	if (!s || !c || !w->frame || w->err)
 		return 1;
-	code = read_u64(w->frame + w->frame_code, &w->err);
-	bpf_probe_read_user(&owner, sizeof(owner), (const void *)(w->frame + w->frame_owner));
-	/* Skip the interpreter's shim frames and anything not code. */
+	/* One read for the fields of a frame that the walk needs. */
+	n &= (FRAME_CHUNK - 1) | FRAME_CHUNK;
+	if (n < 8 || n > FRAME_CHUNK ||
+	    bpf_probe_read_user(c->b, n, (const void *)w->frame)) {
+		w->err = 1;
+		return 1;
+	}
+	code = chunk_u64(c, w->frame_code);
+	owner = (__u8)chunk_u64(c, w->frame_owner);
+	/* Skip the interpreter's shim frames and anything not code (3.13's
+	 * f_executable may be None; 3.11's and 3.12's f_code is code). */
 	if (owner != w->owner_cstack && code &&
-	    read_u64(code + w->object_type, &w->err) == w->code_type_addr) {
+	    (!w->check_type || read_u64(code + w->object_type, &w->err) == w->code_type_addr)) {
 		if (s->len >= PYSTACK_MAX_FRAMES) {
 			s->truncated = 1;
 			return 1;
 		}
-		s->frames[s->len & (PYSTACK_MAX_FRAMES - 1)] = code;
-		s->lasti[s->len & (PYSTACK_MAX_FRAMES - 1)] = LASTI_NONE;
+		slot = s->len & (PYSTACK_MAX_FRAMES - 1);
+		s->frames[slot] = code;
+		s->lasti[slot] = LASTI_NONE;
+		w->h = (w->h ^ code) * 0x100000001b3ULL;
 		if (with_lines) {
-			int ierr = 0;
-			__u64 instr = read_u64(w->frame + w->frame_instr, &ierr);
+			__u64 instr = chunk_u64(c, w->frame_instr);
 			__u64 first = code + w->code_adaptive;
 
-			if (!ierr && instr >= first && instr - first < (1ULL << 32))
-				s->lasti[s->len & (PYSTACK_MAX_FRAMES - 1)] = (instr - first) / 2;
+			if (instr >= first && instr - first < (1ULL << 32))
+				s->lasti[slot] = (instr - first) / 2;
+			w->h = (w->h ^ s->lasti[slot]) * 0x100000001b3ULL;
 		}
 		s->len++;
 	}
-	w->frame = read_u64(w->frame + w->frame_previous, &w->err);
+	w->frame = chunk_u64(c, w->frame_previous);
 	return 0;
 }
 
@@ -440,6 +446,20 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	fw.owner_cstack = l->owner_cstack;
 	fw.frame_instr = l->frame_instr;
 	fw.code_adaptive = l->code_adaptive;
+	fw.check_type = l->py_version_hex >= 0x030d0000;
+	fw.chunk_len = fw.frame_code;
+	if (fw.frame_previous > fw.chunk_len)
+		fw.chunk_len = fw.frame_previous;
+	if (fw.frame_owner > fw.chunk_len)
+		fw.chunk_len = fw.frame_owner;
+	if (with_lines && fw.frame_instr > fw.chunk_len)
+		fw.chunk_len = fw.frame_instr;
+	fw.chunk_len += 8;
+	/* FNV-1a over the process and the frames (with their instructions
+	 * under --lines). The process is in it because a stack's names are
+	 * read per process: a forked child runs code at its parent's
+	 * addresses, and another program may put other code there. */
+	fw.h = (0xcbf29ce484222325ULL ^ tgid) * 0x100000001b3ULL;
 	bpf_loop(PYSTACK_MAX_FRAMES * 2, frame_step, &fw, 0);
 	if (fw.err && s->len == 0) {
 		pystack_error(PYSTACK_ERR_READ);
@@ -448,7 +468,9 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	if (fw.frame && !s->truncated && !fw.err)
 		s->truncated = 1;
 	note_comm(tid);
-	id = pystack_hash(s, tgid);
+	id = fw.h ^ s->truncated;
+	if (id == PYSTACK_NONE)
+		id = 1;
 	err = bpf_map_update_elem(&pystacks, &id, s, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		pystack_error(PYSTACK_ERR_FULL);

@@ -39,6 +39,15 @@ pub fn check(pid: u32, l: &Layout, announced_size: u64) -> Result<()> {
             pyusdt_layout::VERSION
         );
     }
+    // bpf/pyframe.bpf.h reads the fields of a frame it needs in one read
+    // of FRAME_CHUNK (128) bytes.
+    let far = [l.frame_code, l.frame_previous, l.frame_owner, l.frame_instr];
+    if far.iter().any(|&off| off > 120) {
+        bail!(
+            "process {pid}'s interpreter lays its frames out beyond what this pyusdt-prof \
+             reads (offsets {far:?}); this Python version is not supported"
+        );
+    }
     Ok(())
 }
 
