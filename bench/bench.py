@@ -321,7 +321,7 @@ def profile_size():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer workloads and columns")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args()
@@ -330,11 +330,11 @@ def main():
     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=False)
 
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
-    columns = (["plain", "pyusdt", "record"] + [f"record {v}" for v in VIEWS]
+    columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
                + ["cProfile", "py-spy", "py-spy --nonblocking", "bpftrace (seed)", "floor"])
     if args.quick:
         workloads = workloads[:4] + workloads[4:5]
-        columns = ["plain", "pyusdt", "record", "record syscall", "cProfile", "py-spy",
+        columns = ["plain", "pyusdt", "record all", "record syscall", "cProfile", "py-spy",
                    "bpftrace (seed)", "floor"]
     results = {w: {c: [] for c in columns} for w in workloads}
     stats = {}
@@ -359,7 +359,7 @@ def main():
                       f"{res['seconds'] if res else float('nan'):.4f} s", file=sys.stderr)
 
     lines = ["# Benchmark results", "",
-             "Regenerate with `sudo make bench` (about 25 minutes). Every figure is a ratio to "
+             "Regenerate with `sudo make bench` (about 20 minutes at the default 2 rounds). Every figure is a ratio to "
              "the plain run of the same workload in the same invocation: the median of "
              f"{args.rounds} rounds, with the lowest and highest ratio in brackets. Time "
              "ratios: above 1 is slower. http: requests a second, ratio of plain to the "

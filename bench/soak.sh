@@ -9,7 +9,7 @@ SECS=${SOAK_SECONDS:-600}
 STEP=${SOAK_STEP:-30}
 cd "$(dirname "$0")/.."
 mkdir -p build
-"$PROF" record -d "$SECS" -o build/soak.json -- \
+"$PROF" record -d "$SECS" --views all -o build/soak.json -- \
     "$PY" -m pyusdt examples/demo_app.py --seconds "$((SECS + 5))" >/dev/null 2>build/soak.err &
 rec=$!
 trap 'kill "$rec" 2>/dev/null || true' EXIT

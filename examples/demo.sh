@@ -10,7 +10,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 mkdir -p build flamegraphs
-"$PROF" record -F 499 -o build/demo.json -- "$PY" -m pyusdt examples/demo_app.py --seconds 4
+"$PROF" record -F 499 --views cpu,offcpu,syscall,wakeup -o build/demo.json -- \
+    "$PY" -m pyusdt examples/demo_app.py --seconds 4
 for view in cpu offcpu syscall wakeup; do
     "$PROF" flame "flamegraphs/demo-$view.svg" -i build/demo.json --view "$view"
 done

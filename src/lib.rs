@@ -24,6 +24,7 @@ pub mod report;
 pub mod syscalls;
 pub mod target;
 pub mod top;
+pub mod usdt;
 
 /// The result type of this crate.
 pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;

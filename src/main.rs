@@ -16,7 +16,7 @@ use pyusdt_prof::flame::{self, FlameOptions};
 use pyusdt_prof::profile::write_atomic;
 use pyusdt_prof::profile::{Profile, Unit, ViewKind};
 use pyusdt_prof::record::{self, Progress};
-use pyusdt_prof::{errors, export, layout, report, target, top, Result};
+use pyusdt_prof::{errors, export, layout, report, target, top, usdt, Result};
 
 /// The profile file `record` writes and the other commands read by default.
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
@@ -63,18 +63,33 @@ enum Command {
     /// the process exits. Nothing runs per Python call: frames are read
     /// only when an event happens.
     ///
-    /// Views and what they weigh: cpu (samples at -F Hz), offcpu (time
-    /// blocked or waiting for a CPU, with the kernel stack), syscall (time
-    /// inside each syscall, and calls), wakeup (time waited, under the
-    /// thread and Python frames that woke it), and, when asked for, gil
-    /// (time waiting for the GIL, under the thread that handed it over;
-    /// uprobes on the interpreter's take_gil and drop_gil: a cost per GIL
-    /// hand-over, so not in the defaults). With gil, cpu samples taken
-    /// while a thread waits for the GIL end in `[waiting for the GIL]`.
+    /// Views, what they weigh, and what they cost the program (measured
+    /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
+    /// frames per event, a few microseconds):
+    ///
+    ///   cpu      samples at -F Hz; ~10 us per sample: unmeasurable on
+    ///            pyperformance, http.server 1.06x. The default.
+    ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
+    ///            ~5 us per context switch: http.server 1.27x slower.
+    ///   wakeup   time waited, under the thread and frames that woke it;
+    ///            ~3 us per wake-up: http.server 1.35x.
+    ///   syscall  time inside each syscall, and calls; ~3 us per syscall:
+    ///            1-byte writes 10x, http.server 1.46x.
+    ///   gil      time waiting for the GIL, under the thread that held it;
+    ///            uprobes per GIL hand-over and release: 1-byte writes 26x.
+    ///            With it, cpu samples of waiting threads end in
+    ///            `[waiting for the GIL]`.
+    ///   all      every view.
+    ///
+    /// Only cpu is on by default: the others cost the realistic workloads
+    /// more than the 3-5% a profiler attached to a live service may take;
+    /// ask for them where that price is worth paying.
     ///
     /// Examples:
     ///
     ///   sudo pyusdt-prof record -p 4242 -d 30
+    ///
+    ///   sudo pyusdt-prof record --views all -- python -m pyusdt app.py
     ///
     ///   sudo pyusdt-prof record --views cpu,syscall -F 499 -o app.json -- python -m pyusdt app.py
     ///
@@ -98,9 +113,9 @@ enum Command {
         /// CPU samples per second, per CPU.
         #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         freq: u64,
-        /// The views to record, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "cpu,offcpu,syscall,wakeup", value_parser = parse_view)]
-        views: Vec<ViewKind>,
+        /// The views to record, comma-separated, or all.
+        #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = parse_view_or_all)]
+        views: Vec<Vec<ViewKind>>,
         /// Record the processes the target starts too (fork, and exec of
         /// a new program), each under its own `process CMD (PID)` root.
         /// Forked children are recorded from their first instruction; a
@@ -305,6 +320,18 @@ enum Command {
         #[arg(long)]
         functions: bool,
     },
+    /// List the USDT probes a process carries: pyusdt's, and those of every
+    /// other file it maps (the interpreter's own, libraries').
+    ///
+    /// Example:
+    ///
+    ///   pyusdt-prof list -p 4242
+    #[command(verbatim_doc_comment)]
+    List {
+        /// The process id.
+        #[arg(short, long)]
+        pid: u32,
+    },
     /// Print the interpreter layout that a pyusdt process announces.
     ///
     /// Attaches a BPF program to the process's `pyusdt:layout` probe and
@@ -346,6 +373,15 @@ fn parse_format(s: &str) -> std::result::Result<export::Format, String> {
             names.join(", ")
         )
     })
+}
+
+fn parse_view_or_all(s: &str) -> std::result::Result<Vec<ViewKind>, String> {
+    if s == "all" {
+        return Ok(ViewKind::ALL.to_vec());
+    }
+    parse_view(s)
+        .map(|v| vec![v])
+        .map_err(|e| format!("{e}, or all"))
 }
 
 fn parse_view(s: &str) -> std::result::Result<ViewKind, String> {
@@ -630,7 +666,7 @@ fn run(cli: Cli) -> Result<u8> {
             command,
         } => {
             let opts = record::Options {
-                views: views.into_iter().collect::<BTreeSet<_>>(),
+                views: views.into_iter().flatten().collect::<BTreeSet<_>>(),
                 freq,
                 duration: duration.map(Duration::from_secs_f64),
                 subprocesses,
@@ -808,6 +844,24 @@ fn run(cli: Cli) -> Result<u8> {
                 flame::write_diff_svg(&lb, &la, normalize, &opts, w)
             })?;
             eprintln!("pyusdt-prof: wrote {}", output.display());
+        }
+        Command::List { pid } => {
+            let probes = usdt::list(pid)?;
+            let mut out = std::io::stdout().lock();
+            if probes.is_empty() {
+                writeln!(out, "process {pid} carries no USDT probes")?;
+            }
+            for p in &probes {
+                let name = format!("{}:{}", p.provider, p.name);
+                writeln!(
+                    out,
+                    "{name:<28} {:<9} {}  {}",
+                    if p.semaphore { "semaphore" } else { "" },
+                    p.file,
+                    p.args
+                )?;
+            }
+            out.flush().context("write to stdout")?;
         }
         Command::Layout { pid, json, timeout } => {
             errors::check_can_trace()?;

@@ -115,3 +115,4 @@ def test_throw_into_generator():
         ["PY_THROW"],
     )
     assert maps["throw"][(*key("catcher"), "ValueError()")] == 20
+

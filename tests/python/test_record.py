@@ -278,7 +278,7 @@ def test_a_killed_recorder_leaves_nothing_attached(tmp_path):
 
     with pyusdt_child("controlled.py") as target:
         target.ask_first()
-        with attach(target.pid, tmp_path / "k.json") as rec:
+        with attach(target.pid, tmp_path / "k.json", "--views", "all") as rec:
             assert bpf_programs() & OUR_PROGRAMS
             rec.proc.kill()
             rec.proc.wait()
