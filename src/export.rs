@@ -57,6 +57,22 @@ impl Format {
     }
 }
 
+/// Says why `views` of `p` cannot be exported as `format`, if they cannot.
+pub fn check(p: &Profile, format: Format, views: &[ViewKind]) -> Result<()> {
+    for &k in views {
+        if p.view(k).is_none() {
+            bail!("this profile has no {} view", k.name());
+        }
+    }
+    if format == Format::Folded && views.len() != 1 {
+        bail!("folded stacks hold one view: choose it with --view");
+    }
+    if views.is_empty() && p.views.is_empty() {
+        bail!("this profile has no views");
+    }
+    Ok(())
+}
+
 /// Writes `views` of `p` (all recorded views when empty) as `format`.
 pub fn export(p: &Profile, format: Format, views: &[ViewKind], out: &mut dyn Write) -> Result<()> {
     let views: Vec<&View> = if views.is_empty() {

@@ -812,6 +812,8 @@ fn run(cli: Cli) -> Result<u8> {
                     .map_or("pyusdt-profile".into(), |s| s.to_string_lossy());
                 PathBuf::from(format!("{stem}.{}", format.extension()))
             });
+            // Refuse what cannot be exported before creating any file.
+            export::check(&p, format, &view)?;
             write_atomic(&out, |w| export::export(&p, format, &view, w))?;
             eprintln!("pyusdt-prof: wrote {}", out.display());
         }

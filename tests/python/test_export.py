@@ -229,3 +229,5 @@ def test_bad_export_arguments_get_one_clear_line(cpu_profile, args, message):
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode != 0
     assert message in p.stderr, p.stderr
+    assert "write /tmp/x" not in p.stderr, p.stderr
+    assert not os.path.exists("/tmp/x")
