@@ -18,6 +18,7 @@
 
 #include "procs.bpf.h"
 #include "procs_events.h"
+#include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -94,41 +95,12 @@ static __always_inline int on_exit(struct task_struct *p)
 	return 0;
 }
 
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
-{
-	return on_fork(parent, child);
-}
+TP_TWIN(sched_process_fork, fork, on_fork(parent, child),
+	struct task_struct *parent, struct task_struct *child)
 
-SEC("raw_tp/sched_process_fork")
-int BPF_PROG(fork_raw, struct task_struct *parent, struct task_struct *child)
-{
-	return on_fork(parent, child);
-}
+TP_TWIN(sched_process_exec, exec, on_exec(p), struct task_struct *p)
 
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(exec_btf, struct task_struct *p)
-{
-	return on_exec(p);
-}
-
-SEC("raw_tp/sched_process_exec")
-int BPF_PROG(exec_raw, struct task_struct *p)
-{
-	return on_exec(p);
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(exit_btf, struct task_struct *p)
-{
-	return on_exit(p);
-}
-
-SEC("raw_tp/sched_process_exit")
-int BPF_PROG(exit_raw, struct task_struct *p)
-{
-	return on_exit(p);
-}
+TP_TWIN(sched_process_exit, exit, on_exit(p), struct task_struct *p)
 
 /* Puts the event type in the skeleton's types. */
 struct follow_event _follow_event = {};

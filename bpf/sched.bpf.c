@@ -14,6 +14,7 @@
 
 #include "pyframe.bpf.h"
 #include "sched_counts.h"
+#include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -154,46 +155,17 @@ static __always_inline int on_wakeup(struct task_struct *p)
 	return 0;
 }
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(switch_btf, bool preempt, struct task_struct *prev, struct task_struct *next)
-{
-	return on_switch(ctx, prev, next);
-}
-
-SEC("raw_tp/sched_switch")
-int BPF_PROG(switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
-{
-	return on_switch(ctx, prev, next);
-}
+TP_TWIN(sched_switch, switch, on_switch(ctx, prev, next),
+	bool preempt, struct task_struct *prev, struct task_struct *next)
 
 /*
  * sched_waking, not sched_wakeup: sched_wakeup fires wherever the wakee is
  * queued, which for a wakee on another CPU is that CPU's interrupt (the
  * idle task is current there); sched_waking always fires in the waker.
  */
-SEC("tp_btf/sched_waking")
-int BPF_PROG(wakeup_btf, struct task_struct *p)
-{
-	return on_wakeup(p);
-}
+TP_TWIN(sched_waking, wakeup, on_wakeup(p), struct task_struct *p)
 
-SEC("raw_tp/sched_waking")
-int BPF_PROG(wakeup_raw, struct task_struct *p)
-{
-	return on_wakeup(p);
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(wakeup_new_btf, struct task_struct *p)
-{
-	return on_wakeup(p);
-}
-
-SEC("raw_tp/sched_wakeup_new")
-int BPF_PROG(wakeup_new_raw, struct task_struct *p)
-{
-	return on_wakeup(p);
-}
+TP_TWIN(sched_wakeup_new, wakeup_new, on_wakeup(p), struct task_struct *p)
 
 /* Puts the key and value types in the skeleton's types. */
 struct offcpu_key _offcpu_key = {};

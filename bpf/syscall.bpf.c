@@ -10,6 +10,7 @@
 
 #include "pyframe.bpf.h"
 #include "syscall_counts.h"
+#include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -83,29 +84,9 @@ static __always_inline int on_exit(void)
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(enter_btf, struct pt_regs *regs, long id)
-{
-	return on_enter(id);
-}
+TP_TWIN(sys_enter, enter, on_enter(id), struct pt_regs *regs, long id)
 
-SEC("raw_tp/sys_enter")
-int BPF_PROG(enter_raw, struct pt_regs *regs, long id)
-{
-	return on_enter(id);
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(exit_btf, struct pt_regs *regs, long ret)
-{
-	return on_exit();
-}
-
-SEC("raw_tp/sys_exit")
-int BPF_PROG(exit_raw, struct pt_regs *regs, long ret)
-{
-	return on_exit();
-}
+TP_TWIN(sys_exit, exit, on_exit(), struct pt_regs *regs, long ret)
 
 /* Puts the key and value types in the skeleton's types. */
 struct syscall_key _syscall_key = {};

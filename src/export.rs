@@ -137,6 +137,17 @@ pub fn python_frame(name: &str) -> Option<(&str, &str, i64)> {
     Some((qualname, file, line.parse().ok()?))
 }
 
+/// `qualname (file.py:line)` with the file's directories left out, for
+/// people; other frame names as they are.
+pub fn short(function: &str) -> String {
+    match python_frame(function) {
+        Some((q, file, line)) => {
+            format!("{q} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
+        }
+        None => function.to_string(),
+    }
+}
+
 /// What one sample's value weighs in speedscope's and Chrome's terms.
 fn unit_name(u: Unit) -> &'static str {
     match u {

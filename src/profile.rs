@@ -112,6 +112,16 @@ pub struct Sample {
     pub hist: Vec<u64>,
 }
 
+/// Adds log2 histogram `h` to `into`, bucket by bucket.
+pub fn add_hist(into: &mut Vec<u64>, h: &[u64]) {
+    if into.len() < h.len() {
+        into.resize(h.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(h) {
+        *a += b;
+    }
+}
+
 /// Writes `path` atomically: `fill` writes a temporary file beside it,
 /// which is synced and renamed into place, readable by its owner only. A
 /// failure or a crash never leaves a partial file under the final name.
@@ -273,12 +283,7 @@ impl Profile {
                         let m = e.get_mut();
                         m.value += s.value;
                         m.count += s.count;
-                        if m.hist.len() < s.hist.len() {
-                            m.hist.resize(s.hist.len(), 0);
-                        }
-                        for (a, b) in m.hist.iter_mut().zip(&s.hist) {
-                            *a += b;
-                        }
+                        add_hist(&mut m.hist, &s.hist);
                     }
                 }
             }

@@ -470,7 +470,7 @@ fn kernel_stack(map: &impl MapCore, id: i32) -> Result<Vec<u64>> {
 
 /// Every (key, value) of a hash map, decoded.
 fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
-    map: &impl MapCore,
+    map: &(impl MapCore + ?Sized),
 ) -> Result<Vec<(K, V)>> {
     let mut out = Vec::new();
     for kb in map.keys() {
@@ -503,12 +503,16 @@ impl Namers {
 /// The names the BPF side read at first sight, and the thread names it
 /// kept, from one object's `code_names` and `comms` maps.
 fn learn_names(
-    code_names: &impl MapCore,
-    comms: &impl MapCore,
-    code_lines: &impl MapCore,
+    w: &Walker<'_>,
     namers: &mut Namers,
     threads: &mut BTreeMap<u32, String>,
 ) -> Result<()> {
+    let Walker {
+        code_names,
+        comms,
+        code_lines,
+        ..
+    } = *w;
     for (key, t) in entries::<cpu::types::code_key, cpu::types::code_lines>(code_lines)? {
         let n = (t.len as usize).min(t.data.len());
         namers
@@ -1155,42 +1159,6 @@ pub fn record(
     let started = Instant::now();
     on_ready();
     let mut threads = BTreeMap::new();
-    let progress = |elapsed, processes| {
-        let mut p = Progress {
-            elapsed,
-            processes,
-            ..Default::default()
-        };
-        if let Some((s, _)) = &cpu {
-            if let Some(b) = s.maps.bss_data.as_deref() {
-                p.events.insert(ViewKind::Cpu, live(&b.samples));
-                p.lost += live(&b.lost_samples);
-            }
-        }
-        if let Some((s, _)) = &sched {
-            if let Some(b) = s.maps.bss_data.as_deref() {
-                if want(ViewKind::Offcpu) {
-                    p.events.insert(ViewKind::Offcpu, live(&b.switches));
-                }
-                if wakeups {
-                    p.events.insert(ViewKind::Wakeup, live(&b.wakeups_joined));
-                }
-                p.lost += live(&b.lost_offcpu) + live(&b.lost_wakeups);
-            }
-        }
-        if let Some((s, _)) = &sys {
-            if let Some(b) = s.maps.bss_data.as_deref() {
-                p.events.insert(ViewKind::Syscall, live(&b.calls));
-                p.lost += live(&b.lost_syscalls);
-            }
-        }
-        if let Some(b) = gil_skel.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
-            p.events.insert(ViewKind::Gil, live(&b.gil_waited));
-            p.lost += live(&b.lost_gil);
-        }
-        p
-    };
-
     let meta_at = |d: Duration| Meta {
         pid,
         follow,
@@ -1202,6 +1170,25 @@ pub fn record(
         freq: opts.freq,
         gil_unavailable: gil_unavailable.clone(),
         lines: opts.lines,
+    };
+    let live_skels = Skels {
+        procs: &procs,
+        cpu: cpu.as_ref().map(|(s, _)| s),
+        sched: sched.as_ref().map(|(s, _)| s),
+        sys: sys.as_ref().map(|(s, _)| s),
+        gil: gil_skel.as_ref(),
+    };
+    let progress = |elapsed, processes| {
+        let mut p = Progress {
+            elapsed,
+            processes,
+            ..Default::default()
+        };
+        for (kind, events, lost) in counters(&live_skels, &meta_at(elapsed)) {
+            p.events.insert(kind, events);
+            p.lost += lost;
+        }
+        p
     };
     let tick = Duration::from_millis(100);
     let mut next_tick = Instant::now();
@@ -1236,14 +1223,13 @@ pub fn record(
         }
         let running = tracker.live();
         let mut snapshot = || {
-            let skels = Skels {
-                procs: &procs,
-                cpu: cpu.as_ref().map(|(s, _)| s),
-                sched: sched.as_ref().map(|(s, _)| s),
-                sys: sys.as_ref().map(|(s, _)| s),
-                gil: gil_skel.as_ref(),
-            };
-            build_profile(&skels, &tracker, threads.clone(), &meta_at(elapsed), false)
+            build_profile(
+                &live_skels,
+                &tracker,
+                threads.clone(),
+                &meta_at(elapsed),
+                false,
+            )
         };
         on_tick(&progress(elapsed, running), &mut snapshot);
         if running == 0
@@ -1298,6 +1284,43 @@ struct Skels<'a, 'o> {
     gil: Option<&'a gil::GilSkel<'o>>,
 }
 
+/// What every object that walks Python stacks keeps beside its counts: the
+/// names it read, and why walks failed.
+struct Walker<'a> {
+    code_names: &'a dyn MapCore,
+    comms: &'a dyn MapCore,
+    code_lines: &'a dyn MapCore,
+    errors: [u64; 6],
+}
+
+impl Skels<'_, '_> {
+    /// The walkers among the loaded objects.
+    fn walkers(&self) -> Vec<Walker<'_>> {
+        let mut out = Vec::new();
+        macro_rules! walker {
+            ($skel:expr) => {
+                if let Some(s) = $skel {
+                    out.push(Walker {
+                        code_names: &s.maps.code_names,
+                        comms: &s.maps.comms,
+                        code_lines: &s.maps.code_lines,
+                        errors: s
+                            .maps
+                            .bss_data
+                            .as_deref()
+                            .map_or([0; 6], |b| b.pystack_errors),
+                    });
+                }
+            };
+        }
+        walker!(self.cpu);
+        walker!(self.sched);
+        walker!(self.sys);
+        walker!(self.gil);
+        out
+    }
+}
+
 /// What a profile says of its recording besides the counts.
 struct Meta {
     pid: u32,
@@ -1312,6 +1335,31 @@ struct Meta {
     gil_unavailable: Option<String>,
     /// Frames named by line.
     lines: bool,
+}
+
+/// Events and losses per recorded view, as the BPF side counts them (they
+/// move while the programs are attached).
+fn counters(skels: &Skels<'_, '_>, meta: &Meta) -> Vec<(ViewKind, u64, u64)> {
+    let mut out = Vec::new();
+    if let Some(b) = skels.cpu.and_then(|s| s.maps.bss_data.as_deref()) {
+        out.push((ViewKind::Cpu, live(&b.samples), live(&b.lost_samples)));
+    }
+    if let Some(b) = skels.sched.and_then(|s| s.maps.bss_data.as_deref()) {
+        if meta.offcpu {
+            out.push((ViewKind::Offcpu, live(&b.switches), live(&b.lost_offcpu)));
+        }
+        if meta.wakeups {
+            let (events, lost) = (live(&b.wakeups_joined), live(&b.lost_wakeups));
+            out.push((ViewKind::Wakeup, events, lost));
+        }
+    }
+    if let Some(b) = skels.sys.and_then(|s| s.maps.bss_data.as_deref()) {
+        out.push((ViewKind::Syscall, live(&b.calls), live(&b.lost_syscalls)));
+    }
+    if let Some(b) = skels.gil.and_then(|s| s.maps.bss_data.as_deref()) {
+        out.push((ViewKind::Gil, live(&b.gil_waited), live(&b.lost_gil)));
+    }
+    out
 }
 
 /// Reads the counts out of the maps (while they still move, for a live
@@ -1338,95 +1386,50 @@ fn build_profile(
         layouts: tracker.procs.iter().map(|(&p, f)| (p, f.layout)).collect(),
         by_pid: HashMap::new(),
     };
-    if let Some(s) = &cpu {
-        learn_names(
-            &s.maps.code_names,
-            &s.maps.comms,
-            &s.maps.code_lines,
-            &mut namers,
-            &mut threads,
-        )?;
-    }
-    if let Some(s) = &sched {
-        learn_names(
-            &s.maps.code_names,
-            &s.maps.comms,
-            &s.maps.code_lines,
-            &mut namers,
-            &mut threads,
-        )?;
-    }
-    if let Some(s) = &sys {
-        learn_names(
-            &s.maps.code_names,
-            &s.maps.comms,
-            &s.maps.code_lines,
-            &mut namers,
-            &mut threads,
-        )?;
-    }
-    if let Some(s) = &gil {
-        learn_names(
-            &s.maps.code_names,
-            &s.maps.comms,
-            &s.maps.code_lines,
-            &mut namers,
-            &mut threads,
-        )?;
+    let walkers = skels.walkers();
+    for w in &walkers {
+        learn_names(w, &mut namers, &mut threads)?;
     }
 
     let recorded: BTreeSet<u32> = tracker.procs.keys().copied().collect();
+    let counted = counters(skels, meta);
+    let view = |kind: ViewKind, samples: Vec<RawSample>| {
+        let (_, events, lost) = counted
+            .iter()
+            .copied()
+            .find(|c| c.0 == kind)
+            .unwrap_or((kind, 0, 0));
+        let unavailable = (kind == ViewKind::Gil)
+            .then(|| meta.gil_unavailable.clone())
+            .flatten();
+        RawView {
+            kind,
+            events,
+            lost,
+            unavailable,
+            samples,
+        }
+    };
     let mut raw: Vec<RawView> = Vec::new();
     if let Some(s) = &cpu {
-        let b = s.maps.bss_data.as_deref();
-        raw.push(RawView {
-            kind: ViewKind::Cpu,
-            events: b.map_or(0, |b| b.samples),
-            lost: b.map_or(0, |b| b.lost_samples),
-            unavailable: None,
-            samples: cpu_samples(s)?,
-        });
+        raw.push(view(ViewKind::Cpu, cpu_samples(s)?));
     }
     if let Some(s) = &sched {
-        let b = s.maps.bss_data.as_deref();
         if meta.offcpu {
-            raw.push(RawView {
-                kind: ViewKind::Offcpu,
-                events: b.map_or(0, |b| b.switches),
-                lost: b.map_or(0, |b| b.lost_offcpu),
-                unavailable: None,
-                samples: offcpu_samples(s)?,
-            });
+            raw.push(view(ViewKind::Offcpu, offcpu_samples(s)?));
         }
         if wakeups {
-            raw.push(RawView {
-                kind: ViewKind::Wakeup,
-                events: b.map_or(0, |b| b.wakeups_joined),
-                lost: b.map_or(0, |b| b.lost_wakeups),
-                unavailable: None,
-                samples: wakeup_samples(s, &recorded, &threads)?,
-            });
+            raw.push(view(
+                ViewKind::Wakeup,
+                wakeup_samples(s, &recorded, &threads)?,
+            ));
         }
     }
     if let Some(s) = &sys {
-        let b = s.maps.bss_data.as_deref();
-        raw.push(RawView {
-            kind: ViewKind::Syscall,
-            events: b.map_or(0, |b| b.calls),
-            lost: b.map_or(0, |b| b.lost_syscalls),
-            unavailable: None,
-            samples: syscall_samples(s)?,
-        });
+        raw.push(view(ViewKind::Syscall, syscall_samples(s)?));
     }
     if let Some(s) = &gil {
-        let b = s.maps.bss_data.as_deref();
-        raw.push(RawView {
-            kind: ViewKind::Gil,
-            events: b.map_or(0, |b| b.gil_waited),
-            lost: b.map_or(0, |b| b.lost_gil),
-            unavailable: meta.gil_unavailable.clone(),
-            samples: gil_samples(s, &threads)?,
-        });
+        raw.push(view(ViewKind::Gil, gil_samples(s, &threads)?));
     }
     let (frame_names, mut views, function_of) =
         name_views(raw, &mut namers, kernel_names, meta.lines);
@@ -1456,17 +1459,8 @@ fn build_profile(
             *walk_errors.entry(r.to_string()).or_insert(0) += n;
         }
     };
-    if let Some(b) = cpu.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
-        add_errors(&b.pystack_errors);
-    }
-    if let Some(b) = sched.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
-        add_errors(&b.pystack_errors);
-    }
-    if let Some(b) = sys.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
-        add_errors(&b.pystack_errors);
-    }
-    if let Some(b) = gil.as_ref().and_then(|s| s.maps.bss_data.as_deref()) {
-        add_errors(&b.pystack_errors);
+    for w in &walkers {
+        add_errors(&w.errors);
     }
     if let Some(b) = procs.maps.bss_data.as_deref() {
         if b.lost_children > 0 {

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::export::python_frame;
-use crate::profile::{Profile, Unit, View, ViewKind};
+use crate::export::{python_frame, short};
+use crate::profile::{add_hist, Profile, Unit, View, ViewKind};
 use crate::Result;
 
 /// The `format` of a JSON report.
@@ -195,12 +195,7 @@ impl Acc {
     fn add(&mut self, count: u64, ns: u64, h: &[u64]) {
         self.count += count;
         self.ns += ns;
-        if self.hist.len() < h.len() {
-            self.hist.resize(h.len(), 0);
-        }
-        for (a, b) in self.hist.iter_mut().zip(h) {
-            *a += b;
-        }
+        add_hist(&mut self.hist, h);
     }
 }
 
@@ -472,16 +467,6 @@ pub fn duration(ns: u64) -> String {
         format!("{v:.1} {unit}")
     } else {
         format!("{v:.0} {unit}")
-    }
-}
-
-/// `qualname (file.py:line)` with the file's directories left out.
-fn short(function: &str) -> String {
-    match python_frame(function) {
-        Some((q, file, line)) => {
-            format!("{q} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
-        }
-        None => function.to_string(),
     }
 }
 

@@ -24,9 +24,7 @@ impl Target {
     /// so that it resolves even when the target runs in another mount
     /// namespace.
     pub fn extension_path(&self) -> PathBuf {
-        let mut p = PathBuf::from(format!("/proc/{}/root", self.pid));
-        p.push(self.extension.strip_prefix("/").unwrap_or(&self.extension));
-        p
+        through_root(self.pid, &self.extension.to_string_lossy())
     }
 
     /// Whether the process still runs (an exited child that its parent
@@ -43,6 +41,25 @@ impl Target {
             Err(_) => false,
         }
     }
+}
+
+/// `file`, a path in process `pid`'s view, as seen from here: through the
+/// process's root, so that it resolves even in another mount namespace.
+pub fn through_root(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{file}"))
+}
+
+/// The files process `pid` maps, in the order of its memory map, each
+/// once.
+pub fn mapped_files(pid: u32) -> io::Result<Vec<String>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut files: Vec<String> = Vec::new();
+    for p in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        if p.starts_with('/') && !files.iter().any(|f| f == p) {
+            files.push(p.to_string());
+        }
+    }
+    Ok(files)
 }
 
 /// Whether a mapped file is the pyusdt extension module.
@@ -78,19 +95,15 @@ pub fn lookup(pid: u32) -> Result<Lookup> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Gone),
         Err(e) => return Err(e).with_context(|| format!("read /proc/{pid}/comm")),
     };
-    let maps = match fs::read_to_string(proc.join("maps")) {
-        Ok(m) => m,
+    let files = match mapped_files(pid) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Gone),
         Err(e) => {
             return Err(e).with_context(|| format!("read the memory map of process {pid} ({comm})"))
         }
     };
-    let paths = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/'));
     let mut python = false;
-    for path in paths {
+    for path in &files {
         if is_extension(path) {
             return Ok(Lookup::Ready(Target {
                 pid,
@@ -124,11 +137,10 @@ pub fn find(pid: u32) -> Result<Target> {
 /// The file that holds process `pid`'s interpreter (libpython, else the
 /// python executable), as seen from here through the process's root.
 pub fn interpreter_file(pid: u32) -> Option<PathBuf> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let files: Vec<&str> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/') && is_python(p))
+    let files: Vec<String> = mapped_files(pid)
+        .ok()?
+        .into_iter()
+        .filter(|p| is_python(p))
         .collect();
     let file = files
         .iter()
@@ -138,7 +150,7 @@ pub fn interpreter_file(pid: u32) -> Option<PathBuf> {
                 .is_some_and(|f| f.starts_with("libpython"))
         })
         .or_else(|| files.first())?;
-    Some(PathBuf::from(format!("/proc/{pid}/root{file}")))
+    Some(through_root(pid, file))
 }
 
 /// Process `pid`'s command line, if it still runs.

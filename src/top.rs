@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::export::short;
 use crate::profile::{Profile, ViewKind};
 use crate::report::{duration, python_frames, NO_PYTHON};
 use crate::Result;
@@ -220,16 +221,6 @@ impl Top {
         out.into_iter()
             .map(|l| l.chars().take(width).collect())
             .collect()
-    }
-}
-
-/// `qualname (file.py:line)` without the file's directories.
-fn short(function: &str) -> String {
-    match crate::export::python_frame(function) {
-        Some((q, file, line)) => {
-            format!("{q} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
-        }
-        None => function.to_string(),
     }
 }
 

@@ -2,13 +2,11 @@
 //! (`.note.stapsdt`) of every file it maps, as `pyusdt-prof list` shows
 //! them.
 
-use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::Result;
+use crate::{target, Result};
 
 /// One USDT probe of one file.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,20 +116,14 @@ pub fn notes(image: &[u8], file: &str) -> Vec<UsdtProbe> {
 
 /// Every USDT probe in the files process `pid` maps.
 pub fn list(pid: u32) -> Result<Vec<UsdtProbe>> {
-    let maps = match fs::read_to_string(format!("/proc/{pid}/maps")) {
-        Ok(m) => m,
+    let files = match target::mapped_files(pid) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("no process with PID {pid}"),
         Err(e) => return Err(e).with_context(|| format!("read the memory map of process {pid}")),
     };
-    let files: BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/'))
-        .collect();
     let mut out = Vec::new();
-    for file in files {
-        let path = PathBuf::from(format!("/proc/{pid}/root{file}"));
-        if let Ok(image) = fs::read(&path) {
+    for file in &files {
+        if let Ok(image) = fs::read(target::through_root(pid, file)) {
             out.extend(notes(&image, file));
         }
     }
