@@ -158,7 +158,7 @@ def workload_cmd(w):
     return [WORK] + (["pyperf", w[7:]] if w.startswith("pyperf:") else [w])
 
 
-def measure(column, w, stats=None):
+def measure(column, w):
     """One run of workload `w` under `column`: its result and, for record
     columns, the recorder's own CPU seconds and peak MiB."""
     args = workload_cmd(w)
@@ -247,7 +247,6 @@ def throughput(rounds_threads):
             made = int(p.stdout.split()[-1])
             prof = json.load(open(f"{d}/p.json"))
             v = prof["views"][0]
-            recorded = sum(s["count"] for s in v["samples"])
             rows.append((threads, made / 2.0, v["lost"], v["events"]))
     return rows
 
