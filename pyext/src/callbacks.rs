@@ -79,24 +79,45 @@ fn with_value(probe: Probe, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<
     }
 }
 
+/// Fires `frame_enter` (if attached), then the event's own probe (if
+/// attached: the event may be on for `frame_enter` alone).
+fn enter(probe: Probe, kind: i64, code: &Bound<'_, PyAny>, offset: i64) {
+    if probes::frame_enter_attached() {
+        probes::fire_frame_enter(code.as_ptr() as u64, kind);
+    }
+    if probe.attached() != 0 {
+        entry(probe, code, offset)
+    }
+}
+
+/// Fires `frame_exit` (if attached), then the event's own probe.
+fn exit(probe: Probe, kind: i64, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
+    if probes::frame_exit_attached() {
+        probes::fire_frame_exit(code.as_ptr() as u64, kind);
+    }
+    if probe.attached() != 0 {
+        with_value(probe, code, offset, value)
+    }
+}
+
 #[pyfunction]
 pub fn on_py_start(code: &Bound<'_, PyAny>, offset: i64) {
-    entry(Probe::PyStart, code, offset)
+    enter(Probe::PyStart, 0, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_resume(code: &Bound<'_, PyAny>, offset: i64) {
-    entry(Probe::PyResume, code, offset)
+    enter(Probe::PyResume, 1, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_return(code: &Bound<'_, PyAny>, offset: i64, retval: &Bound<'_, PyAny>) {
-    with_value(Probe::PyReturn, code, offset, retval)
+    exit(Probe::PyReturn, 0, code, offset, retval)
 }
 
 #[pyfunction]
 pub fn on_py_yield(code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
-    with_value(Probe::PyYield, code, offset, value)
+    exit(Probe::PyYield, 1, code, offset, value)
 }
 
 #[pyfunction]
@@ -111,12 +132,17 @@ pub fn on_call(
 
 #[pyfunction]
 pub fn on_py_unwind(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    with_value(Probe::PyUnwind, code, offset, exception)
+    exit(Probe::PyUnwind, 2, code, offset, exception)
 }
 
 #[pyfunction]
 pub fn on_py_throw(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    with_value(Probe::PyThrow, code, offset, exception)
+    if probes::frame_enter_attached() {
+        probes::fire_frame_enter(code.as_ptr() as u64, 2);
+    }
+    if Probe::PyThrow.attached() != 0 {
+        with_value(Probe::PyThrow, code, offset, exception)
+    }
 }
 
 #[pyfunction]

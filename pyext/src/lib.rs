@@ -68,6 +68,15 @@ fn _after_fork_parent() {
     }
 }
 
+/// Brings `sys.monitoring` in line with the attached probes now, without
+/// waiting for the poll thread's next tick: `python -m pyusdt` calls it
+/// once the recorder that launched it is attached, so that the program's
+/// first call is seen.
+#[pyfunction]
+fn _reconcile(py: Python<'_>) {
+    monitor::reconcile(py)
+}
+
 /// Stops the poll thread and turns `sys.monitoring` off.
 #[pyfunction]
 fn _stop(py: Python<'_>) {
@@ -128,6 +137,9 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         sems.set_item(p.name(), p.attached())?;
     }
     sems.set_item("layout", probes::layout_attached())?;
+    let (enter, exit) = probes::frame_attached();
+    sems.set_item("frame_enter", enter)?;
+    sems.set_item("frame_exit", exit)?;
     d.set_item("semaphores", sems)?;
     d.set_item("tool_id", tool)?;
     d.set_item("active", monitor::names(on))?;
@@ -140,6 +152,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_start, m)?)?;
     m.add_function(wrap_pyfunction!(_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(_reconcile, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;

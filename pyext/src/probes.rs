@@ -12,8 +12,16 @@
 //! | `LINE` | function, file, line |
 //! | `PY_UNWIND`, `PY_THROW` | function, file, firstlineno, offset, repr(exception) |
 //! | `layout` | address, size of the `pyusdt_layout::PyusdtLayout` |
+//! | `frame_enter` | code object address, kind (0 start, 1 resume, 2 throw) |
+//! | `frame_exit` | code object address, kind (0 return, 1 yield, 2 unwind) |
 //!
 //! `function` is the code object's `co_qualname`.
+//!
+//! `frame_enter` and `frame_exit` are for tracers that keep the call stack
+//! themselves (`pyusdt-prof record --exact`): they carry no text, so firing
+//! them reads no attribute and computes no `repr()`. The first fires where
+//! `PY_START`, `PY_RESUME` and `PY_THROW` do, the second where `PY_RETURN`,
+//! `PY_YIELD` and `PY_UNWIND` do; attaching to one turns those events on.
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -29,6 +37,8 @@ semaphore!(SEM_LINE);
 semaphore!(SEM_PY_UNWIND);
 semaphore!(SEM_PY_THROW);
 semaphore!(SEM_LAYOUT);
+semaphore!(SEM_FRAME_ENTER);
+semaphore!(SEM_FRAME_EXIT);
 
 /// A per-call probe, fed by the `sys.monitoring` event of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,12 +104,48 @@ impl Probe {
     }
 }
 
-/// The mask of per-call probes that some tracer is attached to.
+/// The events `frame_enter` needs.
+const ENTER_EVENTS: u16 =
+    1 << Probe::PyStart as u16 | 1 << Probe::PyResume as u16 | 1 << Probe::PyThrow as u16;
+/// The events `frame_exit` needs.
+const EXIT_EVENTS: u16 =
+    1 << Probe::PyReturn as u16 | 1 << Probe::PyYield as u16 | 1 << Probe::PyUnwind as u16;
+
+/// The mask of per-call events that some attached tracer needs: those of
+/// the per-call probes it is attached to, and those that feed
+/// `frame_enter` and `frame_exit`.
 pub fn attached_mask() -> u16 {
-    Probe::ALL
+    let mut m = Probe::ALL
         .iter()
         .filter(|p| p.attached() != 0)
-        .fold(0, |m, p| m | p.bit())
+        .fold(0, |m, p| m | p.bit());
+    if frame_enter_attached() {
+        m |= ENTER_EVENTS;
+    }
+    if frame_exit_attached() {
+        m |= EXIT_EVENTS;
+    }
+    m
+}
+
+/// Whether a tracer is attached to `frame_enter`.
+#[inline]
+pub fn frame_enter_attached() -> bool {
+    SEM_FRAME_ENTER.load(Ordering::Relaxed) != 0
+}
+
+/// Whether a tracer is attached to `frame_exit`.
+#[inline]
+pub fn frame_exit_attached() -> bool {
+    SEM_FRAME_EXIT.load(Ordering::Relaxed) != 0
+}
+
+/// How many tracers are attached to `frame_enter` and to `frame_exit`.
+pub fn frame_attached() -> (u16, u16) {
+    (
+        SEM_FRAME_ENTER.load(Ordering::Relaxed),
+        SEM_FRAME_EXIT.load(Ordering::Relaxed),
+    )
 }
 
 /// How many tracers are attached to `pyusdt:layout`.
@@ -153,4 +199,16 @@ pub fn fire_line(s: &Site, line: i64) {
 /// Fires `layout(address, size)`.
 pub fn fire_layout(address: u64, size: u64) {
     fire!(SEM_LAYOUT, "layout", address: "8" = address, size: "8" = size);
+}
+
+/// Fires `frame_enter(code, kind)`.
+#[inline]
+pub fn fire_frame_enter(code: u64, kind: i64) {
+    fire!(SEM_FRAME_ENTER, "frame_enter", code: "8" = code, kind: "-8" = kind);
+}
+
+/// Fires `frame_exit(code, kind)`.
+#[inline]
+pub fn fire_frame_exit(code: u64, kind: i64) {
+    fire!(SEM_FRAME_EXIT, "frame_exit", code: "8" = code, kind: "-8" = kind);
 }
