@@ -61,11 +61,11 @@ deps-python:
 	@for py in $(PYTHONS); do \
 	    v=$(call venv_of,$$py); \
 	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ] || \
-	       ! $$v/bin/python -c 'import grpc_tools' 2>/dev/null; then \
+	       ! $$v/bin/python -c 'import grpc_tools, pyperformance' 2>/dev/null; then \
 	        echo "deps: $$v from $$py"; \
 	        [ -x $$v/bin/python ] || $$py -m venv $$v || exit 1; \
 	        $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' \
-	            'protobuf>=5' 'grpcio-tools>=1.60' || exit 1; \
+	            'protobuf>=5' 'grpcio-tools>=1.60' pyperf pyperformance || exit 1; \
 	    fi; \
 	done
 

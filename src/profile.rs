@@ -42,11 +42,26 @@ pub enum ViewKind {
     /// Time waiting for the GIL, under the waiter's stack and the stack of
     /// the thread that handed the GIL over.
     Gil,
+    /// Every Python call (`record --exact`): self time under each call
+    /// path, with the exact count of calls and a histogram of each call's
+    /// inclusive time.
+    Calls,
 }
 
 impl ViewKind {
     /// Every view, in the order they are shown.
-    pub const ALL: [ViewKind; 5] = [
+    pub const ALL: [ViewKind; 6] = [
+        ViewKind::Cpu,
+        ViewKind::Offcpu,
+        ViewKind::Syscall,
+        ViewKind::Wakeup,
+        ViewKind::Gil,
+        ViewKind::Calls,
+    ];
+
+    /// The views that read Python frames only when an event happens (what
+    /// `record --views all` records); [`ViewKind::Calls`] is not one.
+    pub const SAMPLED: [ViewKind; 5] = [
         ViewKind::Cpu,
         ViewKind::Offcpu,
         ViewKind::Syscall,
@@ -62,6 +77,7 @@ impl ViewKind {
             ViewKind::Syscall => "syscall",
             ViewKind::Wakeup => "wakeup",
             ViewKind::Gil => "gil",
+            ViewKind::Calls => "calls",
         }
     }
 

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-use crate::bpf::{cpu, gil, procs, sched, syscall};
+use crate::bpf::{calls, cpu, gil, procs, sched, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
 use crate::profile::{Process, Profile, Sample, View, ViewKind, FORMAT, VERSION};
@@ -418,6 +418,63 @@ fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
     ])
 }
 
+/// The calls view's object (`record --exact`), attached to the target's
+/// `pyusdt:frame_enter` and `frame_exit`: attaching raises their
+/// semaphores, and the extension turns the per-call events on.
+fn load_calls<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
+    target: &Target,
+    btf: bool,
+) -> Result<(calls::CallsSkel<'o>, Vec<Link>)> {
+    let mut open = calls::CallsSkelBuilder::default()
+        .open(storage)
+        .context("open the call tracer")?;
+    open.maps
+        .kstacks
+        .set_max_entries(1)
+        .context("shrink the unused kernel stack map")?;
+    share!(open, shared, "the call tracer");
+    open.progs.exit_btf.set_autoload(btf);
+    open.progs.exit_raw.set_autoload(!btf);
+    let skel = open.load().context("load the call tracer")?;
+    let p = &skel.progs;
+    let mut links = vec![attach_tp(
+        btf,
+        &p.exit_btf,
+        &p.exit_raw,
+        "sched_process_exit",
+    )?];
+    let path = target.extension_path();
+    for (prog, probe) in [
+        (&p.frame_enter, "frame_enter"),
+        (&p.frame_exit, "frame_exit"),
+    ] {
+        links.push(
+            prog.attach_usdt(target.pid as i32, &path, "pyusdt", probe)
+                .with_context(|| {
+                    format!(
+                        "attach to pyusdt:{probe} in {} (a pyusdt older than this \
+                         pyusdt-prof has no such probe: rebuild it)",
+                        path.display()
+                    )
+                })?,
+        );
+    }
+    Ok((skel, links))
+}
+
+/// The monotonic clock BPF's `bpf_ktime_get_ns` reads, in ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A Python stack: (code address, instruction) per frame, root first, and
 /// whether the walker cut it.
 type PyStack = (Vec<(u64, u32)>, bool);
@@ -591,6 +648,8 @@ enum Tail {
     Syscall(i64),
     /// The waker's frame name, its process and its Python stack.
     Waker(String, u32, PyStack),
+    /// Nothing: the Python frames are the whole stack.
+    None,
 }
 
 /// A view as the maps hold it.
@@ -732,6 +791,67 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
     Ok(out)
 }
 
+/// The calls view's call paths. With `open_until`, frames still running
+/// then (a recording stopped with -d or Ctrl-C) count their time up to it.
+fn calls_samples(s: &calls::CallsSkel<'_>, open_until: Option<u64>) -> Result<Vec<RawSample>> {
+    let mut nodes: HashMap<u64, calls::types::call_node> =
+        entries::<u64, calls::types::call_node>(&s.maps.call_nodes)?
+            .into_iter()
+            .collect();
+    if let Some(now) = open_until {
+        for (_, t) in entries::<u32, calls::types::call_thread>(&s.maps.call_threads)? {
+            let kept = (t.depth as usize).min(t.frames.len());
+            // From the innermost frame out: each one's time includes the
+            // one it called.
+            let mut inner = 0u64;
+            for f in t.frames[..kept].iter().rev() {
+                if f.start_ns == 0 || f.start_ns > now {
+                    inner = 0;
+                    continue;
+                }
+                let dur = now - f.start_ns;
+                if let Some(n) = nodes.get_mut(&f.node) {
+                    n.total_ns += dur;
+                    n.self_ns += dur.saturating_sub(f.child_ns + inner);
+                }
+                inner = dur;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in nodes.values() {
+        if n.calls == 0 && n.self_ns == 0 {
+            continue; // a frame that ran before the recording, with no time of its own
+        }
+        let mut codes = Vec::new();
+        let mut at = Some(n);
+        let mut truncated = false;
+        while let Some(node) = at {
+            codes.push((node.code, pyname::LASTI_NONE));
+            if node.parent == 0 {
+                break;
+            }
+            at = nodes.get(&node.parent);
+            if at.is_none() || codes.len() > calls::CALLS_MAX_DEPTH {
+                truncated = true; // a caller's node was lost (map full)
+                break;
+            }
+        }
+        codes.reverse();
+        out.push(RawSample {
+            pid: n.tgid,
+            tid: n.tid,
+            python: (codes, truncated),
+            tail: Tail::None,
+            value: n.self_ns,
+            count: n.calls,
+            hist: trimmed(&n.hist),
+            gil_wait: false,
+        });
+    }
+    Ok(out)
+}
+
 /// Names every frame of every view (kernel symbols in one batch) into a
 /// frame table and the views' stacks.
 fn name_views(
@@ -787,6 +907,7 @@ fn name_views(
                             stack.push(frames.id(name));
                             frames.python(namers.get(*pid), codes, *truncated, &mut stack);
                         }
+                        Tail::None => {}
                     }
                     Sample {
                         pid: s.pid,
@@ -1131,6 +1252,21 @@ pub fn record(
     } else {
         None
     };
+    let (mut s_calls_btf, mut s_calls_raw) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let calls = if want(ViewKind::Calls) {
+        let python = layout::python_version(&l);
+        if l.py_version_hex < 0x030c_0000 {
+            bail!(
+                "record --exact needs Python 3.12 or later (its calls come from \
+                 sys.monitoring); process {pid} runs Python {python}"
+            );
+        }
+        Some(btf_or_raw(&mut s_calls_btf, &mut s_calls_raw, |s, btf| {
+            load_calls(s, shared, target, btf)
+        })?)
+    } else {
+        None
+    };
 
     // Processes come and go through one ring buffer, and the layouts that
     // exec'd programs announce through another; one poll waits on both.
@@ -1170,6 +1306,7 @@ pub fn record(
         freq: opts.freq,
         gil_unavailable: gil_unavailable.clone(),
         lines: opts.lines,
+        end_monotonic_ns: monotonic_ns(),
     };
     let live_skels = Skels {
         procs: &procs,
@@ -1177,6 +1314,7 @@ pub fn record(
         sched: sched.as_ref().map(|(s, _)| s),
         sys: sys.as_ref().map(|(s, _)| s),
         gil: gil_skel.as_ref(),
+        calls: calls.as_ref().map(|(s, _)| s),
     };
     let progress = |elapsed, processes| {
         let mut p = Progress {
@@ -1255,6 +1393,10 @@ pub fn record(
         drop(links);
         s
     });
+    let calls = calls.map(|(s, links)| {
+        drop(links);
+        s
+    });
     for e in proc_events.borrow_mut().drain(..) {
         tracker.on_event(&e);
     }
@@ -1271,6 +1413,7 @@ pub fn record(
         sched: sched.as_ref(),
         sys: sys.as_ref(),
         gil: gil_skel.as_ref(),
+        calls: calls.as_ref(),
     };
     build_profile(&skels, &tracker, threads, &meta_at(duration), true)
 }
@@ -1282,6 +1425,7 @@ struct Skels<'a, 'o> {
     sched: Option<&'a sched::SchedSkel<'o>>,
     sys: Option<&'a syscall::SyscallSkel<'o>>,
     gil: Option<&'a gil::GilSkel<'o>>,
+    calls: Option<&'a calls::CallsSkel<'o>>,
 }
 
 /// What every object that walks Python stacks keeps beside its counts: the
@@ -1317,6 +1461,7 @@ impl Skels<'_, '_> {
         walker!(self.sched);
         walker!(self.sys);
         walker!(self.gil);
+        walker!(self.calls);
         out
     }
 }
@@ -1335,6 +1480,9 @@ struct Meta {
     gil_unavailable: Option<String>,
     /// Frames named by line.
     lines: bool,
+    /// The monotonic clock when the counts were read: calls still running
+    /// count their time up to it.
+    end_monotonic_ns: u64,
 }
 
 /// Events and losses per recorded view, as the BPF side counts them (they
@@ -1359,6 +1507,10 @@ fn counters(skels: &Skels<'_, '_>, meta: &Meta) -> Vec<(ViewKind, u64, u64)> {
     if let Some(b) = skels.gil.and_then(|s| s.maps.bss_data.as_deref()) {
         out.push((ViewKind::Gil, live(&b.gil_waited), live(&b.lost_gil)));
     }
+    if let Some(b) = skels.calls.and_then(|s| s.maps.bss_data.as_deref()) {
+        let lost = live(&b.lost_nodes) + live(&b.lost_threads) + live(&b.calls_too_deep);
+        out.push((ViewKind::Calls, live(&b.calls), lost));
+    }
     out
 }
 
@@ -1378,6 +1530,7 @@ fn build_profile(
         sched,
         sys,
         gil,
+        calls,
     } = *skels;
     let (pid, follow, wakeups) = (meta.pid, meta.follow, meta.wakeups);
     // Names read by the BPF side at first sight win: they are what the
@@ -1431,6 +1584,12 @@ fn build_profile(
     if let Some(s) = &gil {
         raw.push(view(ViewKind::Gil, gil_samples(s, &threads)?));
     }
+    if let Some(s) = &calls {
+        raw.push(view(
+            ViewKind::Calls,
+            calls_samples(s, Some(meta.end_monotonic_ns))?,
+        ));
+    }
     let (frame_names, mut views, function_of) =
         name_views(raw, &mut namers, kernel_names, meta.lines);
 
@@ -1442,6 +1601,11 @@ fn build_profile(
         .collect();
     for v in &mut views {
         v.samples.retain(|s| !poll.contains(&s.tid));
+        if v.kind == ViewKind::Calls {
+            // Calls of pyusdt's own launcher alone (`python -m pyusdt`
+            // running the program), which naming left no frame of.
+            v.samples.retain(|s| !s.stack.is_empty());
+        }
     }
     threads.retain(|t, _| !poll.contains(t));
 
