@@ -41,7 +41,9 @@ macro_rules! fire {
                     ".size _.stapsdt.base, 1",
                     ".popsection",
                     ".endif",
-                    "990: nop",
+                    // A 5-byte nop (nopl 0(%rax,%rax,1)): a uprobe on it is
+                    // optimized by the kernel (6.18+) into a call, not a trap.
+                    "990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
                     ".pushsection .note.stapsdt,\"\",\"note\"",
                     ".balign 4",
                     ".4byte 992f-991f, 994f-993f, 3",
