@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 /*
- * The calls view (`record --exact`): every Python call and return, from
- * pyusdt's frame_enter/frame_exit probes. Each thread's call stack is kept
- * here; each return adds the activation's inclusive and self time to its
- * call path's node. Nothing goes to userspace per call: it reads the nodes
- * at the end.
+ * The calls view (`record --exact`): every Python call and return. The
+ * target writes them into a ring per thread in its own memory and fires
+ * pyusdt:calls(ring, head, first) once per 128; this program reads the new
+ * events there, and again whenever a target thread leaves the CPU. Each
+ * thread's call stack is kept here; each return adds the activation's
+ * inclusive and self time to its call path's node. Nothing goes to
+ * userspace per call: it reads the nodes at the end.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -17,8 +19,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* frame_enter kinds and frame_exit kinds (pyext/src/probes.rs). */
-#define ENTER_START 0
 
 /* Call path nodes by id. */
 struct {
@@ -44,8 +44,10 @@ struct {
 	__type(value, struct call_thread);
 } call_thread_scratch SEC(".maps");
 
-/* Activations begun (frame_enter of the target). */
+/* Activations begun (calls, resumptions) read from the rings. */
 __u64 calls = 0;
+/* Events overwritten in a ring before they were read. */
+__u64 lost_events = 0;
 /* Call paths not kept (call_nodes full), threads not kept (call_threads
  * full), calls deeper than CALLS_MAX_DEPTH. */
 __u64 lost_nodes = 0;
@@ -123,7 +125,7 @@ static __always_inline void push(struct call_thread *t, __u32 tgid, __u32 tid, _
 	n = get_node(id, d == 0 ? 0 : parent, code, tgid, tid);
 	if (n && start) {
 		n->entries++;
-		if (kind == ENTER_START)
+		if (kind == CALL_KIND_START)
 			n->calls++;
 	}
 	f = &t->frames[d & (CALLS_MAX_DEPTH - 1)];
@@ -165,7 +167,8 @@ static long prefix_step(__u32 i, void *arg)
  * is running already (the recording attached to a running program), read
  * by the frame walker, less the one that begins now.
  */
-static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u64 code)
+static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u64 code,
+						   __u64 ring, __u64 tail)
 {
 	__u32 zero = 0;
 	struct call_thread *t = bpf_map_lookup_elem(&call_thread_scratch, &zero);
@@ -176,6 +179,9 @@ static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u
 		return NULL;
 	t->depth = 0;
 	t->tgid = tgid;
+	t->ring = ring;
+	t->tail = tail;
+	t->busy = 0;
 	if (bpf_map_update_elem(&call_threads, &tid, t, BPF_NOEXIST)) {
 		__sync_fetch_and_add(&lost_threads, 1);
 		return NULL;
@@ -195,30 +201,6 @@ static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u
 	w.leaf = s->frames[0] == code;
 	bpf_loop(PYSTACK_MAX_FRAMES, prefix_step, &w, 0);
 	return t;
-}
-
-SEC("usdt")
-int BPF_USDT(frame_enter, __u64 code, __s64 kind)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct call_thread *t;
-
-	if (!is_target(tgid))
-		return 0;
-	__sync_fetch_and_add(&calls, 1);
-	t = bpf_map_lookup_elem(&call_threads, &tid);
-	if (t && t->tgid != tgid) {
-		/* Another process's thread had this id. */
-		bpf_map_delete_elem(&call_threads, &tid);
-		t = NULL;
-	}
-	if (!t)
-		t = new_thread(tgid, tid, code);
-	if (!t)
-		return 0;
-	push(t, tgid, tid, code, bpf_ktime_get_ns(), kind);
-	return 0;
 }
 
 /* Ends the activation of the frame at depth d: its time goes to its node
@@ -252,31 +234,22 @@ static __always_inline void pop(struct call_thread *t, __u32 d, __u64 now)
  * missed. */
 #define RESYNC_DEPTH 4
 
-SEC("usdt")
-int BPF_USDT(frame_exit, __u64 code, __s64 kind)
+/* A frame ends: the top one, unless returns were missed; then it is
+ * found a little deeper, and the frames above it end with it. */
+static __always_inline void leave(struct call_thread *t, __u64 code, __u64 now)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct call_thread *t;
-	__u64 now;
 	__u32 d;
 	int k;
 
-	if (!is_target(tgid))
-		return 0;
-	t = bpf_map_lookup_elem(&call_threads, &tid);
-	if (!t || t->tgid != tgid || t->depth == 0) {
+	if (t->depth == 0) {
 		__sync_fetch_and_add(&unmatched_exits, 1);
-		return 0;
+		return;
 	}
 	d = t->depth - 1;
 	if (d >= CALLS_MAX_DEPTH) {
 		t->depth = d;
-		return 0;
+		return;
 	}
-	now = bpf_ktime_get_ns();
-	/* The top frame returns, unless returns were missed: then it is found
-	 * a little deeper, and the frames above it end with it. */
 	for (k = 0; k < RESYNC_DEPTH; k++) {
 		if (k > d)
 			break;
@@ -285,7 +258,7 @@ int BPF_USDT(frame_exit, __u64 code, __s64 kind)
 	}
 	if (k == RESYNC_DEPTH || k > d) {
 		__sync_fetch_and_add(&unmatched_exits, 1);
-		return 0;
+		return;
 	}
 	for (int j = 0; j < RESYNC_DEPTH; j++) {
 		if (j >= k)
@@ -294,8 +267,121 @@ int BPF_USDT(frame_exit, __u64 code, __s64 kind)
 		__sync_fetch_and_add(&missed_exits, 1);
 	}
 	pop(t, d - k, now);
+}
+
+struct drain {
+	struct call_thread *t;
+	__u32 tgid;
+	__u32 tid;
+	__u64 from;
+	__u64 n;
+};
+
+/* Applies event `from + i` of the thread's ring. */
+static long drain_step(__u32 i, void *arg)
+{
+	struct drain *w = arg;
+	struct call_thread *t = w->t;
+	__u64 ev[2], at = w->from + i, code, kind;
+
+	if (i >= w->n)
+		return 1;
+	if (bpf_probe_read_user(ev, sizeof(ev),
+				(const void *)(t->ring + CALL_RING_DATA +
+					       (at & (CALL_RING_SLOTS - 1)) * sizeof(ev))))
+		return 1;
+	code = ev[0] & ~CALL_KIND_MASK;
+	kind = ev[0] & CALL_KIND_MASK;
+	if (kind & CALL_KIND_EXIT) {
+		leave(t, code, ev[1]);
+	} else {
+		__sync_fetch_and_add(&calls, 1);
+		push(t, w->tgid, w->tid, code, ev[1], kind);
+	}
+	t->tail = at + 1;
 	return 0;
 }
+
+/* Reads the thread's events from its tail up to `head`. */
+static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, __u64 head)
+{
+	struct drain w = { .t = t, .tgid = tgid, .tid = tid };
+
+	if (head <= t->tail)
+		return;
+	if (head - t->tail > CALL_RING_SLOTS) {
+		/* Overwritten before anyone read them. */
+		__sync_fetch_and_add(&lost_events, head - t->tail - CALL_RING_SLOTS);
+		t->tail = head - CALL_RING_SLOTS;
+	}
+	w.from = t->tail;
+	w.n = head - t->tail;
+	bpf_loop(CALL_RING_SLOTS, drain_step, &w, 0);
+}
+
+/* pyusdt:calls(ring, head, first): the thread's ring has events up to
+ * head; `first` (unless ~0) is where the new tracer's begin. */
+SEC("usdt")
+int BPF_USDT(on_calls, __u64 ring, __u64 head, __u64 first)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct call_thread *t;
+	__u64 code = 0, ev = 0;
+
+	if (!is_target(tgid))
+		return 0;
+	t = bpf_map_lookup_elem(&call_threads, &tid);
+	if (t && (t->tgid != tgid || t->ring != ring)) {
+		/* Another process's (or an ended thread's) stack. */
+		bpf_map_delete_elem(&call_threads, &tid);
+		t = NULL;
+	}
+	if (!t) {
+		__u64 tail = first == ~0ULL ? head : first, at = first == ~0ULL ? head - 1 : first;
+
+		/*
+		 * The stack starts as the walker finds it now, in the callback of
+		 * event `at`. A frame that event enters is there already (the
+		 * event will push it); one it leaves is still there (it has gone):
+		 * either way the walked leaf is left out.
+		 */
+		if (head > 0 && !bpf_probe_read_user(&ev, sizeof(ev),
+				(const void *)(ring + CALL_RING_DATA +
+					       (at & (CALL_RING_SLOTS - 1)) * 16)) &&
+		    ((first == ~0ULL) == !!(ev & CALL_KIND_EXIT)))
+			code = ev & ~CALL_KIND_MASK;
+		t = new_thread(tgid, tid, code, ring, tail);
+		if (!t)
+			return 0;
+	}
+	t->busy = 1;
+	drain(t, tgid, tid, head);
+	t->busy = 0;
+	return 0;
+}
+
+/* A target thread leaves the CPU: read what it wrote since, so that a
+ * thread that blocks leaves nothing unread. */
+static __always_inline int on_switch(struct task_struct *prev)
+{
+	__u64 id = bpf_get_current_pid_tgid(), head = 0;
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct call_thread *t;
+
+	if (!is_target(tgid))
+		return 0;
+	t = bpf_map_lookup_elem(&call_threads, &tid);
+	if (!t || t->tgid != tgid || t->busy)
+		return 0;
+	if (bpf_probe_read_user(&head, sizeof(head), (const void *)(t->ring + CALL_RING_HEAD)))
+		return 0;
+	drain(t, tgid, tid, head);
+	return 0;
+}
+
+TP_TWIN(sched_switch, switch, on_switch(prev), bool preempt, struct task_struct *prev,
+	struct task_struct *next)
 
 /* A thread that exits leaves its stack behind for a new thread of the
  * same id: drop it. */

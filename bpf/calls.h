@@ -40,7 +40,23 @@ struct call_frame {
 struct call_thread {
 	__u32 depth;	/* frames on the stack, kept or not */
 	__u32 tgid;
+	__u64 ring;	/* the thread's call ring in the target */
+	__u64 tail;	/* events of the ring read so far */
+	__u32 busy;	/* a drain runs (it may be preempted: the switch skips) */
+	__u32 reserved;
 	struct call_frame frames[CALLS_MAX_DEPTH];
 };
+
+/*
+ * The per-thread ring the target writes its calls and returns to
+ * (pyext/src/calls.rs, struct CallRing): `head` events written so far,
+ * then CALL_RING_SLOTS slots of (code | kind, CLOCK_MONOTONIC ns).
+ */
+#define CALL_RING_SLOTS 256
+#define CALL_RING_HEAD 0  /* offset of head */
+#define CALL_RING_DATA 16 /* offset of the first slot */
+#define CALL_KIND_MASK 7ULL
+#define CALL_KIND_EXIT 4ULL /* kinds 4-6 leave a frame, 0-2 enter one */
+#define CALL_KIND_START 0ULL
 
 #endif /* PYUSDT_CALLS_H */

@@ -419,8 +419,10 @@ fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
 }
 
 /// The calls view's object (`record --exact`), attached to the target's
-/// `pyusdt:frame_enter` and `frame_exit`: attaching raises their
-/// semaphores, and the extension turns the per-call events on.
+/// `pyusdt:calls`: attaching raises its semaphore, the extension turns the
+/// per-call events on, and each thread hands over its calls in batches
+/// (pyext/src/calls.rs); sched_switch reads what a thread leaving the CPU
+/// wrote since.
 fn load_calls<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
     shared: Shared<'_>,
@@ -435,32 +437,29 @@ fn load_calls<'o>(
         .set_max_entries(1)
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the call tracer");
-    open.progs.exit_btf.set_autoload(btf);
-    open.progs.exit_raw.set_autoload(!btf);
+    let p = &mut open.progs;
+    p.exit_btf.set_autoload(btf);
+    p.exit_raw.set_autoload(!btf);
+    p.switch_btf.set_autoload(btf);
+    p.switch_raw.set_autoload(!btf);
     let skel = open.load().context("load the call tracer")?;
     let p = &skel.progs;
-    let mut links = vec![attach_tp(
-        btf,
-        &p.exit_btf,
-        &p.exit_raw,
-        "sched_process_exit",
-    )?];
+    let mut links = vec![
+        attach_tp(btf, &p.exit_btf, &p.exit_raw, "sched_process_exit")?,
+        attach_tp(btf, &p.switch_btf, &p.switch_raw, "sched_switch")?,
+    ];
     let path = target.extension_path();
-    for (prog, probe) in [
-        (&p.frame_enter, "frame_enter"),
-        (&p.frame_exit, "frame_exit"),
-    ] {
-        links.push(
-            prog.attach_usdt(target.pid as i32, &path, "pyusdt", probe)
-                .with_context(|| {
-                    format!(
-                        "attach to pyusdt:{probe} in {} (a pyusdt older than this \
-                         pyusdt-prof has no such probe: rebuild it)",
-                        path.display()
-                    )
-                })?,
-        );
-    }
+    links.push(
+        p.on_calls
+            .attach_usdt(target.pid as i32, &path, "pyusdt", "calls")
+            .with_context(|| {
+                format!(
+                    "attach to pyusdt:calls in {} (a pyusdt older than this pyusdt-prof \
+                     has no such probe: rebuild it)",
+                    path.display()
+                )
+            })?,
+    );
     Ok((skel, links))
 }
 
@@ -1508,7 +1507,10 @@ fn counters(skels: &Skels<'_, '_>, meta: &Meta) -> Vec<(ViewKind, u64, u64)> {
         out.push((ViewKind::Gil, live(&b.gil_waited), live(&b.lost_gil)));
     }
     if let Some(b) = skels.calls.and_then(|s| s.maps.bss_data.as_deref()) {
-        let lost = live(&b.lost_nodes) + live(&b.lost_threads) + live(&b.calls_too_deep);
+        let lost = live(&b.lost_nodes)
+            + live(&b.lost_threads)
+            + live(&b.calls_too_deep)
+            + live(&b.lost_events);
         out.push((ViewKind::Calls, live(&b.calls), lost));
     }
     out

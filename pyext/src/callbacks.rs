@@ -13,6 +13,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::calls;
 use crate::monitor;
 use crate::probes::{self, Probe, Site};
 
@@ -79,22 +80,18 @@ fn with_value(probe: Probe, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<
     }
 }
 
-/// Fires `frame_enter` (if attached), then the event's own probe (if
-/// attached: the event may be on for `frame_enter` alone).
-fn enter(probe: Probe, kind: i64, code: &Bound<'_, PyAny>, offset: i64) {
-    if probes::frame_enter_attached() {
-        probes::fire_frame_enter(code.as_ptr() as u64, kind);
-    }
+/// Notes the call for a `calls` tracer (if attached), then fires the
+/// event's own probe (if attached: the event may be on for `calls` alone).
+fn enter(probe: Probe, kind: u64, code: &Bound<'_, PyAny>, offset: i64) {
+    calls::record(code.as_ptr() as u64, kind);
     if probe.attached() != 0 {
         entry(probe, code, offset)
     }
 }
 
-/// Fires `frame_exit` (if attached), then the event's own probe.
-fn exit(probe: Probe, kind: i64, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
-    if probes::frame_exit_attached() {
-        probes::fire_frame_exit(code.as_ptr() as u64, kind);
-    }
+/// Notes the return for a `calls` tracer, then fires the event's own probe.
+fn exit(probe: Probe, kind: u64, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
+    calls::record(code.as_ptr() as u64, kind);
     if probe.attached() != 0 {
         with_value(probe, code, offset, value)
     }
@@ -102,22 +99,22 @@ fn exit(probe: Probe, kind: i64, code: &Bound<'_, PyAny>, offset: i64, value: &B
 
 #[pyfunction]
 pub fn on_py_start(code: &Bound<'_, PyAny>, offset: i64) {
-    enter(Probe::PyStart, 0, code, offset)
+    enter(Probe::PyStart, calls::START, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_resume(code: &Bound<'_, PyAny>, offset: i64) {
-    enter(Probe::PyResume, 1, code, offset)
+    enter(Probe::PyResume, calls::RESUME, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_return(code: &Bound<'_, PyAny>, offset: i64, retval: &Bound<'_, PyAny>) {
-    exit(Probe::PyReturn, 0, code, offset, retval)
+    exit(Probe::PyReturn, calls::RETURN, code, offset, retval)
 }
 
 #[pyfunction]
 pub fn on_py_yield(code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
-    exit(Probe::PyYield, 1, code, offset, value)
+    exit(Probe::PyYield, calls::YIELD, code, offset, value)
 }
 
 #[pyfunction]
@@ -132,14 +129,12 @@ pub fn on_call(
 
 #[pyfunction]
 pub fn on_py_unwind(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    exit(Probe::PyUnwind, 2, code, offset, exception)
+    exit(Probe::PyUnwind, calls::UNWIND, code, offset, exception)
 }
 
 #[pyfunction]
 pub fn on_py_throw(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    if probes::frame_enter_attached() {
-        probes::fire_frame_enter(code.as_ptr() as u64, 2);
-    }
+    calls::record(code.as_ptr() as u64, calls::THROW);
     if Probe::PyThrow.attached() != 0 {
         with_value(Probe::PyThrow, code, offset, exception)
     }

@@ -11,6 +11,7 @@
 //! interpreter's threads and frames without any per-call probe.
 
 mod callbacks;
+mod calls;
 mod layout_ffi;
 mod monitor;
 mod probes;
@@ -137,9 +138,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         sems.set_item(p.name(), p.attached())?;
     }
     sems.set_item("layout", probes::layout_attached())?;
-    let (enter, exit) = probes::frame_attached();
-    sems.set_item("frame_enter", enter)?;
-    sems.set_item("frame_exit", exit)?;
+    sems.set_item("calls", probes::calls_tracers())?;
     d.set_item("semaphores", sems)?;
     d.set_item("tool_id", tool)?;
     d.set_item("active", monitor::names(on))?;

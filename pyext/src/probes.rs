@@ -12,16 +12,16 @@
 //! | `LINE` | function, file, line |
 //! | `PY_UNWIND`, `PY_THROW` | function, file, firstlineno, offset, repr(exception) |
 //! | `layout` | address, size of the `pyusdt_layout::PyusdtLayout` |
-//! | `frame_enter` | code object address, kind (0 start, 1 resume, 2 throw) |
-//! | `frame_exit` | code object address, kind (0 return, 1 yield, 2 unwind) |
+//! | `calls` | address of the thread's call ring, events written, first event for a new tracer |
 //!
 //! `function` is the code object's `co_qualname`.
 //!
-//! `frame_enter` and `frame_exit` are for tracers that keep the call stack
-//! themselves (`pyusdt-prof record --exact`): they carry no text, so firing
-//! them reads no attribute and computes no `repr()`. The first fires where
-//! `PY_START`, `PY_RESUME` and `PY_THROW` do, the second where `PY_RETURN`,
-//! `PY_YIELD` and `PY_UNWIND` do; attaching to one turns those events on.
+//! `calls` is for tracers that keep the call stack themselves
+//! (`pyusdt-prof record --exact`): while one is attached, every call and
+//! return goes into a ring in the thread's memory, and the probe fires
+//! once per 128 of them ([`crate::calls`]). Attaching to it turns on the
+//! `PY_START`, `PY_RESUME`, `PY_THROW`, `PY_RETURN`, `PY_YIELD` and
+//! `PY_UNWIND` events.
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -37,8 +37,7 @@ semaphore!(SEM_LINE);
 semaphore!(SEM_PY_UNWIND);
 semaphore!(SEM_PY_THROW);
 semaphore!(SEM_LAYOUT);
-semaphore!(SEM_FRAME_ENTER);
-semaphore!(SEM_FRAME_EXIT);
+semaphore!(SEM_CALLS);
 
 /// A per-call probe, fed by the `sys.monitoring` event of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,48 +103,38 @@ impl Probe {
     }
 }
 
-/// The events `frame_enter` needs.
-const ENTER_EVENTS: u16 =
-    1 << Probe::PyStart as u16 | 1 << Probe::PyResume as u16 | 1 << Probe::PyThrow as u16;
-/// The events `frame_exit` needs.
-const EXIT_EVENTS: u16 =
-    1 << Probe::PyReturn as u16 | 1 << Probe::PyYield as u16 | 1 << Probe::PyUnwind as u16;
+/// The events a `calls` tracer needs: every entry to and exit from a
+/// Python frame.
+const CALLS_EVENTS: u16 = 1 << Probe::PyStart as u16
+    | 1 << Probe::PyResume as u16
+    | 1 << Probe::PyThrow as u16
+    | 1 << Probe::PyReturn as u16
+    | 1 << Probe::PyYield as u16
+    | 1 << Probe::PyUnwind as u16;
 
 /// The mask of per-call events that some attached tracer needs: those of
-/// the per-call probes it is attached to, and those that feed
-/// `frame_enter` and `frame_exit`.
+/// the per-call probes it is attached to, and those that feed `calls`.
 pub fn attached_mask() -> u16 {
-    let mut m = Probe::ALL
+    let m = Probe::ALL
         .iter()
         .filter(|p| p.attached() != 0)
         .fold(0, |m, p| m | p.bit());
-    if frame_enter_attached() {
-        m |= ENTER_EVENTS;
+    if calls_attached() {
+        m | CALLS_EVENTS
+    } else {
+        m
     }
-    if frame_exit_attached() {
-        m |= EXIT_EVENTS;
-    }
-    m
 }
 
-/// Whether a tracer is attached to `frame_enter`.
+/// Whether a tracer is attached to `calls`.
 #[inline]
-pub fn frame_enter_attached() -> bool {
-    SEM_FRAME_ENTER.load(Ordering::Relaxed) != 0
+pub fn calls_attached() -> bool {
+    SEM_CALLS.load(Ordering::Relaxed) != 0
 }
 
-/// Whether a tracer is attached to `frame_exit`.
-#[inline]
-pub fn frame_exit_attached() -> bool {
-    SEM_FRAME_EXIT.load(Ordering::Relaxed) != 0
-}
-
-/// How many tracers are attached to `frame_enter` and to `frame_exit`.
-pub fn frame_attached() -> (u16, u16) {
-    (
-        SEM_FRAME_ENTER.load(Ordering::Relaxed),
-        SEM_FRAME_EXIT.load(Ordering::Relaxed),
-    )
+/// How many tracers are attached to `calls`.
+pub fn calls_tracers() -> u16 {
+    SEM_CALLS.load(Ordering::Relaxed)
 }
 
 /// How many tracers are attached to `pyusdt:layout`.
@@ -201,14 +190,10 @@ pub fn fire_layout(address: u64, size: u64) {
     fire!(SEM_LAYOUT, "layout", address: "8" = address, size: "8" = size);
 }
 
-/// Fires `frame_enter(code, kind)`.
-#[inline]
-pub fn fire_frame_enter(code: u64, kind: i64) {
-    fire!(SEM_FRAME_ENTER, "frame_enter", code: "8" = code, kind: "-8" = kind);
-}
-
-/// Fires `frame_exit(code, kind)`.
-#[inline]
-pub fn fire_frame_exit(code: u64, kind: i64) {
-    fire!(SEM_FRAME_EXIT, "frame_exit", code: "8" = code, kind: "-8" = kind);
+/// Fires `calls(ring, head, first)`. Never inlined: one probe site, in a
+/// function the linker keeps (a note naming a discarded copy would point
+/// a tracer at address 0).
+#[inline(never)]
+pub fn fire_calls(ring: u64, head: u64, first: u64) {
+    fire!(SEM_CALLS, "calls", ring: "8" = ring, head: "8" = head, first: "8" = first);
 }
