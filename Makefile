@@ -122,6 +122,11 @@ BENCH_PYTHON ?= $(PYTHON)
 bench: build
 	cargo build --release --locked --example floor
 	@v=$(call venv_of,$(BENCH_PYTHON)); \
+	rm -rf target/trap-site target/trap-wheel && \
+	(cd pyext && VIRTUAL_ENV=$(CURDIR)/$$v PATH=$(CURDIR)/$$v/bin:$$PATH \
+	    CARGO_TARGET_DIR=$(CURDIR)/target/trap maturin build --release --locked -q \
+	    --features trap-nop -i $(CURDIR)/$$v/bin/python -o $(CURDIR)/target/trap-wheel) && \
+	$$v/bin/pip install -q --no-deps --target target/trap-site target/trap-wheel/*.whl && \
 	$$v/bin/pip install -q pyperf pyperformance py-spy && \
 	{ command -v inferno-flamegraph >/dev/null || [ -x $$HOME/.cargo/bin/inferno-flamegraph ] || \
 	  cargo install inferno --locked --quiet; } && \
