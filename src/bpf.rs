@@ -104,6 +104,20 @@ pub mod calls {
     unsafe impl plain::Plain for types::call_frame {}
 }
 
+/// `bpf/span.bpf.c`: which threads are inside the span `record --span`
+/// keeps to, and how long the spans last.
+pub mod span {
+    include!(concat!(env!("OUT_DIR"), "/span.skel.rs"));
+
+    /// `SPAN_NAME_LEN` of bpf/span.h: bytes of a span's name compared,
+    /// its NUL included.
+    pub const SPAN_NAME_LEN: usize = 64;
+
+    // SAFETY: plain C data, no padding (u64 fields, then u32s of an even
+    // count), any bit pattern valid.
+    unsafe impl plain::Plain for types::time_hist {}
+}
+
 /// `bpf/floor.bpf.c`: empty handlers at the recorder's attach points, for
 /// `make bench`.
 pub mod floor {

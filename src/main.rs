@@ -134,6 +134,12 @@ enum Command {
         /// the readers' --functions folds lines back into functions.
         #[arg(long)]
         lines: bool,
+        /// Record only what threads do inside span NAME: the blocks and
+        /// functions of `with pyusdt.span(NAME):` / `@pyusdt.span(NAME)`
+        /// (while a thread is in one); the profile and `report` add the
+        /// spans' count and a histogram of how long they lasted.
+        #[arg(long, value_name = "NAME")]
+        span: Option<String>,
         /// Also record every Python call and return (the calls view;
         /// Python 3.12+): exact call counts and exact inclusive and self
         /// time per function and call path, kept in the kernel. Slows
@@ -678,6 +684,7 @@ fn run(cli: Cli) -> Result<u8> {
             subprocesses,
             lines,
             exact,
+            span,
             command,
         } => {
             let mut views = views.into_iter().flatten().collect::<BTreeSet<_>>();
@@ -690,6 +697,7 @@ fn run(cli: Cli) -> Result<u8> {
                 duration: duration.map(Duration::from_secs_f64),
                 subprocesses,
                 lines,
+                span,
             };
             return record_cmd(pid, output, opts, command);
         }
@@ -748,6 +756,7 @@ fn run(cli: Cli) -> Result<u8> {
                 duration: None,
                 subprocesses: false,
                 lines: false,
+                span: None,
             };
             catch_signals();
             let title = format!(

@@ -270,6 +270,25 @@ pub struct Profile {
     /// Python stacks that could not be read, and stacks or names dropped
     /// because a map was full, by reason.
     pub walk_errors: BTreeMap<String, u64>,
+    /// Recorded with `--span NAME`: only what happened inside that span,
+    /// and how long the spans lasted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<SpanSummary>,
+}
+
+/// The span a recording kept to (`record --span NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanSummary {
+    /// The span's name, as `pyusdt.span(NAME)` gave it.
+    pub name: String,
+    /// Spans that ended while recording (nested ones count once, as the
+    /// outermost).
+    pub count: u64,
+    /// Their time, in ns.
+    pub total_ns: u64,
+    /// Their durations, as a log2 histogram like [`Sample::hist`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hist: Vec<u64>,
 }
 
 impl Profile {
@@ -483,6 +502,7 @@ mod tests {
                 ],
             }],
             walk_errors: BTreeMap::new(),
+            span: None,
         }
     }
 

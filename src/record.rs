@@ -20,10 +20,10 @@ use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-use crate::bpf::{calls, cpu, gil, procs, sched, syscall};
+use crate::bpf::{calls, cpu, gil, procs, sched, span, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
-use crate::profile::{Process, Profile, Sample, View, ViewKind, FORMAT, VERSION};
+use crate::profile::{Process, Profile, Sample, SpanSummary, View, ViewKind, FORMAT, VERSION};
 use crate::pyname::{self, Namer};
 use crate::target::{self, Lookup, Target};
 use crate::{syscalls, Result};
@@ -60,6 +60,8 @@ pub struct Options {
     pub subprocesses: bool,
     /// Name each Python frame by its current line, not its function.
     pub lines: bool,
+    /// Record only what threads do inside this span (`pyusdt.span(NAME)`).
+    pub span: Option<String>,
 }
 
 /// Live figures, for a progress line.
@@ -143,7 +145,9 @@ struct Shared<'a> {
     targets: BorrowedFd<'a>,
     layouts: BorrowedFd<'a>,
     gil_waits: BorrowedFd<'a>,
+    span_threads: BorrowedFd<'a>,
     lines: bool,
+    span: bool,
 }
 
 /// Points an open object at the shared maps and the recorded process.
@@ -157,6 +161,7 @@ macro_rules! share {
         ro.target_tgid = $shared.pid;
         ro.follow = u8::from($shared.follow);
         ro.with_lines = u8::from($shared.lines);
+        ro.span_only = u8::from($shared.span);
         if !$shared.lines {
             $open
                 .maps
@@ -179,6 +184,11 @@ macro_rules! share {
             .gil_waits
             .reuse_fd($shared.gil_waits)
             .context("share the GIL waits")?;
+        $open
+            .maps
+            .span_threads
+            .reuse_fd($shared.span_threads)
+            .context("share the threads inside the span")?;
     }};
 }
 
@@ -461,6 +471,72 @@ fn load_calls<'o>(
             })?,
     );
     Ok((skel, links))
+}
+
+/// The span follower (`record --span NAME`), attached to the target's
+/// `pyusdt:span_begin` and `span_end`: it keeps each thread's depth inside
+/// span `name` where every view's handler looks, and the spans' times.
+fn load_span<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
+    target: &Target,
+    name: &str,
+) -> Result<(span::SpanSkel<'o>, Vec<Link>)> {
+    let mut open = span::SpanSkelBuilder::default()
+        .open(storage)
+        .context("open the span follower")?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the span follower has no rodata")?;
+    ro.target_tgid = shared.pid;
+    ro.follow = u8::from(shared.follow);
+    for (d, s) in ro.span_name.iter_mut().zip(name.bytes()) {
+        *d = s as _;
+    }
+    open.maps
+        .targets
+        .reuse_fd(shared.targets)
+        .context("share the process table")?;
+    open.maps
+        .span_threads
+        .reuse_fd(shared.span_threads)
+        .context("share the threads inside the span")?;
+    let skel = open.load().context("load the span follower")?;
+    let path = target.extension_path();
+    let p = &skel.progs;
+    let mut links = Vec::new();
+    for (prog, probe) in [(&p.span_begin, "span_begin"), (&p.span_end, "span_end")] {
+        links.push(
+            prog.attach_usdt(target.pid as i32, &path, "pyusdt", probe)
+                .with_context(|| {
+                    format!(
+                        "attach to pyusdt:{probe} in {} (a pyusdt without spans: rebuild it)",
+                        path.display()
+                    )
+                })?,
+        );
+    }
+    Ok((skel, links))
+}
+
+/// The spans a span follower saw end.
+fn span_summary(s: &span::SpanSkel<'_>, name: &str) -> Result<SpanSummary> {
+    let v = s
+        .maps
+        .span_times
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("read the spans' times")?
+        .unwrap_or_default();
+    let mut h = span::types::time_hist::default();
+    plain::copy_from_bytes(&mut h, &v).map_err(|_| anyhow::anyhow!("a short span time"))?;
+    Ok(SpanSummary {
+        name: name.to_string(),
+        count: h.count,
+        total_ns: h.ns,
+        hist: trimmed(&h.hist),
+    })
 }
 
 /// The monotonic clock BPF's `bpf_ktime_get_ns` reads, in ns.
@@ -1198,6 +1274,20 @@ pub fn record(
     if opts.views.is_empty() {
         bail!("no view to record");
     }
+    if let Some(name) = &opts.span {
+        if opts.views.contains(&ViewKind::Calls) {
+            bail!(
+                "record --span does not combine with --exact: calls are read from the \
+                 threads in batches, after the span they ran in may have ended"
+            );
+        }
+        if name.is_empty() || name.len() >= span::SPAN_NAME_LEN || name.contains('\0') {
+            bail!(
+                "--span {name:?}: a span name of 1 to {} bytes, without NUL",
+                span::SPAN_NAME_LEN - 1
+            );
+        }
+    }
     let pid = target.pid;
     let follow = opts.subprocesses;
     let l = layout::receive(target, Duration::from_secs(10))?;
@@ -1216,7 +1306,9 @@ pub fn record(
         targets: procs.maps.targets.as_fd(),
         layouts: procs.maps.layouts.as_fd(),
         gil_waits: procs.maps.gil_waits.as_fd(),
+        span_threads: procs.maps.span_threads.as_fd(),
         lines: opts.lines,
+        span: opts.span.is_some(),
     };
     let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
         MaybeUninit::uninit(),
@@ -1267,6 +1359,12 @@ pub fn record(
         None
     };
 
+    let mut s_span = MaybeUninit::uninit();
+    let span_skel = match &opts.span {
+        Some(name) => Some(load_span(&mut s_span, shared, target, name)?),
+        None => None,
+    };
+
     // Processes come and go through one ring buffer, and the layouts that
     // exec'd programs announce through another; one poll waits on both.
     let lay = layout::open(&mut s_layout)?;
@@ -1306,6 +1404,7 @@ pub fn record(
         gil_unavailable: gil_unavailable.clone(),
         lines: opts.lines,
         end_monotonic_ns: monotonic_ns(),
+        span: opts.span.clone(),
     };
     let live_skels = Skels {
         procs: &procs,
@@ -1314,6 +1413,7 @@ pub fn record(
         sys: sys.as_ref().map(|(s, _)| s),
         gil: gil_skel.as_ref(),
         calls: calls.as_ref().map(|(s, _)| s),
+        span: span_skel.as_ref().map(|(s, _)| s),
     };
     let progress = |elapsed, processes| {
         let mut p = Progress {
@@ -1396,6 +1496,10 @@ pub fn record(
         drop(links);
         s
     });
+    let span_skel = span_skel.map(|(s, links)| {
+        drop(links);
+        s
+    });
     for e in proc_events.borrow_mut().drain(..) {
         tracker.on_event(&e);
     }
@@ -1413,6 +1517,7 @@ pub fn record(
         sys: sys.as_ref(),
         gil: gil_skel.as_ref(),
         calls: calls.as_ref(),
+        span: span_skel.as_ref(),
     };
     build_profile(&skels, &tracker, threads, &meta_at(duration), true)
 }
@@ -1425,6 +1530,7 @@ struct Skels<'a, 'o> {
     sys: Option<&'a syscall::SyscallSkel<'o>>,
     gil: Option<&'a gil::GilSkel<'o>>,
     calls: Option<&'a calls::CallsSkel<'o>>,
+    span: Option<&'a span::SpanSkel<'o>>,
 }
 
 /// What every object that walks Python stacks keeps beside its counts: the
@@ -1482,6 +1588,8 @@ struct Meta {
     /// The monotonic clock when the counts were read: calls still running
     /// count their time up to it.
     end_monotonic_ns: u64,
+    /// The span kept to (`--span`).
+    span: Option<String>,
 }
 
 /// Events and losses per recorded view, as the BPF side counts them (they
@@ -1533,6 +1641,7 @@ fn build_profile(
         sys,
         gil,
         calls,
+        span,
     } = *skels;
     let (pid, follow, wakeups) = (meta.pid, meta.follow, meta.wakeups);
     // Names read by the BPF side at first sight win: they are what the
@@ -1673,5 +1782,9 @@ fn build_profile(
         function_of,
         views,
         walk_errors,
+        span: match (span, &meta.span) {
+            (Some(s), Some(name)) => Some(span_summary(s, name)?),
+            _ => None,
+        },
     })
 }

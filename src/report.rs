@@ -56,6 +56,10 @@ pub struct Report {
     pub duration_ns: u64,
     /// One section per view (and per thread with `per_thread`).
     pub sections: Vec<Section>,
+    /// Recorded with `--span NAME`: the span, how many ended and how long
+    /// they lasted (every section holds only what happened inside it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span: Option<crate::profile::SpanSummary>,
 }
 
 /// One view, over all threads or one.
@@ -454,6 +458,7 @@ pub fn report(p: &Profile, o: &ReportOptions) -> Result<Report> {
         python: p.python.clone(),
         duration_ns: p.duration_ns,
         sections,
+        span: p.span.clone(),
     })
 }
 
@@ -507,6 +512,19 @@ pub fn text(r: &Report) -> String {
         r.python,
         r.duration_ns as f64 / 1e9
     );
+    if let Some(sp) = &r.span {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "span {}: {} ended, {} in all, {} on average; only what happened inside",
+            fit(&sp.name, 24),
+            sp.count,
+            duration(sp.total_ns),
+            duration(sp.total_ns / sp.count.max(1))
+        );
+        let _ = writeln!(o, "it is recorded. How long the spans lasted:");
+        o.push_str(&histogram_text(&sp.hist));
+    }
     for s in &r.sections {
         let time = s.unit == "nanoseconds";
         let val = |v: u64| if time { duration(v) } else { v.to_string() };
