@@ -1060,7 +1060,10 @@ impl Frames {
         if truncated {
             out.push(self.id("[truncated]"));
         }
-        for (line, function) in &names[start..] {
+        // pyusdt's own wrappers (the @pyusdt.span decorator) are
+        // instrumentation too.
+        let ours = |f: &str| f.contains("/pyusdt/__init__.py:");
+        for (line, function) in names[start..].iter().filter(|(_, f)| !ours(f)) {
             let id = self.id(line);
             if self.lines && line != function {
                 let f = self.id(function);

@@ -516,13 +516,16 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "span {}: {} ended, {} in all, {} on average; only what happened inside",
-            fit(&sp.name, 24),
+            "span {}: {} ended, {} in all, {} on average",
+            fit(&sp.name, 32),
             sp.count,
             duration(sp.total_ns),
             duration(sp.total_ns / sp.count.max(1))
         );
-        let _ = writeln!(o, "it is recorded. How long the spans lasted:");
+        let _ = writeln!(
+            o,
+            "(only what happened inside it is recorded); how long they lasted:"
+        );
         o.push_str(&histogram_text(&sp.hist));
     }
     for s in &r.sections {
@@ -551,14 +554,14 @@ pub fn text(r: &Report) -> String {
         );
         for (title, rows) in [("most self", &s.by_self), ("most total", &s.by_total)] {
             let (calls, width) = if s.view == "calls" {
-                (" calls", 32)
+                ("    calls", 32)
             } else {
                 ("", 41)
             };
             let _ = writeln!(
                 o,
-                "  {:>9} {:>6} {:>9} {:>6}{:>9}  function ({title})",
-                "self", "self%", "total", "total%", calls
+                "  {:>9} {:>6} {:>9} {:>6}{calls}  function ({title})",
+                "self", "self%", "total", "total%"
             );
             for f in rows {
                 let calls = f.calls.map_or(String::new(), |n| format!(" {n:>8}"));
