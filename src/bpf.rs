@@ -101,5 +101,7 @@ pub mod trace {
     // laid out by size), any bit pattern valid.
     unsafe impl plain::Plain for types::trace_record {}
     // SAFETY: as above.
+    unsafe impl plain::Plain for types::trace_head {}
+    // SAFETY: as above.
     unsafe impl plain::Plain for types::probe_conf {}
 }

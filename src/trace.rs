@@ -21,7 +21,7 @@
 //! arguments). pyusdt's app-defined probes carry it.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
@@ -696,51 +696,65 @@ fn live(v: &u64) -> u64 {
     unsafe { std::ptr::read_volatile(v) }
 }
 
-/// An event as the ring buffer carries it, made into an [`Event`];
-/// None for the instrumentation's own syscalls (pyusdt's poll thread).
+/// An event as the ring buffer carries it (a `trace_head`, and for a
+/// probe hit the rest of a `trace_record`), made into an [`Event`]; None
+/// for a short record and for the instrumentation's own syscalls
+/// (pyusdt's poll thread).
 fn decode(
-    r: &types::trace_record,
+    data: &[u8],
     probes: &[Resolved],
     stacks: &mut Stacks<'_, impl MapCore>,
 ) -> Option<Event> {
-    let thread = record::comm_str(&r.comm);
-    if types::trace_kind(r.kind) == types::trace_kind::TRACE_SYSCALL {
+    let mut h = types::trace_head::default();
+    plain::copy_from_bytes(&mut h, data).ok()?;
+    let thread = record::comm_str(&h.comm);
+    if types::trace_kind(h.kind) == types::trace_kind::TRACE_SYSCALL {
         if thread == POLL_THREAD {
             return None;
         }
         return Some(Event::Syscall {
-            time_ns: r.ts,
-            pid: r.pid,
-            tid: r.tid,
+            time_ns: h.ts,
+            pid: h.pid,
+            tid: h.tid,
             thread,
-            name: syscalls::name(r.nr).map_or_else(|| r.nr.to_string(), str::to_string),
-            duration_ns: r.duration_ns,
-            ret: r.ret,
-            stack: stacks.get(r.pid, r.pystack),
+            name: syscalls::name(h.nr).map_or_else(|| h.nr.to_string(), str::to_string),
+            duration_ns: h.duration_ns,
+            ret: h.ret,
+            stack: stacks.get(h.pid, h.pystack),
         });
     }
-    let p = probes.get(r.probe as usize)?;
-    let n = (r.nargs as usize).min(MAX_ARGS);
-    let args = (0..n)
-        .map(|i| {
-            if r.str_mask & (1 << i) == 0 {
-                return ArgValue::Int(r.args[i]);
-            }
-            let len = (r.str_len[i] as usize).min(STR_LEN - 1);
-            let at = i * STR_LEN;
-            let bytes: Vec<u8> = r.strs[at..at + len].iter().map(|&b| b as u8).collect();
-            ArgValue::Str(String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .collect();
+    let p = probes.get(h.probe as usize)?;
+    let at = |off: usize, len: usize| data.get(off..off + len);
+    let (args_at, lens_at, strs_at) = (
+        std::mem::offset_of!(types::trace_record, args),
+        std::mem::offset_of!(types::trace_record, str_len),
+        std::mem::offset_of!(types::trace_record, strs),
+    );
+    let n = (h.nargs as usize).min(MAX_ARGS);
+    let mut args = Vec::with_capacity(n);
+    // The strings' text is packed, one after the other.
+    let mut text_at = strs_at;
+    for i in 0..n {
+        if h.str_mask & (1 << i) == 0 {
+            let b = at(args_at + 8 * i, 8)?;
+            args.push(ArgValue::Int(i64::from_ne_bytes(b.try_into().ok()?)));
+            continue;
+        }
+        let b = at(lens_at + 4 * i, 4)?;
+        let len = (u32::from_ne_bytes(b.try_into().ok()?) as usize).min(STR_LEN - 1);
+        let text = at(text_at, len)?;
+        text_at += len;
+        args.push(ArgValue::Str(String::from_utf8_lossy(text).into_owned()));
+    }
     Some(Event::Probe {
-        time_ns: r.ts,
-        pid: r.pid,
-        tid: r.tid,
+        time_ns: h.ts,
+        pid: h.pid,
+        tid: h.tid,
         thread,
         provider: p.provider.clone(),
         name: p.name.clone(),
         args,
-        stack: stacks.get(r.pid, r.pystack),
+        stack: stacks.get(h.pid, h.pystack),
     })
 }
 
@@ -941,15 +955,15 @@ pub fn trace(
     }
     drop(asking);
 
-    let queue: Rc<RefCell<VecDeque<types::trace_record>>> = Rc::default();
+    // Records as they came, each after its length: one buffer, reused.
+    let queue: Rc<RefCell<Vec<u8>>> = Rc::default();
     let sink = Rc::clone(&queue);
     let mut builder = RingBufferBuilder::new();
     builder
         .add(&skel.maps.trace_events, move |data: &[u8]| {
-            let mut e = types::trace_record::default();
-            if plain::copy_from_bytes(&mut e, data).is_ok() {
-                sink.borrow_mut().push_back(e);
-            }
+            let mut q = sink.borrow_mut();
+            q.extend_from_slice(&(data.len() as u32).to_ne_bytes());
+            q.extend_from_slice(data);
             0
         })
         .context("watch the trace ring buffer")?;
@@ -963,16 +977,21 @@ pub fn trace(
     };
     let mut delivered = 0u64;
     let mut going = true;
-    let mut deliver = |queue: &RefCell<VecDeque<types::trace_record>>, going: &mut bool| {
-        while *going {
-            let Some(r) = queue.borrow_mut().pop_front() else {
+    let mut deliver = |queue: &RefCell<Vec<u8>>, going: &mut bool| {
+        let mut q = queue.borrow_mut();
+        let mut rest = &q[..];
+        while *going && rest.len() >= 4 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(data) = rest.get(4..4 + len) else {
                 break;
             };
-            if let Some(e) = decode(&r, &resolved, &mut stacks) {
+            rest = &rest[4 + len..];
+            if let Some(e) = decode(data, &resolved, &mut stacks) {
                 delivered += 1;
                 *going = on_event(e);
             }
         }
+        q.clear();
     };
     let started = Instant::now();
     on_ready();
@@ -1171,6 +1190,20 @@ mod tests {
         );
         let err = syscall_numbers(&["wirte".into()]).unwrap_err();
         assert_eq!(err.to_string(), "`wirte` is not a syscall");
+    }
+
+    #[test]
+    fn a_probe_record_starts_with_a_syscall_record() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(types::trace_record, head), 0);
+        assert_eq!(
+            offset_of!(types::trace_record, args),
+            size_of::<types::trace_head>()
+        );
+        assert_eq!(
+            size_of::<types::trace_record>() - offset_of!(types::trace_record, strs),
+            MAX_ARGS * STR_LEN
+        );
     }
 
     #[test]

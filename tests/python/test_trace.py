@@ -8,6 +8,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -40,21 +41,21 @@ class Traced:
         self.child.kill()
 
 
-def start_trace(pid, *args):
+def start_trace(pid, *args, env=None):
     """`pyusdt-prof trace -p PID ARGS` behind a guard; returns once it says
     it traces (everything attached)."""
     need_bpf(prof_binary())
-    t = Child([prof_binary(), "trace", "-p", str(pid), *args])
+    t = Child([prof_binary(), "trace", "-p", str(pid), *args], env={**os.environ, **(env or {})})
     line = t.proc.stderr.readline()
     assert line.startswith(f"pyusdt-prof: tracing process {pid} "), line + t.proc.stderr.read()
     return t
 
 
-def run_trace(workload, *args):
+def run_trace(workload, *args, env=None):
     """Traces a fresh traced.py with ARGS while `workload(target)` drives
     it, until the target exits; returns (target info, stdout, stderr)."""
     with Traced() as target:
-        with start_trace(target.info["pid"], *args) as t:
+        with start_trace(target.info["pid"], *args, env=env) as t:
             workload(target)
             target.exit()
             code, out, err = t.finish()
@@ -107,9 +108,11 @@ def test_py_start_names_the_function_exactly_n_times():
                      err, re.M), err
 
 
-def test_syscall_writes_carry_their_stacks():
+@pytest.mark.parametrize("raw_tp", ["0", "1"])
+def test_syscall_writes_carry_their_stacks(raw_tp):
     n = 30
-    info, out, err = run_trace(lambda t: t.do(f"write {n}"), "--syscalls", "write", "--stacks")
+    info, out, err = run_trace(lambda t: t.do(f"write {n}"), "--syscalls", "write", "--stacks",
+                               env={"PYUSDT_PROF_RAW_TP": raw_tp})
     evs = events(out)
     assert all(m.group(4) == "syscall:write" for m, _ in evs)
     mine = [(m, s) for m, s in evs if any(f.startswith("writer (") for f in s)]
@@ -186,4 +189,44 @@ def test_ctrl_c_ends_the_trace_with_a_summary():
             assert len(live) + len(out.splitlines()) == int(err.split()[1])
             assert re.search(r"^pyusdt-prof: \d+ events, lost 0 \(syscalls\)$", err, re.M), err
             assert target.child.proc.poll() is None, "the target keeps running"
+        target.exit()
+
+
+PLAIN = """
+import os, sys
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+n = int(sys.stdin.readline())
+fd = os.open(os.devnull, os.O_WRONLY)
+for _ in range(n):
+    os.write(fd, b"xy")
+sys.stdin.readline()
+"""
+
+
+def test_a_process_without_pyusdt_has_syscalls_but_no_stacks():
+    n = 25
+    with Child([sys.executable, "-c", PLAIN]) as target:
+        assert target.readline() == "ready"
+        p = subprocess.run([prof_binary(), "trace", "-p", str(target.pid), "--syscalls=write",
+                            "--stacks"], capture_output=True, text=True, timeout=TIMEOUT)
+        assert p.returncode == 1
+        assert p.stderr.startswith(f"pyusdt-prof: process {target.pid} (python")
+        assert "does not run pyusdt: Python stacks need it" in p.stderr
+        with start_trace(target.pid, "--syscalls=write", "--json") as t:
+            target.send(str(n))
+            target.send("")
+            code, out, err = t.finish()
+            assert code == 0, err
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert [(e["name"], e["ret"], e["stack"]) for e in evs] == [("write", 2, [])] * n
+
+
+def test_a_closed_pipe_ends_the_trace_quietly():
+    with Traced() as target:
+        with start_trace(target.info["pid"], "--syscalls=write") as t:
+            t.proc.stdout.close()
+            target.do("write 3")
+            code, _, err = t.finish()
+            assert code == 0, err
+            assert re.search(r"^pyusdt-prof: 1 events, lost 0 \(syscalls\)$", err, re.M), err
         target.exit()
