@@ -230,3 +230,69 @@ def test_a_closed_pipe_ends_the_trace_quietly():
             assert code == 0, err
             assert re.search(r"^pyusdt-prof: 1 events, lost 0 \(syscalls\)$", err, re.M), err
         target.exit()
+
+
+def needs(info, what):
+    if not info[what]:
+        pytest.skip(f"this pyusdt has no {what.replace('_', ' ')}")
+
+
+def test_app_probe_args_are_exact_with_types_from_its_file():
+    n = 100
+    with Traced() as target:
+        needs(target.info, "app_probes")
+        with start_trace(target.info["pid"], "myapp:tick") as t:
+            target.do(f"tick {n}")
+            target.exit()
+            code, out, err = t.finish()
+            assert code == 0, err
+    got = [m.group(4) + m.group(5) for m, _ in events(out)]
+    assert got == [f'myapp:tick {i} "tick-{i}"' for i in range(n)]
+    # The types came from the probe's .pyusdt.argtypes section.
+    assert re.search(r"^pyusdt-prof: 100 events, lost 0 \(myapp:tick\(int,str\)\)$", err,
+                     re.M), err
+
+
+def test_a_probe_storm_is_counted_exactly_delivered_or_lost():
+    n = 200_000
+    with Traced() as target:
+        needs(target.info, "app_probes")
+        with start_trace(target.info["pid"], "myapp:tick") as t:
+            target.do(f"tick {n}")
+            target.exit()
+            code, out, err = t.finish(timeout=TIMEOUT * 4)
+            assert code == 0, err
+    m = re.search(r"^pyusdt-prof: (\d+) events, lost (\d+) ", err, re.M)
+    assert m, err
+    delivered, lost = int(m.group(1)), int(m.group(2))
+    lines = out.splitlines()
+    assert delivered == len(lines)
+    assert delivered + lost == n
+    # What arrived arrived whole and in order.
+    ticks = []
+    for line in lines:
+        tick = re.search(r' myapp:tick (\d+) "tick-(\d+)"$', line)
+        assert tick and tick.group(1) == tick.group(2), line
+        ticks.append(int(tick.group(1)))
+    assert ticks == sorted(set(ticks))
+
+
+def test_spans_pair_begin_and_end_by_id():
+    n = 10
+    with Traced() as target:
+        needs(target.info, "spans")
+        with start_trace(target.info["pid"], "pyusdt:span_*", "--json", "--stacks") as t:
+            target.do(f"span {n}")
+            target.exit()
+            code, out, err = t.finish()
+            assert code == 0, err
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert [(e["name"], e["args"][0]) for e in evs] == [
+        ("span_begin", "outer"), ("span_begin", "inner"), ("span_end", "inner"),
+        ("span_end", "outer")] * n
+    ids = [e["args"][1] for e in evs]
+    for i in range(n):
+        outer, inner, inner_end, outer_end = ids[4 * i: 4 * i + 4]
+        assert outer == outer_end and inner == inner_end and outer != inner
+    assert len(set(ids)) == 2 * n
+    assert all(any(f.startswith("spans (") for f in e["stack"]) for e in evs)

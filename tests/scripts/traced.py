@@ -29,6 +29,8 @@ def writer(fd, n):
 
 
 TICK = pyusdt.Probe("myapp", "tick", int, str) if hasattr(pyusdt, "Probe") else None
+if TICK is not None:
+    TICK.enabled  # loads the probe, so that a tracer finds it from the start
 
 
 def ticker(n):
