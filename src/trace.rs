@@ -824,12 +824,19 @@ pub fn trace(
 
     // The layout, with the link that asks for it kept until everything is
     // on: its announcements, which follow the poll thread's ticks, tell
-    // when pyusdt has turned its per-call probes on.
+    // when pyusdt has turned its per-call probes on. Neither stacks nor
+    // per-call probes: no layout is needed (app-defined probes and spans
+    // fire without pyusdt's poll thread).
+    let per_call: Vec<&str> = resolved
+        .iter()
+        .filter(|r| r.provider == "pyusdt" && PER_CALL.contains(&r.name.as_str()))
+        .map(|r| r.name.as_str())
+        .collect();
     let mut s_layout = MaybeUninit::uninit();
     let lay_skel;
     let mut asking: Option<(Link, libbpf_rs::RingBuffer<'_>, layout::Inbox)> = None;
     let mut l: Option<Layout> = None;
-    if has_pyusdt {
+    if has_pyusdt && (opts.stacks || !per_call.is_empty()) {
         lay_skel = layout::open(&mut s_layout)?;
         let link = layout::attach(&lay_skel, &target)?;
         let inbox = layout::Inbox::default();
@@ -924,11 +931,6 @@ pub fn trace(
     }
 
     let mut warnings = Vec::new();
-    let per_call: Vec<&str> = resolved
-        .iter()
-        .filter(|r| r.provider == "pyusdt" && PER_CALL.contains(&r.name.as_str()))
-        .map(|r| r.name.as_str())
-        .collect();
     if let (Some(l), false) = (&l, per_call.is_empty()) {
         if l.py_version_hex < 0x030c_0000 {
             warnings.push(format!(

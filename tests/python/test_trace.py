@@ -108,6 +108,14 @@ def test_py_start_names_the_function_exactly_n_times():
                      err, re.M), err
 
 
+@pytest.mark.skipif(PER_CALL, reason="3.12+ has sys.monitoring")
+def test_without_sys_monitoring_per_call_probes_are_said_to_never_fire():
+    info, out, err = run_trace(lambda t: t.do("call 5"), "pyusdt:PY_START")
+    assert out == ""
+    assert re.search(r"^pyusdt-prof: Python 3\.11\.\d+ has no sys\.monitoring: pyusdt's per-call "
+                     r"probes \(PY_START\) never fire there$", err, re.M), err
+
+
 @pytest.mark.parametrize("raw_tp", ["0", "1"])
 def test_syscall_writes_carry_their_stacks(raw_tp):
     n = 30
