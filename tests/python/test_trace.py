@@ -229,6 +229,37 @@ def test_a_process_without_pyusdt_has_syscalls_but_no_stacks():
     assert [(e["name"], e["ret"], e["stack"]) for e in evs] == [("write", 2, [])] * n
 
 
+def bpf_programs():
+    p = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                       check=True, timeout=TIMEOUT)
+    return {prog.get("name", "") for prog in json.loads(p.stdout)}
+
+
+OUR_PROGRAMS = {"trace_probe", "trace_enter_btf", "trace_exit_btf", "trace_enter_raw",
+                "trace_exit_raw"}
+
+
+def test_a_killed_trace_leaves_nothing_attached():
+    need_bpf(prof_binary(), "bpftool")
+    with Traced() as target:
+        with start_trace(target.info["pid"], "pyusdt:PY_START", "pyusdt:layout",
+                         "--syscalls", "--stacks") as t:
+            assert bpf_programs() & OUR_PROGRAMS
+            target.child.send("status")
+            assert set(json.loads(target.child.readline())["semaphores"].values()) != {0}
+            t.proc.kill()
+            t.proc.wait()
+        # The kernel frees a program once its last descriptor is gone,
+        # which it does after the process has died, not with it.
+        deadline = time.monotonic() + TIMEOUT
+        while bpf_programs() & OUR_PROGRAMS:
+            assert time.monotonic() < deadline, bpf_programs() & OUR_PROGRAMS
+            time.sleep(0.05)
+        target.child.send("status")
+        assert set(json.loads(target.child.readline())["semaphores"].values()) == {0}
+        target.exit()
+
+
 def test_a_closed_pipe_ends_the_trace_quietly():
     with Traced() as target:
         with start_trace(target.info["pid"], "--syscalls=write") as t:
