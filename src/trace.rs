@@ -942,8 +942,7 @@ pub fn trace(
             // The poll thread fires the layout probe, then turns on the
             // probes whose semaphores rose, each tick: the second
             // announcement after the attach follows a tick that saw them.
-            inbox.borrow_mut().clear();
-            let _ = ring.consume();
+            ring.consume().context("poll the layout ring buffer")?;
             inbox.borrow_mut().clear();
             if announcements(ring, inbox, &target, 2, Duration::from_secs(5))?.is_none()
                 && target.alive()
