@@ -12,8 +12,19 @@
 //! | `LINE` | function, file, line |
 //! | `PY_UNWIND`, `PY_THROW` | function, file, firstlineno, offset, repr(exception) |
 //! | `layout` | address, size of the `pyusdt_layout::PyusdtLayout` |
+//! | `span_begin`, `span_end` | name, id |
 //!
-//! `function` is the code object's `co_qualname`.
+//! `function` is the code object's `co_qualname`. `span_begin` and
+//! `span_end` bracket a `with pyusdt.span(name):` block (or a function
+//! decorated with `@pyusdt.span(name)`): `name` is a `const char *` (UTF-8,
+//! NUL-terminated) and `id` an unsigned 64-bit number, unique per span
+//! instance in the process (from 1), the same in both, so that a tracer can
+//! pair them. `span_end` fires for a span whose entry saw a tracer on
+//! either probe, also when the block raises.
+//!
+//! Probes of other providers, declared by the application
+//! (`pyusdt.Probe`), live in objects generated at run time: see
+//! [`crate::app`] and [`crate::elf`].
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -29,6 +40,8 @@ semaphore!(SEM_LINE);
 semaphore!(SEM_PY_UNWIND);
 semaphore!(SEM_PY_THROW);
 semaphore!(SEM_LAYOUT);
+semaphore!(SEM_SPAN_BEGIN);
+semaphore!(SEM_SPAN_END);
 
 /// A per-call probe, fed by the `sys.monitoring` event of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,4 +166,23 @@ pub fn fire_line(s: &Site, line: i64) {
 /// Fires `layout(address, size)`.
 pub fn fire_layout(address: u64, size: u64) {
     fire!(SEM_LAYOUT, "layout", address: "8" = address, size: "8" = size);
+}
+
+/// How many tracers are attached to `pyusdt:span_begin` and
+/// `pyusdt:span_end`.
+pub fn span_attached() -> (u16, u16) {
+    (
+        SEM_SPAN_BEGIN.load(Ordering::Relaxed),
+        SEM_SPAN_END.load(Ordering::Relaxed),
+    )
+}
+
+/// Fires `span_begin(name, id)`.
+pub fn fire_span_begin(name: *const c_char, id: u64) {
+    fire!(SEM_SPAN_BEGIN, "span_begin", name: "8" = name, id: "8" = id);
+}
+
+/// Fires `span_end(name, id)`.
+pub fn fire_span_end(name: *const c_char, id: u64) {
+    fire!(SEM_SPAN_END, "span_end", name: "8" = name, id: "8" = id);
 }
