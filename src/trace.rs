@@ -19,6 +19,10 @@
 //! name holds UTF-8 lines `provider:name:type,type,...\n`, each type `int`
 //! or `str` (nothing after the second colon for a probe without
 //! arguments). pyusdt's app-defined probes carry it.
+//!
+//! Probes are matched once, when the trace starts: a probe the process
+//! loads later (an app-defined probe's object, built at its provider's
+//! first use) is not traced.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
