@@ -79,6 +79,14 @@ static __always_inline int in_span(__u32 tid)
 	return depth && *depth;
 }
 
+/* x86_64's uretprobe and uprobe syscalls: the kernel's own way into a
+ * uprobe handler (its optimized uprobes, 6.18+, call a trampoline that
+ * makes them), not the program's. */
+static __always_inline int is_uprobe_syscall(long nr)
+{
+	return nr == 335 || nr == 336;
+}
+
 /* Whether process `tgid` is recorded. Without --subprocesses this is one
  * comparison, the cost every event outside the target pays. */
 static __always_inline int is_target(__u32 tgid)

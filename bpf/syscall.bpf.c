@@ -43,19 +43,13 @@ struct {
 __u64 calls = 0;
 __u64 lost_syscalls = 0;
 
-/* x86_64's uretprobe and uprobe syscalls: the kernel's own way into a
- * uprobe handler (its optimized uprobes call a trampoline that makes
- * them), not the program's. */
-#define NR_URETPROBE 335
-#define NR_UPROBE 336
-
 static __always_inline int on_enter(long nr)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct sys_in in = {};
 
-	if (!is_target(tgid) || !in_span(tid) || nr == NR_URETPROBE || nr == NR_UPROBE)
+	if (!is_target(tgid) || !in_span(tid) || is_uprobe_syscall(nr))
 		return 0;
 	in.ts = bpf_ktime_get_ns();
 	in.nr = nr;
