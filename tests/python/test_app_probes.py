@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -290,3 +291,24 @@ def test_a_forked_child_fires_inherited_probes_and_removes_only_its_own_files(pr
         c.send("exit")
         assert c.finish()[0] == 0
     assert list(probe_dir.iterdir()) == []
+
+
+def test_a_probe_that_cannot_be_loaded_is_off_with_one_line_and_load_raises(tmp_path):
+    code = (
+        "import pyusdt\n"
+        "p = pyusdt.Probe('nodir', 'p', int)\n"
+        "p.fire(1); p.fire(2); print(p.enabled, p.path)\n"
+        "q = pyusdt.Probe('nodir2', 'q')\n"
+        "try:\n"
+        "    q.load()\n"
+        "except OSError as e:\n"
+        "    print('OSError', e)\n"
+    )
+    missing = tmp_path / "missing"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=TIMEOUT, env={**os.environ, "PYUSDT_PROBE_DIR": str(missing)})
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0] == "False None"
+    assert r.stdout.splitlines()[1].startswith(f"OSError pyusdt: create {missing}/pyusdt-probes-")
+    assert r.stderr.startswith(f"pyusdt: app probes of nodir are off: create {missing}/pyusdt-probes-")
+    assert r.stderr.count("\n") == 1
