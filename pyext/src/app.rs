@@ -171,17 +171,27 @@ fn load_object(reg: &mut Registry, provider: &str, batch: &[Arc<State>]) -> Resu
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| format!("create {shown}: {e}"))?;
-    reg.files.push((pid, path.clone()));
-    f.write_all(&image.bytes)
-        .map_err(|e| format!("write {shown}: {e}"))?;
-    drop(f);
-    let cpath = CString::new(shown.as_bytes()).map_err(|_| format!("a NUL in {shown}"))?;
-    // SAFETY: the object has no initialisers and no dependencies; it is
-    // never closed, so the addresses taken below stay valid.
-    let handle = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return Err(format!("load {shown}: {}", dlerror()));
-    }
+    let opened = (|| {
+        f.write_all(&image.bytes)
+            .map_err(|e| format!("write {shown}: {e}"))?;
+        drop(f);
+        let cpath = CString::new(shown.as_bytes()).map_err(|_| format!("a NUL in {shown}"))?;
+        // SAFETY: the object has no initialisers and no dependencies; it is
+        // never closed, so the addresses taken below stay valid.
+        let handle = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            return Err(format!("load {shown}: {}", dlerror()));
+        }
+        Ok(handle)
+    })();
+    let handle = match opened {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    reg.files.push((pid, path));
     let anchor = CString::new(image.anchor).map_err(|_| "a NUL in the anchor".to_string())?;
     // SAFETY: handle is a live dlopen handle; anchor is NUL-terminated.
     let at = unsafe { libc::dlsym(handle, anchor.as_ptr()) };
@@ -452,13 +462,13 @@ impl AppProbe {
             regs[i] = match t {
                 ArgType::Int => {
                     if !a.is_instance_of::<PyInt>() {
-                        return Err(wrong(&a));
+                        return Err(wrong(a));
                     }
                     a.extract::<i64>()? as u64
                 }
                 ArgType::Str => {
                     if !a.is_instance_of::<PyString>() {
-                        return Err(wrong(&a));
+                        return Err(wrong(a));
                     }
                     let mut size = 0;
                     // SAFETY: `a` is a str; the returned buffer is the

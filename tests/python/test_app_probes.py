@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -259,6 +260,23 @@ def test_files_are_removed_at_exit_and_stale_ones_when_a_new_one_is_made(probe_d
     assert sorted(p.name for p in probe_dir.iterdir()) == [alive.name]
 
 
+def test_a_tracer_attached_to_a_forked_child_sees_the_inherited_probes(probe_dir, tmp_path):
+    need_bpf("bpftrace")
+    go = tmp_path / "go"
+    with app(probe_dir) as c:
+        c.ask_first()
+        c.send(f"fork-traced {go}")
+        child = json.loads(c.readline())["child_pid"]
+        prog = 'usdt:*:myapp:start_loop { @[(int64)arg0, str(arg1)] = count(); } '
+        with Bpftrace(child, prog) as bt:
+            go.write_text("")
+            assert json.loads(c.readline()) == {"status": 0}
+            maps = bt.maps()
+        assert maps == {"": {(str(i), "child"): 1 for i in range(50)}}
+        c.send("exit")
+        assert c.finish()[0] == 0
+
+
 def test_a_forked_child_fires_inherited_probes_and_removes_only_its_own_files(probe_dir):
     with app(probe_dir) as c:
         files = c.ask_first()["files"]
@@ -273,3 +291,24 @@ def test_a_forked_child_fires_inherited_probes_and_removes_only_its_own_files(pr
         c.send("exit")
         assert c.finish()[0] == 0
     assert list(probe_dir.iterdir()) == []
+
+
+def test_a_probe_that_cannot_be_loaded_is_off_with_one_line_and_load_raises(tmp_path):
+    code = (
+        "import pyusdt\n"
+        "p = pyusdt.Probe('nodir', 'p', int)\n"
+        "p.fire(1); p.fire(2); print(p.enabled, p.path)\n"
+        "q = pyusdt.Probe('nodir2', 'q')\n"
+        "try:\n"
+        "    q.load()\n"
+        "except OSError as e:\n"
+        "    print('OSError', e)\n"
+    )
+    missing = tmp_path / "missing"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=TIMEOUT, env={**os.environ, "PYUSDT_PROBE_DIR": str(missing)})
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0] == "False None"
+    assert r.stdout.splitlines()[1].startswith(f"OSError pyusdt: create {missing}/pyusdt-probes-")
+    assert r.stderr.startswith(f"pyusdt: app probes of nodir are off: create {missing}/pyusdt-probes-")
+    assert r.stderr.count("\n") == 1
