@@ -1,7 +1,9 @@
 //! A small ELF shared object that carries app-defined USDT probes, built at
 //! run time (the way libstapsdt does it, without libelf).
 //!
-//! The object has one function per probe, `nop; ret`, whose `nop` is the
+//! The object has one function per probe, `nop; ret`, whose `nop` (a
+//! 5-byte `nopl 0(%rax,%rax,1)`, which the kernel's optimized uprobes turn
+//! into a call instead of a trap, as at pyusdt's own probe sites) is the
 //! probe site; one `.note.stapsdt` note per probe; a `.stapsdt.base` byte;
 //! and one `u16` semaphore per probe in a writable `.probes` section. It is
 //! loaded with `dlopen`, so tracers find it by path in `/proc/PID/maps` and
@@ -75,7 +77,7 @@ pub struct Image {
 
 /// The symbol that marks the start of `.text`.
 pub const ANCHOR: &str = "_pyusdt_probes_text";
-/// Bytes per probe function: `nop; ret`, then `int3` up to 16.
+/// Bytes per probe function: a 5-byte nop and `ret`, then `int3` up to 16.
 const FUNC_SIZE: u64 = 16;
 const PAGE: u64 = 0x1000;
 const EHDR_SIZE: u64 = 64;
@@ -406,11 +408,12 @@ pub fn build(provider: &str, probes: &[ProbeSpec]) -> Image {
     }
     b.extend_from_slice(&dynstr.0);
 
-    // .text: nop; ret; int3 padding.
+    // .text: nopl 0(%rax,%rax,1); ret; int3 padding.
     pad_to(&mut b, text_off);
+    const FUNC: [u8; 6] = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3];
     for _ in 0..n.max(1) {
-        b.extend_from_slice(&[0x90, 0xc3]);
-        b.extend_from_slice(&[0xcc; FUNC_SIZE as usize - 2]);
+        b.extend_from_slice(&FUNC);
+        b.extend_from_slice(&[0xcc; FUNC_SIZE as usize - FUNC.len()]);
     }
     b.push(0); // .stapsdt.base
 
