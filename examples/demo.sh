@@ -29,10 +29,15 @@ for view in cpu gil; do
     "$PROF" flame "flamegraphs/gil-$view.svg" -i build/gil.json --view "$view"
 done
 "$PROF" report -i build/gil.json --view gil --thread fetch --limit 3 > flamegraphs/gil-report.txt
+# Every call: the demo app under --exact (the calls view), and its report.
+"$PROF" record --exact -o build/demo-exact.json -- \
+    "$PY" -m pyusdt examples/demo_app.py --seconds 2
+"$PROF" flame flamegraphs/demo-calls.svg -i build/demo-exact.json --view calls
+"$PROF" report -i build/demo-exact.json --view calls --limit 5 > flamegraphs/demo-calls-report.txt
 echo
 echo "== the five hottest stacks of the syscall view (calls), merged over threads"
 "$PROF" fold -i build/demo.json --view syscall --count --merge-threads |
     awk '{ n = $NF; $NF = ""; printf "%8d  %s\n", n, $0 }' | sort -rn | awk 'NR <= 5' | cut -c1-160
 echo
-echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup,diff-cpu}.svg and gil-{cpu,gil}.svg in a browser;"
+echo "open flamegraphs/demo-{cpu,offcpu,syscall,wakeup,diff-cpu,calls}.svg and gil-{cpu,gil}.svg in a browser;"
 echo "flamegraphs/demo-report.txt is the syscall view's report"
