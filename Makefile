@@ -5,7 +5,8 @@
 #   make test    everything: fmt, clippy, Rust tests, Python tests per
 #                interpreter, BPF end-to-end tests
 #   make bench   bench/RESULTS.md: cost beside cProfile, py-spy, bpftrace (root)
-#   make bench-calls  per-call cost of `python -m pyusdt` without a tracer
+#   make bench-calls  per-call cost of `python -m pyusdt` without a tracer,
+#                and of app probes and spans
 #   make soak    ten minutes of recording: the recorder's memory over time
 #   make fuzz    a minute of fuzzing the profile reader
 #
@@ -128,9 +129,11 @@ bench: build
 	PYUSDT_PROF=$(CURDIR)/$(PROF) $$v/bin/python bench/bench.py
 
 # Per-call cost of python -m pyusdt in instructions (callgrind) and time,
+# and what an untraced app probe or span costs beside an attribute read,
 # for every interpreter.
 bench-calls: build
-	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; done
+	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; \
+	    $(call venv_of,$$py)/bin/python bench/app_probes.py || exit 1; echo; done
 
 clean:
 	cargo clean

@@ -29,9 +29,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::Borrowed;
 
 use crate::elf::{self, ArgType, ProbeSpec};
 
@@ -371,24 +373,6 @@ impl AppProbe {
         })
     }
 
-    /// Whether a tracer is attached to this probe now (its semaphore is
-    /// non-zero). Loads the probe on first use.
-    #[getter]
-    fn enabled(&self) -> bool {
-        self.st.get().sem.load(Ordering::Relaxed) != 0
-    }
-
-    /// Fires the probe with `args` if a tracer is attached; otherwise
-    /// returns at once without looking at them.
-    #[pyo3(signature = (*args))]
-    fn fire(&self, args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        let l = self.st.get();
-        if l.sem.load(Ordering::Relaxed) == 0 {
-            return Ok(());
-        }
-        self.fire_traced(l, args)
-    }
-
     /// Loads the probe now, with every probe of its provider declared and
     /// not loaded yet; returns the generated file's path. Raises `OSError`
     /// if the object cannot be written or loaded.
@@ -437,7 +421,7 @@ impl AppProbe {
 
 impl AppProbe {
     #[cold]
-    fn fire_traced(&self, l: &Loaded, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn fire_traced(&self, l: &Loaded, args: &[Bound<'_, PyAny>]) -> PyResult<()> {
         let want = &self.st.args;
         if args.len() != want.len() {
             let types: Vec<&str> = want.iter().map(|t| t.name()).collect();
@@ -479,11 +463,11 @@ impl AppProbe {
                     let mut size = 0;
                     // SAFETY: `a` is a str; the returned buffer is the
                     // string's NUL-terminated UTF-8, valid while `args`
-                    // (which holds it) lives, that is, during the call.
+                    // (which holds a reference) lives: during the call.
                     let p: *const c_char =
                         unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(a.as_ptr(), &mut size) };
                     if p.is_null() {
-                        return Err(PyErr::fetch(args.py()));
+                        return Err(PyErr::fetch(a.py()));
                     }
                     p as u64
                 }
@@ -496,6 +480,105 @@ impl AppProbe {
         }
         Ok(())
     }
+}
+
+/// `Probe.fire(*args)`, a `METH_FASTCALL` method of its own: pyo3's
+/// `*args` would build a tuple before the semaphore is read, and this
+/// path is the one a program pays for on every untraced fire.
+///
+/// # Safety
+///
+/// CPython calls it with the GIL held, `slf` an `AppProbe` (the method
+/// descriptor checks the type) and `args` holding `nargs` references.
+unsafe extern "C" fn fire_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: see above.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: slf is a live AppProbe (above).
+    let probe = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<AppProbe>() };
+    let p = probe.get();
+    let l = p.st.get();
+    if l.sem.load(Ordering::Relaxed) == 0 {
+        // SAFETY: None is immortal or counted; a new reference is returned.
+        return unsafe { ffi::Py_NewRef(ffi::Py_None()) };
+    }
+    let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let args: Vec<Bound<'_, PyAny>> = (0..nargs.max(0) as usize)
+            // SAFETY: args holds nargs borrowed references (above).
+            .map(|i| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) })
+            .collect();
+        p.fire_traced(l, &args)
+    }));
+    let err = match fired {
+        Ok(Ok(())) => return unsafe { ffi::Py_NewRef(ffi::Py_None()) },
+        Ok(Err(e)) => e,
+        Err(_) => PyRuntimeError::new_err("pyusdt: a panic while firing a probe"),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
+/// `Probe.enabled`, a getter of its own for the same reason as
+/// [`fire_fastcall`].
+///
+/// # Safety
+///
+/// CPython calls it with the GIL held and `slf` an `AppProbe`.
+unsafe extern "C" fn enabled_get(
+    slf: *mut ffi::PyObject,
+    _closure: *mut std::ffi::c_void,
+) -> *mut ffi::PyObject {
+    // SAFETY: see above.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: slf is a live AppProbe (above).
+    let probe = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<AppProbe>() };
+    let on = probe.get().st.get().sem.load(Ordering::Relaxed) != 0;
+    // SAFETY: True and False are immortal or counted; a new reference.
+    unsafe { ffi::Py_NewRef(if on { ffi::Py_True() } else { ffi::Py_False() }) }
+}
+
+/// Installs `fire` and `enabled` on the `Probe` type (see
+/// [`fire_fastcall`] and [`enabled_get`]).
+pub fn install_fast_paths(ty: &Bound<'_, PyType>) -> PyResult<()> {
+    let getset = Box::leak(Box::new(ffi::PyGetSetDef {
+        name: c"enabled".as_ptr(),
+        get: Some(enabled_get),
+        set: None,
+        doc: c"Whether a tracer is attached to this probe now (its semaphore is \
+non-zero). Loads the probe on first use."
+            .as_ptr(),
+        closure: std::ptr::null_mut(),
+    }));
+    // SAFETY: ty is a type object; getset lives for the rest of the process.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(
+            ty.py(),
+            ffi::PyDescr_NewGetSet(ty.as_ptr().cast::<ffi::PyTypeObject>(), getset),
+        )?
+    };
+    ty.setattr("enabled", descr)?;
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"fire".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFast: fire_fastcall,
+        },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: c"fire(*args)\n--\n\nFires the probe with args if a tracer is attached; \
+otherwise returns at once without looking at them (TypeError for a wrong \
+count or type, OverflowError for an int outside 64 bits, only while traced)."
+            .as_ptr(),
+    }));
+    // SAFETY: ty is a type object; def lives for the rest of the process.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(
+            ty.py(),
+            ffi::PyDescr_NewMethod(ty.as_ptr().cast::<ffi::PyTypeObject>(), def),
+        )?
+    };
+    ty.setattr("fire", descr)
 }
 
 /// The loaded app probes, for `status()`: provider, name, argument types,

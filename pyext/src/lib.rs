@@ -166,6 +166,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_inject_fault, m)?)?;
     m.add_function(wrap_pyfunction!(app::_remove_probe_files, m)?)?;
     m.add_class::<app::AppProbe>()?;
+    app::install_fast_paths(&m.py().get_type::<app::AppProbe>())?;
     m.add_class::<span::Span>()?;
     m.add("MAX_PROBE_ARGS", app::MAX_ARGS)?;
     let names: Vec<&str> = Probe::ALL.iter().map(|p| p.name()).collect();
