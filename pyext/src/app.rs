@@ -452,13 +452,13 @@ impl AppProbe {
             regs[i] = match t {
                 ArgType::Int => {
                     if !a.is_instance_of::<PyInt>() {
-                        return Err(wrong(&a));
+                        return Err(wrong(a));
                     }
                     a.extract::<i64>()? as u64
                 }
                 ArgType::Str => {
                     if !a.is_instance_of::<PyString>() {
-                        return Err(wrong(&a));
+                        return Err(wrong(a));
                     }
                     let mut size = 0;
                     // SAFETY: `a` is a str; the returned buffer is the

@@ -259,6 +259,23 @@ def test_files_are_removed_at_exit_and_stale_ones_when_a_new_one_is_made(probe_d
     assert sorted(p.name for p in probe_dir.iterdir()) == [alive.name]
 
 
+def test_a_tracer_attached_to_a_forked_child_sees_the_inherited_probes(probe_dir, tmp_path):
+    need_bpf("bpftrace")
+    go = tmp_path / "go"
+    with app(probe_dir) as c:
+        c.ask_first()
+        c.send(f"fork-traced {go}")
+        child = json.loads(c.readline())["child_pid"]
+        prog = 'usdt:*:myapp:start_loop { @[(int64)arg0, str(arg1)] = count(); } '
+        with Bpftrace(child, prog) as bt:
+            go.write_text("")
+            assert json.loads(c.readline()) == {"status": 0}
+            maps = bt.maps()
+        assert maps == {"": {(str(i), "child"): 1 for i in range(50)}}
+        c.send("exit")
+        assert c.finish()[0] == 0
+
+
 def test_a_forked_child_fires_inherited_probes_and_removes_only_its_own_files(probe_dir):
     with app(probe_dir) as c:
         files = c.ask_first()["files"]

@@ -19,6 +19,9 @@ with one JSON line.
                      and loads child:probe(), prints its own JSON line
                      {"child_pid", "child_files"} and exits; the parent
                      answers once the child has exited
+  fork-traced FILE   fork; the child prints {"child_pid"}, waits until
+                     FILE exists, fires start_loop(i, "child") for i in
+                     0..49 and exits; the parent answers once it has
   exit               exit 0
 """
 
@@ -129,5 +132,16 @@ while line := sys.stdin.readline():
             sys.exit(0)
         _, status = os.waitpid(pid, 0)
         answer({"status": status, "files_exist": [os.path.exists(f) for f in files()]})
+    elif cmd == "fork-traced":
+        pid = os.fork()
+        if pid == 0:
+            answer({"child_pid": os.getpid()})
+            while not os.path.exists(arg):
+                time.sleep(0.005)
+            for i in range(50):
+                start_loop.fire(i, "child")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        answer({"status": status})
     elif cmd == "exit":
         break
