@@ -62,11 +62,11 @@ deps-python:
 	@for py in $(PYTHONS); do \
 	    v=$(call venv_of,$$py); \
 	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ] || \
-	       ! $$v/bin/python -c 'import grpc_tools' 2>/dev/null; then \
+	       ! $$v/bin/python -c 'import grpc_tools, pyperformance' 2>/dev/null; then \
 	        echo "deps: $$v from $$py"; \
 	        [ -x $$v/bin/python ] || $$py -m venv $$v || exit 1; \
 	        $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' \
-	            'protobuf>=5' 'grpcio-tools>=1.60' || exit 1; \
+	            'protobuf>=5' 'grpcio-tools>=1.60' pyperf pyperformance || exit 1; \
 	    fi; \
 	done
 
@@ -123,6 +123,11 @@ BENCH_PYTHON ?= $(PYTHON)
 bench: build
 	cargo build --release --locked --example floor
 	@v=$(call venv_of,$(BENCH_PYTHON)); \
+	rm -rf target/trap-site target/trap-wheel && \
+	(cd pyext && VIRTUAL_ENV=$(CURDIR)/$$v PATH=$(CURDIR)/$$v/bin:$$PATH \
+	    CARGO_TARGET_DIR=$(CURDIR)/target/trap maturin build --release --locked -q \
+	    --features trap-nop -i $(CURDIR)/$$v/bin/python -o $(CURDIR)/target/trap-wheel) && \
+	$$v/bin/pip install -q --no-deps --target target/trap-site target/trap-wheel/*.whl && \
 	$$v/bin/pip install -q pyperf pyperformance py-spy && \
 	{ command -v inferno-flamegraph >/dev/null || [ -x $$HOME/.cargo/bin/inferno-flamegraph ] || \
 	  cargo install inferno --locked --quiet; } && \

@@ -186,7 +186,7 @@ static __always_inline int on_enter(long nr)
 	struct trace_sys_in in = {};
 	__u8 *wanted;
 
-	if (!is_target(tgid))
+	if (!is_target(tgid) || is_uprobe_syscall(nr))
 		return 0;
 	if (!all_syscalls) {
 		if (nr < 0 || nr >= TRACE_MAX_SYSCALLS)

@@ -21,6 +21,7 @@
 
 mod app;
 mod callbacks;
+mod calls;
 mod elf;
 mod layout_ffi;
 mod monitor;
@@ -78,6 +79,15 @@ fn _after_fork_parent() {
     if unsafe { pyo3::ffi::Py_AddPendingCall(Some(resume_later), std::ptr::null_mut()) } != 0 {
         resume_later(std::ptr::null_mut());
     }
+}
+
+/// Brings `sys.monitoring` in line with the attached probes now, without
+/// waiting for the poll thread's next tick: `python -m pyusdt` calls it
+/// once the recorder that launched it is attached, so that the program's
+/// first call is seen.
+#[pyfunction]
+fn _reconcile(py: Python<'_>) {
+    monitor::reconcile(py)
 }
 
 /// Stops the poll thread and turns `sys.monitoring` off.
@@ -141,6 +151,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         sems.set_item(p.name(), p.attached())?;
     }
     sems.set_item("layout", probes::layout_attached())?;
+    sems.set_item("calls", probes::calls_tracers())?;
     let (begin, end) = probes::span_attached();
     sems.set_item("span_begin", begin)?;
     sems.set_item("span_end", end)?;
@@ -157,6 +168,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_start, m)?)?;
     m.add_function(wrap_pyfunction!(_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(_reconcile, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
