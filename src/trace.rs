@@ -23,6 +23,27 @@
 //! Probes are matched once, when the trace starts: a probe the process
 //! loads later (an app-defined probe's object, built at its provider's
 //! first use) is not traced.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use pyusdt_prof::trace::{trace, Event, ProbeSpec, TraceOptions};
+//!
+//! let opts = TraceOptions {
+//!     probes: vec!["myapp:tick".parse::<ProbeSpec>().map_err(anyhow::Error::msg)?],
+//!     syscalls: Some(vec!["write".into()]),
+//!     stacks: true,
+//!     duration: None,
+//! };
+//! let stop = AtomicBool::new(false);
+//! let summary = trace(4242, &opts, &stop, || eprintln!("attached"), |e| {
+//!     if let Event::Probe { name, args, stack, .. } = &e {
+//!         println!("{name} {args:?} in {:?}", stack.last());
+//!     }
+//!     true // false stops the trace
+//! })?;
+//! eprintln!("{} events, {} lost", summary.events, summary.lost);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};

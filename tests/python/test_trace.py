@@ -339,6 +339,9 @@ def test_spans_pair_begin_and_end_by_id():
             code, out, err = t.finish()
             assert code == 0, err
     evs = [json.loads(line) for line in out.splitlines()]
+    assert all(set(e) == {"kind", "time", "time_ns", "pid", "tid", "thread", "provider", "name",
+                          "args", "stack"} and e["kind"] == "probe"
+               and e["provider"] == "pyusdt" for e in evs), evs[:1]
     assert [(e["name"], e["args"][0]) for e in evs] == [
         ("span_begin", "outer"), ("span_begin", "inner"), ("span_end", "inner"),
         ("span_end", "outer")] * n
