@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// Every `bpf/<name>.bpf.c`; each becomes `<name>.skel.rs`.
-const PROGRAMS: &[&str] = &["layout", "procs", "cpu", "sched", "syscall", "gil", "floor"];
+const PROGRAMS: &[&str] = &[
+    "layout", "procs", "cpu", "sched", "syscall", "gil", "floor", "trace",
+];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

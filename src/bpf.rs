@@ -92,3 +92,14 @@ pub mod gil {
 pub mod floor {
     include!(concat!(env!("OUT_DIR"), "/floor.skel.rs"));
 }
+
+/// `bpf/trace.bpf.c`: one event per probe hit or syscall, for `trace`.
+pub mod trace {
+    include!(concat!(env!("OUT_DIR"), "/trace.skel.rs"));
+
+    // SAFETY: plain C data, no padding (explicit reserved word, fields
+    // laid out by size), any bit pattern valid.
+    unsafe impl plain::Plain for types::trace_record {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::probe_conf {}
+}

@@ -24,6 +24,7 @@ pub mod report;
 pub mod syscalls;
 pub mod target;
 pub mod top;
+pub mod trace;
 pub mod usdt;
 
 /// The result type of this crate.

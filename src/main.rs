@@ -16,7 +16,7 @@ use pyusdt_prof::flame::{self, FlameOptions};
 use pyusdt_prof::profile::write_atomic;
 use pyusdt_prof::profile::{Profile, Unit, ViewKind};
 use pyusdt_prof::record::{self, Progress};
-use pyusdt_prof::{errors, export, layout, report, target, top, usdt, Result};
+use pyusdt_prof::{errors, export, layout, report, target, top, trace, usdt, Result};
 
 /// The profile file `record` writes and the other commands read by default.
 const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
@@ -44,6 +44,8 @@ const DEFAULT_PROFILE: &str = "pyusdt-profile.json";
 ///   pyusdt-prof export --format speedscope   # for speedscope, Perfetto, pprof
 ///
 ///   sudo pyusdt-prof top -p 4242             # live
+///
+///   sudo pyusdt-prof trace -p 4242 'myapp:*' --stacks   # each probe hit
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true, verbatim_doc_comment)]
 struct Cli {
@@ -332,6 +334,59 @@ enum Command {
         #[arg(short, long)]
         pid: u32,
     },
+    /// Print each hit of USDT probes of a running process, and its
+    /// syscalls, one line each as they happen, like bcc's trace.
+    ///
+    /// PROBE is `provider:name`, `name` (any provider), either with `*`
+    /// globs, and optionally the argument types: `provider:name(int,str)`.
+    /// Without types, they come from the probe's file (pyusdt's
+    /// app-defined probes list theirs in a `.pyusdt.argtypes` section),
+    /// from pyusdt's own table for its probes (PY_START, span_begin, ...),
+    /// else every argument is an integer. `pyusdt-prof list -p PID` shows
+    /// what a process carries.
+    ///
+    /// Each line: seconds since the trace began, the thread `NAME (TID)`,
+    /// `provider:name` and the arguments (strings quoted); a syscall as
+    /// `syscall:NAME = RET <SECONDS>` (its entry time, its return value
+    /// and how long it took). With --stacks, the thread's Python stack
+    /// follows on indented lines, leaf first. --json prints one JSON object
+    /// per line instead. Ends at Ctrl-C, after -d, or when the process
+    /// exits, with a summary (events, lost) on stderr.
+    ///
+    /// pyusdt's per-call probes (PY_START, ...) fire on Python 3.12 and
+    /// later, and cost a trap into the kernel per call while traced.
+    ///
+    /// Examples:
+    ///
+    ///   sudo pyusdt-prof trace -p 4242 pyusdt:PY_START
+    ///
+    ///   sudo pyusdt-prof trace -p 4242 'myapp:*' --stacks
+    ///
+    ///   sudo pyusdt-prof trace -p 4242 --syscalls write,fsync --stacks -d 10
+    ///
+    ///   sudo pyusdt-prof trace -p 4242 'pyusdt:span_*' --json | jq -c .args
+    #[command(verbatim_doc_comment)]
+    Trace {
+        /// The process id.
+        #[arg(short, long)]
+        pid: u32,
+        /// The probes to trace.
+        #[arg(value_name = "PROBE", value_parser = parse_probe_spec)]
+        probes: Vec<trace::ProbeSpec>,
+        /// Trace syscalls too: every one, or these (comma-separated names).
+        /// Put PROBEs before it, or write --syscalls=NAMES.
+        #[arg(long, value_name = "NAME", num_args = 0..=1, value_delimiter = ',', value_parser = parse_syscall)]
+        syscalls: Option<Vec<String>>,
+        /// Print each event's Python stack (needs pyusdt in the process).
+        #[arg(long)]
+        stacks: bool,
+        /// Stop after this many seconds.
+        #[arg(short, long, value_parser = parse_seconds)]
+        duration: Option<f64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the interpreter layout that a pyusdt process announces.
     ///
     /// Attaches a BPF program to the process's `pyusdt:layout` probe and
@@ -362,6 +417,21 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
         Ok(t) if t > 0.0 && t <= 86_400.0 => Ok(t),
         _ => Err(format!("`{s}` is not a number of seconds from 0 to 86400")),
+    }
+}
+
+fn parse_probe_spec(s: &str) -> std::result::Result<trace::ProbeSpec, String> {
+    s.parse()
+}
+
+fn parse_syscall(s: &str) -> std::result::Result<String, String> {
+    match trace::syscall_numbers(&[s.to_string()]) {
+        Ok(_) => Ok(s.to_string()),
+        Err(_) if s.contains(':') => Err(format!(
+            "`{s}` is not a syscall (a probe? put probes before --syscalls, or write \
+             --syscalls=NAMES)"
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -627,6 +697,116 @@ fn record_cmd(
     Ok(code)
 }
 
+/// One event as `trace` prints it: a line, and with stacks the frames
+/// leaf first on indented lines; or one JSON object.
+fn trace_line(e: &trace::Event, start_ns: u64, stacks: bool, json: bool) -> String {
+    let secs = (e.time_ns() as i64 - start_ns as i64) as f64 / 1e9;
+    if json {
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("time".into(), serde_json::json!(secs));
+        }
+        return v.to_string();
+    }
+    let mut line = match e {
+        trace::Event::Probe {
+            tid,
+            thread,
+            provider,
+            name,
+            args,
+            ..
+        } => {
+            let mut l = format!("{secs:.6} {thread} ({tid}) {provider}:{name}");
+            for a in args {
+                match a {
+                    trace::ArgValue::Int(i) => l.push_str(&format!(" {i}")),
+                    trace::ArgValue::Str(s) => {
+                        l.push(' ');
+                        l.push_str(&serde_json::to_string(s).unwrap_or_default());
+                    }
+                    _ => l.push_str(" ?"),
+                }
+            }
+            l
+        }
+        trace::Event::Syscall {
+            tid,
+            thread,
+            name,
+            duration_ns,
+            ret,
+            ..
+        } => format!(
+            "{secs:.6} {thread} ({tid}) syscall:{name} = {ret} <{:.6}>",
+            *duration_ns as f64 / 1e9
+        ),
+        _ => format!("{secs:.6} ?"),
+    };
+    if stacks {
+        for frame in e.stack().iter().rev() {
+            line.push_str("\n        ");
+            line.push_str(frame);
+        }
+    }
+    line
+}
+
+fn trace_cmd(pid: u32, opts: trace::TraceOptions, json: bool) -> Result<u8> {
+    errors::check_can_trace()?;
+    catch_signals();
+    let start_ns = std::cell::Cell::new(0);
+    let mut out = std::io::stdout().lock();
+    let mut broken = None;
+    let stacks = opts.stacks;
+    let summary = trace::trace(
+        pid,
+        &opts,
+        &STOP,
+        || {
+            start_ns.set(trace::monotonic_ns());
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            eprintln!(
+                "pyusdt-prof: tracing process {pid} ({}); Ctrl-C to stop",
+                comm.trim_end()
+            );
+        },
+        |e| {
+            let line = trace_line(&e, start_ns.get(), stacks, json);
+            match writeln!(out, "{line}").and_then(|()| out.flush()) {
+                Ok(()) => true,
+                Err(err) => {
+                    broken = Some(err);
+                    false
+                }
+            }
+        },
+    )?;
+    for w in &summary.warnings {
+        eprintln!("pyusdt-prof: {w}");
+    }
+    let mut what = summary.probes.clone();
+    if opts.syscalls.is_some() {
+        what.push("syscalls".into());
+    }
+    let mut line = format!(
+        "pyusdt-prof: {} events, lost {} ({})",
+        summary.events,
+        summary.lost,
+        what.join(", ")
+    );
+    if summary.stacks_lost > 0 {
+        line.push_str(&format!(", stacks lost {}", summary.stacks_lost));
+    }
+    eprintln!("{line}");
+    match broken {
+        // The reader went away (`| head`): that ends the trace, no error.
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Some(e) => Err(e).context("write to stdout"),
+        None => Ok(0),
+    }
+}
+
 /// Reads a profile, with its Python frames named by function if asked.
 fn read_profile(path: &Path, functions: bool) -> Result<Profile> {
     let p = Profile::read(path)?;
@@ -865,6 +1045,22 @@ fn run(cli: Cli) -> Result<u8> {
             }
             out.flush().context("write to stdout")?;
         }
+        Command::Trace {
+            pid,
+            probes,
+            syscalls,
+            stacks,
+            duration,
+            json,
+        } => {
+            let opts = trace::TraceOptions {
+                probes,
+                syscalls,
+                stacks,
+                duration: duration.map(Duration::from_secs_f64),
+            };
+            return trace_cmd(pid, opts, json);
+        }
         Command::Layout { pid, json, timeout } => {
             errors::check_can_trace()?;
             let t = target::find(pid)?;
@@ -894,6 +1090,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // A probe or syscall the process does not have: a bad argument,
+        // which exits as clap's do.
+        Err(e) if e.downcast_ref::<trace::TraceError>().is_some() => {
+            eprintln!("pyusdt-prof: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("pyusdt-prof: {e:#}");
             if let Some(h) = errors::hint(&e) {

@@ -184,7 +184,7 @@ macro_rules! share {
 
 /// Loads with tp_btf programs where the kernel offers them (and
 /// PYUSDT_PROF_RAW_TP=1 does not say otherwise), else with raw_tp ones.
-fn btf_or_raw<'o, T>(
+pub(crate) fn btf_or_raw<'o, T>(
     btf_storage: &'o mut MaybeUninit<OpenObject>,
     raw_storage: &'o mut MaybeUninit<OpenObject>,
     load: impl Fn(&'o mut MaybeUninit<OpenObject>, bool) -> Result<T>,
@@ -205,7 +205,7 @@ fn btf_or_raw<'o, T>(
 }
 
 /// Attaches the tp_btf program of a tracepoint, or its raw_tp twin.
-fn attach_tp(
+pub(crate) fn attach_tp(
     btf: bool,
     btf_prog: &libbpf_rs::ProgramMut<'_>,
     raw_prog: &libbpf_rs::ProgramMut<'_>,
@@ -220,7 +220,7 @@ fn attach_tp(
 /// `follow` adds each child of a recorded process to them. Exec is watched
 /// either way: a process that execs loses its layout until the new program
 /// announces one.
-fn load_procs<'o>(
+pub(crate) fn load_procs<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
     pid: u32,
     l: &Layout,
@@ -420,12 +420,12 @@ fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
 
 /// A Python stack: (code address, instruction) per frame, root first, and
 /// whether the walker cut it.
-type PyStack = (Vec<(u64, u32)>, bool);
+pub(crate) type PyStack = (Vec<(u64, u32)>, bool);
 
 /// A Python stack by id from a `pystacks` map: code addresses root first,
 /// and whether it was truncated. Every object's map holds the one C
 /// `struct pystack` (bpf/pystack.h), so one skeleton's type decodes all.
-fn python_stack(map: &impl MapCore, id: u64) -> Result<PyStack> {
+pub(crate) fn python_stack(map: &impl MapCore, id: u64) -> Result<PyStack> {
     if id == 0 {
         return Ok((Vec::new(), false));
     }
@@ -552,7 +552,7 @@ fn proc_threads(pid: u32, into: &mut BTreeMap<u32, String>) {
     }
 }
 
-fn comm_str(c: &[i8]) -> String {
+pub(crate) fn comm_str(c: &[i8]) -> String {
     let bytes: Vec<u8> = c
         .iter()
         .take_while(|&&b| b != 0)
