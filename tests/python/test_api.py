@@ -4,6 +4,7 @@ against exact expectations and against the CLI's readers."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -254,3 +255,147 @@ def test_the_package_is_one_abi3_build():
     native = pyusdt_prof._native.__file__
     assert native.endswith(".abi3.so"), native
     assert pyusdt_prof.VIEWS == ["cpu", "offcpu", "syscall", "wakeup", "gil"]
+
+
+def writes_until_done(events, t, n):
+    """Sends `write N` and reads events up to the target's `done` line (a
+    write from main, after api_writer's): api_writer's writes."""
+    t.send(f"write {n}")
+    mine = []
+    for e in events:
+        assert e["kind"] == "syscall" and e["name"] == "write", e
+        frames = [fn(f) for f in e["stack"]]
+        if "api_writer" in frames:
+            mine.append(e)
+        elif frames[-1:] == ["main"]:
+            break
+    t.expect("^done$")
+    return mine
+
+
+def test_trace_iterates_exactly_the_writes_of_a_function_with_their_stacks():
+    need_bpf()
+    with target() as t:
+        tr = pyusdt_prof.trace(t.pid, syscalls=["write"], stacks=True)
+        assert isinstance(tr, pyusdt_prof.Trace) and tr.summary is None
+        with tr:
+            mine = writes_until_done(tr, t, 50)
+        assert len(mine) == 50
+        for e in mine:
+            assert [fn(f) for f in e["stack"]] == ["<module>", "main", "api_writer"], e
+            assert e["pid"] == t.pid and e["tid"] == t.pid and e["thread"] == "python"
+            assert e["ret"] == 1 and e["duration_ns"] > 0
+            assert set(e) == {"kind", "time_ns", "pid", "tid", "thread", "name", "duration_ns",
+                              "ret", "stack"}
+        times = [e["time_ns"] for e in mine]
+        assert times == sorted(times)
+        assert tr.summary["events"] >= 51 and tr.summary["lost"] == 0
+        assert list(tr) == []  # closed: the iteration is over
+
+
+def test_trace_with_a_callback_stops_when_it_returns_false():
+    need_bpf()
+    with target() as t:
+        seen, sent = [], []
+
+        def on_event(e):
+            if e["kind"] == "probe":
+                # pyusdt:layout fires on every poll tick while attached:
+                # its first hit says the trace is live.
+                if not sent:
+                    t.send("write 30")
+                    sent.append(True)
+                return None
+            frames = [fn(f) for f in e["stack"]]
+            if "api_writer" in frames:
+                seen.append(e)
+            return frames[-1:] != ["main"]
+
+        summary = pyusdt_prof.trace(t.pid, probes=["pyusdt:layout"], syscalls=["write"],
+                                    stacks=True, callback=on_event)
+        t.expect("^done$")
+    assert len(seen) == 30
+    assert summary["lost"] == 0 and summary["events"] >= 31
+    assert summary["probes"] == ["pyusdt:layout(int,int)"], summary
+
+
+def test_an_exception_in_the_callback_stops_the_trace_and_propagates():
+    need_bpf()
+    with target() as t:
+        def on_event(e):
+            raise KeyError("from the callback")
+
+        with pytest.raises(KeyError, match="from the callback"):
+            pyusdt_prof.trace(t.pid, probes=["pyusdt:layout"], callback=on_event)
+
+
+def test_trace_of_a_probe_gives_its_arguments():
+    need_bpf()
+    with target() as t:
+        with pyusdt_prof.trace(t.pid, probes="pyusdt:layout") as tr:
+            events = [next(tr) for _ in range(3)]
+    for e in events:
+        assert (e["kind"], e["provider"], e["name"]) == ("probe", "pyusdt", "layout"), e
+        assert len(e["args"]) == 2 and all(isinstance(a, int) for a in e["args"]), e
+        assert e["stack"] == [] and e["pid"] == t.pid
+    assert tr.summary["probes"] == ["pyusdt:layout(int,int)"]
+
+
+def test_trace_refuses_what_the_process_does_not_have():
+    need_bpf()
+    with target() as t:
+        with pytest.raises(ValueError, match="no probe matches nosuch:probe"):
+            pyusdt_prof.trace(t.pid, probes=["nosuch:probe"])
+        with pytest.raises(ValueError, match="`frobnicate` is not a syscall"):
+            pyusdt_prof.trace(t.pid, syscalls=["frobnicate"])
+        with pytest.raises(ValueError, match="is not a probe"):
+            pyusdt_prof.trace(t.pid, probes=["a:b:c"])
+    with pytest.raises(ProcessLookupError):
+        pyusdt_prof.trace(4000000, syscalls=[])
+
+
+CTRL_C = """
+import signal, sys
+import pyusdt_prof
+# A runner in the background may hand SIGINT ignored: the default here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+pid = int(sys.argv[1])
+tr = pyusdt_prof.trace(pid, syscalls=["write"])
+try:
+    print("tracing", flush=True)
+    for e in tr:
+        pass
+except KeyboardInterrupt:
+    print("interrupted", tr.summary is not None, flush=True)
+rec = pyusdt_prof.Recording(pid, views="syscall")
+rec.start()
+try:
+    print("recording", flush=True)
+    rec.wait()
+except KeyboardInterrupt:
+    print("interrupted", rec.running, flush=True)
+print("stopped", rec.stop().views, flush=True)
+"""
+
+
+def waiting(pid):
+    """Returns once process pid's main thread sleeps in a futex: past its
+    last print, waiting in the iterator or in wait() (GIL released)."""
+    deadline = time.monotonic() + TIMEOUT
+    while "futex" not in open(f"/proc/{pid}/wchan").read():
+        assert time.monotonic() < deadline, open(f"/proc/{pid}/wchan").read()
+
+
+def test_ctrl_c_wakes_a_waiting_iterator_and_a_waiting_recording():
+    need_bpf()
+    with target() as t, Child([PY, "-c", CTRL_C, str(t.pid)]) as c:
+        c.expect("^tracing$")
+        waiting(c.pid)
+        c.proc.send_signal(signal.SIGINT)
+        c.expect("^interrupted True$")
+        c.expect("^recording$")
+        waiting(c.pid)
+        c.proc.send_signal(signal.SIGINT)
+        c.expect("^interrupted True$")
+        c.expect(r"^stopped \['syscall'\]$")
+        assert c.finish()[0] == 0
