@@ -49,11 +49,16 @@ fn trace_error(e: &anyhow::Error) -> PyErr {
     recorder_error(e)
 }
 
-/// Names given as one string (comma-separated) or an iterable of them.
-fn names(v: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+/// Names given as an iterable of them, or as one string: one name
+/// (`split` false: a probe spec holds commas in its types), or
+/// comma-separated names.
+fn names(v: &Bound<'_, PyAny>, split: bool) -> PyResult<Vec<String>> {
     if let Ok(s) = v.cast::<PyString>() {
+        let s = s.to_str()?;
+        if !split {
+            return Ok(vec![s.to_string()]);
+        }
         return Ok(s
-            .to_str()?
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
@@ -311,9 +316,10 @@ fn start(py: Python<'_>, pid: u32, opts: TraceOptions) -> PyResult<Trace> {
     Ok(t)
 }
 
-/// Traces process `pid` live: hits of USDT probes (`probes`, each
-/// `provider:name`, `name` or `provider:name(int,str)`, `*` globbing) and
-/// syscalls (`syscalls`: None for none, `[]` for every one, or names),
+/// Traces process `pid` live: hits of USDT probes (`probes`, a list of
+/// specs or one, each `provider:name`, `name` or `provider:name(int,str)`,
+/// `*` globbing) and syscalls (`syscalls`: None for none, `[]` for every
+/// one, or names, as a list or `"read,write"`),
 /// with each thread's Python stack if `stacks` (the process must run
 /// pyusdt), for `duration` seconds or until stopped or the process exits.
 /// Returns once everything is attached.
@@ -342,7 +348,7 @@ fn trace<'py>(
     let specs = match probes {
         None => Vec::new(),
         Some(p) if p.is_none() => Vec::new(),
-        Some(p) => names(p)?
+        Some(p) => names(p, false)?
             .iter()
             .map(|s| ProbeSpec::from_str(s).map_err(PyValueError::new_err))
             .collect::<PyResult<_>>()?,
@@ -350,7 +356,7 @@ fn trace<'py>(
     let syscalls = match syscalls {
         None => None,
         Some(s) if s.is_none() => None,
-        Some(s) => Some(names(s)?),
+        Some(s) => Some(names(s, true)?),
     };
     let opts = TraceOptions {
         probes: specs,

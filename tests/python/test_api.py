@@ -332,7 +332,8 @@ def test_an_exception_in_the_callback_stops_the_trace_and_propagates():
 def test_trace_of_a_probe_gives_its_arguments():
     need_bpf()
     with target() as t:
-        with pyusdt_prof.trace(t.pid, probes="pyusdt:layout") as tr:
+        # One spec as a string, commas in its types and all.
+        with pyusdt_prof.trace(t.pid, probes="pyusdt:layout(int,int)") as tr:
             events = [next(tr) for _ in range(3)]
     for e in events:
         assert (e["kind"], e["provider"], e["name"]) == ("probe", "pyusdt", "layout"), e
