@@ -616,8 +616,16 @@ impl PyProfile {
     /// Per recorded process (with subprocesses): `{pid: {"ppid",
     /// "command", "python"}}`; empty otherwise.
     #[getter]
-    fn processes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        ser_to_py(py, &self.p.processes)
+    fn processes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (pid, proc) in &self.p.processes {
+            let one = PyDict::new(py);
+            one.set_item("ppid", proc.ppid)?;
+            one.set_item("command", proc.command.clone())?;
+            one.set_item("python", proc.python.clone())?;
+            d.set_item(pid, one)?;
+        }
+        Ok(d)
     }
 
     /// Stacks that could not be read, or names dropped, by reason.
