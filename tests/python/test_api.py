@@ -222,6 +222,45 @@ def test_a_saved_profile_reads_the_same_in_the_cli_and_in_load(tmp_path):
     assert calls(again, "api_writer", "write") == 200
 
 
+def test_lines_name_frames_by_line_and_by_function_folds_them_back():
+    need_bpf()
+    with target() as t:
+        with pyusdt_prof.Recording(t.pid, views="syscall", lines=True) as rec:
+            run(t, "write 40")
+    p = rec.profile
+    script = SCRIPTS / "api_target.py"
+    text = script.read_text().splitlines()
+    first = text.index("def api_writer(n):") + 1
+    line = text.index('        os.write(DEVNULL, b"x")') + 1
+    leaf = "(" + str(script) + ":{});syscall:write"
+    by_line = p.folded("syscall", merge_threads=True, count=True)
+    assert p.lines and sum(n for s, n in by_line.items()
+                           if s.endswith("api_writer " + leaf.format(line))) == 40, by_line
+    f = p.by_function()
+    assert not f.lines
+    by_fn = f.folded("syscall", merge_threads=True, count=True)
+    assert sum(n for s, n in by_fn.items() if s.endswith("api_writer " + leaf.format(first))) == 40
+    assert calls(f, "api_writer", "write") == 40
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_subprocesses_records_forked_children_only_when_asked(follow):
+    need_bpf()
+    with target() as t:
+        with pyusdt_prof.Recording(t.pid, views="syscall", subprocesses=follow) as rec:
+            run(t, "fork 25")
+            run(t, "write 5")
+    p = rec.profile
+    assert calls(p, "api_child", "write") == (25 if follow else 0)
+    assert calls(p, "api_writer", "write") == 5
+    if follow:
+        children = {pid: proc for pid, proc in p.processes.items() if pid != t.pid}
+        assert len(children) == 1 and next(iter(children.values()))["ppid"] == t.pid, p.processes
+        assert all(s.startswith("process ") for s in p.folded("syscall"))
+    else:
+        assert p.processes == {}
+
+
 def test_readers_refuse_what_the_profile_lacks():
     need_bpf()
     with target() as t:
