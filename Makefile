@@ -5,7 +5,8 @@
 #   make test    everything: fmt, clippy, Rust tests, Python tests per
 #                interpreter, BPF end-to-end tests
 #   make bench   bench/RESULTS.md: cost beside cProfile, py-spy, bpftrace (root)
-#   make bench-calls  per-call cost of `python -m pyusdt` without a tracer
+#   make bench-calls  per-call cost of `python -m pyusdt` without a tracer,
+#                and of app probes and spans
 #   make soak    ten minutes of recording: the recorder's memory over time
 #   make fuzz    a minute of fuzzing the profile reader
 #
@@ -61,11 +62,11 @@ deps-python:
 	@for py in $(PYTHONS); do \
 	    v=$(call venv_of,$$py); \
 	    if [ ! -x $$v/bin/maturin ] || [ ! -x $$v/bin/pytest ] || \
-	       ! $$v/bin/python -c 'import grpc_tools' 2>/dev/null; then \
+	       ! $$v/bin/python -c 'import grpc_tools, pyperformance' 2>/dev/null; then \
 	        echo "deps: $$v from $$py"; \
 	        [ -x $$v/bin/python ] || $$py -m venv $$v || exit 1; \
 	        $$v/bin/pip install -q 'maturin>=1.7,<2' 'pytest>=8' \
-	            'protobuf>=5' 'grpcio-tools>=1.60' || exit 1; \
+	            'protobuf>=5' 'grpcio-tools>=1.60' pyperf pyperformance || exit 1; \
 	    fi; \
 	done
 
@@ -132,15 +133,22 @@ BENCH_PYTHON ?= $(PYTHON)
 bench: build
 	cargo build --release --locked --example floor
 	@v=$(call venv_of,$(BENCH_PYTHON)); \
+	rm -rf target/trap-site target/trap-wheel && \
+	(cd pyext && VIRTUAL_ENV=$(CURDIR)/$$v PATH=$(CURDIR)/$$v/bin:$$PATH \
+	    CARGO_TARGET_DIR=$(CURDIR)/target/trap maturin build --release --locked -q \
+	    --features trap-nop -i $(CURDIR)/$$v/bin/python -o $(CURDIR)/target/trap-wheel) && \
+	$$v/bin/pip install -q --no-deps --target target/trap-site target/trap-wheel/*.whl && \
 	$$v/bin/pip install -q pyperf pyperformance py-spy && \
 	{ command -v inferno-flamegraph >/dev/null || [ -x $$HOME/.cargo/bin/inferno-flamegraph ] || \
 	  cargo install inferno --locked --quiet; } && \
 	PYUSDT_PROF=$(CURDIR)/$(PROF) $$v/bin/python bench/bench.py
 
 # Per-call cost of python -m pyusdt in instructions (callgrind) and time,
+# and what an untraced app probe or span costs beside an attribute read,
 # for every interpreter.
 bench-calls: build
-	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; done
+	@for py in $(PYTHONS); do $(call venv_of,$$py)/bin/python bench/overhead.py || exit 1; echo; \
+	    $(call venv_of,$$py)/bin/python bench/app_probes.py || exit 1; echo; done
 
 clean:
 	cargo clean

@@ -7,7 +7,7 @@ use libbpf_cargo::SkeletonBuilder;
 
 /// Every `bpf/<name>.bpf.c`; each becomes `<name>.skel.rs`.
 const PROGRAMS: &[&str] = &[
-    "layout", "procs", "cpu", "sched", "syscall", "gil", "floor", "trace",
+    "layout", "procs", "cpu", "sched", "syscall", "gil", "calls", "span", "trace", "floor",
 ];
 
 fn main() {

@@ -46,6 +46,19 @@ def extension():
     return n.__file__
 
 
+# pyusdt built with feature trap-nop (1-byte nop probe sites, as usdt.h
+# and <sys/sdt.h> emit: every probe hit is a trap), installed here by
+# `make bench`: the seed's way as it was.
+TRAP_SITE = ROOT / "target" / "trap-site"
+
+
+def trap_extension():
+    found = sorted(TRAP_SITE.glob("pyusdt/_native*.so"))
+    if not found:
+        raise RuntimeError(f"no trap-nop build of pyusdt in {TRAP_SITE} (make bench builds it)")
+    return str(found[0])
+
+
 def bench_env():
     return {**os.environ, "BENCH_PYPERFORMANCE": pyperformance_dir()}
 
@@ -91,8 +104,8 @@ class Tracer:
             self.p.kill()
 
 
-def seed_program():
-    ext = extension()
+def seed_program(ext=None):
+    ext = ext or extension()
     return (f"usdt:{ext}:pyusdt:PY_START {{ @calls[tid] = count(); }} "
             f"usdt:{ext}:pyusdt:PY_RETURN {{ @rets[tid] = count(); }}")
 
@@ -148,7 +161,7 @@ class BpfStats:
         return per
 
 
-HANDLERS = {"on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
+HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
             "drop_gil_enter": "drop_gil entry"}
@@ -171,7 +184,9 @@ def measure(column, w):
         elif column.startswith("record"):
             views = column.split(" ", 1)[1] if " " in column else None
             cmd = [PROF, "record", "-o", f"{d}/p.json"]
-            if views:
+            if views == "--exact":
+                cmd.append("--exact")
+            elif views:
                 cmd += ["--views", views]
             p = run(cmd + ["--", PY, "-m", "pyusdt"] + args)
             m = re.search(r"recorder ([\d.]+) s CPU, ([\d.]+) MiB peak", p.stderr)
@@ -188,6 +203,13 @@ def measure(column, w):
             if "nonblocking" in column:
                 cmd.append("--nonblocking")
             p = run(cmd + ["--", PY] + args)
+        elif column == "bpftrace (seed, trap)":
+            tr = Tracer(seed_program(trap_extension()))
+            try:
+                env = {**bench_env(), "PYTHONPATH": str(TRAP_SITE)}
+                p = run([PY, "-m", "pyusdt"] + args, env=env)
+            finally:
+                tr.stop()
         elif column in ("bpftrace (seed)", "floor"):
             tr = Tracer(seed_program()) if column != "floor" else Floor()
             try:
@@ -330,18 +352,20 @@ def main():
 
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
     columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
-               + ["cProfile", "py-spy", "py-spy --nonblocking", "bpftrace (seed)", "floor"])
+               + ["record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
+                  "bpftrace (seed)", "bpftrace (seed, trap)", "floor"])
     if args.quick:
         workloads = workloads[:4] + workloads[4:5]
-        columns = ["plain", "pyusdt", "record all", "record syscall", "cProfile", "py-spy",
-                   "bpftrace (seed)", "floor"]
+        columns = ["plain", "pyusdt", "record all", "record syscall", "record --exact",
+                   "cProfile", "py-spy", "bpftrace (seed)", "bpftrace (seed, trap)", "floor"]
     results = {w: {c: [] for c in columns} for w in workloads}
     stats = {}
     for r in range(args.rounds):
         for w in workloads:
             for c in columns:
-                if c == "bpftrace (seed)" and w == "fib" and r > 0:
-                    results[w][c].append(None)  # one round: it takes minutes
+                slow = c.startswith("bpftrace (seed") or c == "record --exact"
+                if slow and (w == "fib" or w.startswith("pyperf:")) and r > 0:
+                    results[w][c].append(None)  # one round: per-call tracing takes minutes
                     continue
                 bs = BpfStats() if c.startswith("record") else None
                 try:
@@ -364,19 +388,40 @@ def main():
              "ratios: above 1 is slower. http: requests a second, ratio of plain to the "
              "column (above 1 is fewer requests).", "", "## Machine", "", machine(),
              "## Time, as a ratio to plain", ""]
-    lines.append("| workload | " + " | ".join(columns[1:]) + " | --exact |")
-    lines.append("|" + " --- |" * (len(columns) + 1))
+    lines.append("| workload | " + " | ".join(columns[1:]) + " |")
+    lines.append("|" + " --- |" * len(columns))
     for w in workloads:
         key, inv = ("rps", True) if w == "http" else ("seconds", False)
         cells = ratio_cells(results[w], "plain", key, invert=inv)
         plain = [v[key] for v in results[w]["plain"] if v]
         label = f"{w} (plain {statistics.median(plain):.3g} {'req/s' if inv else 's'})" if plain else w
-        lines.append(f"| {label} | " + " | ".join(fmt(cells[c]) for c in columns[1:]) + " | n/a |")
-    lines += ["", "`--exact` does not exist yet (n/a). `floor` (bench/floor.rs): the default "
+        lines.append(f"| {label} | " + " | ".join(fmt(cells[c]) for c in columns[1:]) + " |")
+    lines += ["", "`record --exact` records every Python call (the calls view) on top of the "
+              "default cpu view. `bpftrace (seed)` counts PY_START and PY_RETURN per thread on "
+              "pyusdt's probes (5-byte nop sites, which kernel 6.18 enters by a call); "
+              "`bpftrace (seed, trap)` the same on a build of pyusdt with the 1-byte nop of "
+              "usdt.h, as the seed had it (every probe hit is a trap). Per-call columns run one "
+              "round on fib and pyperformance.", "",
+              "`floor` (bench/floor.rs): the default "
               "views' kernel attach points (raw_syscalls enter and exit, sched_switch, "
               "sched_waking as tp_btf, the cpu-clock sampler at 99 Hz) with handlers that do "
               "nothing, under plain python: what the kernel charges for running any handler "
               "there.", ""]
+
+    def fib_ratio(col):
+        cells = ratio_cells(results.get("fib", {}), "plain", "seconds")
+        rs = cells.get(col) or []
+        return statistics.median(rs) if rs else None
+
+    exact, seed, trap = (fib_ratio(c) for c in
+                         ("record --exact", "bpftrace (seed)", "bpftrace (seed, trap)"))
+    if exact and seed and trap:
+        lines += ["## `--exact` against the seed's way (fib)", "",
+                  f"`record --exact` {exact:.1f}× plain; bpftrace on PY_START/PY_RETURN "
+                  f"{seed:.1f}× on the same probes ({seed / exact:.1f}× slower than --exact), "
+                  f"{trap:.1f}× with the seed's 1-byte nop sites ({trap / exact:.1f}× slower than "
+                  "--exact; target: 3×). cProfile: "
+                  f"{fib_ratio('cProfile') or float('nan'):.1f}×.", ""]
 
     lines += ["## The recorder's own cost", "",
               "CPU seconds of the pyusdt-prof process and its peak resident memory, per run "

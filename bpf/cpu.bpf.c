@@ -32,9 +32,9 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	__u64 one = 1, *count;
 
 	key.tgid = id >> 32;
-	if (!is_target(key.tgid))
-		return 0;
 	key.tid = (__u32)id;
+	if (!is_target(key.tgid) || !in_span(key.tid))
+		return 0;
 	__sync_fetch_and_add(&samples, 1);
 	key.pystack = py_stack_id(key.tgid, key.tid);
 	/* None when the sample hit user mode. */

@@ -55,7 +55,7 @@ int take_gil_enter(struct pt_regs *ctx)
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct gil_wait w;
 
-	if (!is_target(tgid))
+	if (!is_target(tgid) || !in_span(tid))
 		return 0;
 	/* The walk first: its cost is the recorder's, not a wait. */
 	w.pystack = py_stack_id(tgid, tid);

@@ -56,6 +56,37 @@ struct {
 	__type(value, struct gil_wait);
 } gil_waits SEC(".maps");
 
+/* `record --span NAME`: only what a thread does inside span NAME is
+ * recorded; bpf/span.bpf.c keeps each thread's span depth here. */
+const volatile __u8 span_only = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} span_threads SEC(".maps");
+
+/* Whether thread `tid` is to be recorded now: always, unless --span says
+ * only inside the span. */
+static __always_inline int in_span(__u32 tid)
+{
+	__u32 *depth;
+
+	if (!span_only)
+		return 1;
+	depth = bpf_map_lookup_elem(&span_threads, &tid);
+	return depth && *depth;
+}
+
+/* x86_64's uretprobe and uprobe syscalls: the kernel's own way into a
+ * uprobe handler (its optimized uprobes, 6.18+, call a trampoline that
+ * makes them), not the program's. */
+static __always_inline int is_uprobe_syscall(long nr)
+{
+	return nr == 335 || nr == 336;
+}
+
 /* Whether process `tgid` is recorded. Without --subprocesses this is one
  * comparison, the cost every event outside the target pays. */
 static __always_inline int is_target(__u32 tgid)

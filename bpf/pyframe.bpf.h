@@ -226,22 +226,20 @@ static __always_inline void read_line_table(const struct pyusdt_layout *l,
 		pystack_error(PYSTACK_ERR_NAMES);
 }
 
-/* Names frame i of the scratch stack if it has no name yet, or if its
- * address now holds another code object. */
-static long name_step(__u32 i, void *arg)
+/* Reads code object `code`'s names into code_names unless they are known
+ * and its address still holds the same code object; returns 1 when
+ * nothing more can be named (no layout, no scratch), else 0. */
+static __always_inline int name_code(__u32 tgid, __u64 code)
 {
-	struct name_walk *w = arg;
-	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &w->tgid);
+	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
 	__u32 zero = 0;
-	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	struct code_name *n, *known;
-	struct code_key key = { .tgid = w->tgid };
-	__u64 code, qualname;
+	struct code_key key = { .tgid = tgid };
+	__u64 qualname;
 	int err = 0, got;
 
-	if (!l || !s || i >= s->len)
+	if (!l)
 		return 1;
-	code = s->frames[i & (PYSTACK_MAX_FRAMES - 1)];
 	qualname = read_u64(code + l->code_qualname, &err);
 	if (err)
 		return 0;
@@ -266,6 +264,18 @@ static long name_step(__u32 i, void *arg)
 	if (with_lines)
 		read_line_table(l, &key, code);
 	return 0;
+}
+
+/* Names frame i of the scratch stack if it needs it. */
+static long name_step(__u32 i, void *arg)
+{
+	struct name_walk *w = arg;
+	__u32 zero = 0;
+	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
+
+	if (!s || i >= s->len)
+		return 1;
+	return name_code(w->tgid, s->frames[i & (PYSTACK_MAX_FRAMES - 1)]);
 }
 
 /* Reads the names of the scratch stack's code objects that need them. */

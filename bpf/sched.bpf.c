@@ -89,7 +89,9 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 {
 	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
 	__u32 next_tgid = BPF_CORE_READ(next, tgid), next_tid = BPF_CORE_READ(next, pid);
-	int prev_ours = is_target(prev_tgid), next_ours = is_target(next_tgid);
+	/* A thread leaving counts only inside the span (with --span); one
+	 * coming back counts if it left inside it (off_now says). */
+	int prev_ours = is_target(prev_tgid) && in_span(prev_tid), next_ours = is_target(next_tgid);
 	__u64 now;
 
 	if (!prev_ours && !next_ours)

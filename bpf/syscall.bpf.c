@@ -49,7 +49,7 @@ static __always_inline int on_enter(long nr)
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct sys_in in = {};
 
-	if (!is_target(tgid))
+	if (!is_target(tgid) || !in_span(tid) || is_uprobe_syscall(nr))
 		return 0;
 	in.ts = bpf_ktime_get_ns();
 	in.nr = nr;

@@ -65,9 +65,11 @@ struct {
 __u64 sent = 0;
 __u64 lost = 0;
 
-static __always_inline struct trace_record *reserve(__u32 kind, __u32 tgid, __u32 tid)
+/* A record of `size` bytes (a head, or a whole trace_record) with its
+ * head filled in, or NULL (counted as lost). */
+static __always_inline struct trace_head *reserve(__u32 kind, __u32 tgid, __u32 tid, __u64 size)
 {
-	struct trace_record *e = bpf_ringbuf_reserve(&trace_events, sizeof(*e), 0);
+	struct trace_head *e = bpf_ringbuf_reserve(&trace_events, size, 0);
 
 	if (!e) {
 		__sync_fetch_and_add(&lost, 1);
@@ -89,67 +91,91 @@ static __always_inline struct trace_record *reserve(__u32 kind, __u32 tgid, __u3
 	return e;
 }
 
-static __always_inline void send(struct trace_record *e)
+static __always_inline void send(void *e)
 {
 	bpf_ringbuf_submit(e, 0);
 	__sync_fetch_and_add(&sent, 1);
 }
 
+/* A probe hit's record is built here, then sent as long as it is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_record);
+} record_scratch SEC(".maps");
+
 SEC("usdt")
 int trace_probe(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, tid = (__u32)id;
+	__u32 tgid = id >> 32, tid = (__u32)id, zero = 0;
 	__u32 cookie = (__u32)bpf_usdt_cookie(ctx);
 	const struct probe_conf *conf;
 	struct trace_record *e;
-	__u64 pystack = 0;
-	__u32 nargs, i;
+	__u32 nargs, i, off = 0;
+	__u64 size;
 	int cnt, n;
 	long v;
 
 	if (!is_target(tgid))
 		return 0;
 	conf = bpf_map_lookup_elem(&probe_confs, &cookie);
-	if (!conf)
+	e = bpf_map_lookup_elem(&record_scratch, &zero);
+	if (!conf || !e)
 		return 0;
-	/* The stack first: the walk must not run with an event reserved. */
-	if (with_stacks)
-		pystack = py_stack_id(tgid, tid);
-	e = reserve(TRACE_PROBE, tgid, tid);
-	if (!e)
-		return 0;
-	e->ts = bpf_ktime_get_ns();
-	e->pystack = pystack;
-	e->probe = cookie;
-	e->str_mask = conf->str_mask;
+	e->head.ts = bpf_ktime_get_ns();
+	e->head.pystack = with_stacks ? py_stack_id(tgid, tid) : 0;
+	e->head.duration_ns = 0;
+	e->head.ret = 0;
+	e->head.nr = 0;
+	e->head.pid = tgid;
+	e->head.tid = tid;
+	e->head.kind = TRACE_PROBE;
+	e->head.probe = cookie;
+	e->head.str_mask = conf->str_mask;
+	e->head.err_mask = 0;
+	e->head.reserved = 0;
+	bpf_get_current_comm(e->head.comm, sizeof(e->head.comm));
 	nargs = conf->nargs;
 	cnt = bpf_usdt_arg_cnt(ctx);
 	if (cnt >= 0 && nargs > (__u32)cnt)
 		nargs = cnt;
 	if (nargs > TRACE_MAX_ARGS)
 		nargs = TRACE_MAX_ARGS;
-	e->nargs = nargs;
-	/* Each argument as an integer, and a string argument's text. */
+	e->head.nargs = nargs;
+	/* Each argument as an integer; a string argument's text packed after
+	 * the ones before it, str_len[i] bytes, without its NUL. */
 	for (i = 0; i < TRACE_MAX_ARGS; i++) {
 		if (i >= nargs)
 			break;
 		e->args[i] = 0;
 		e->str_len[i] = 0;
 		if (bpf_usdt_arg(ctx, i, &v)) {
-			e->err_mask |= 1U << i;
+			e->head.err_mask |= 1U << i;
 			continue;
 		}
 		e->args[i] = v;
-		if (!(e->str_mask & (1U << i)))
+		if (!(e->head.str_mask & (1U << i)))
 			continue;
-		n = bpf_probe_read_user_str(e->strs + i * TRACE_STR_LEN, TRACE_STR_LEN, (const void *)v);
-		if (n > 0)
+		if (off > (TRACE_MAX_ARGS - 1) * TRACE_STR_LEN)
+			break;
+		n = bpf_probe_read_user_str(e->strs + off, TRACE_STR_LEN, (const void *)v);
+		if (n > 0) {
 			e->str_len[i] = n - 1;
-		else
-			e->err_mask |= 1U << i;
+			off += n - 1;
+		} else {
+			e->head.err_mask |= 1U << i;
+		}
 	}
-	send(e);
+	size = __builtin_offsetof(struct trace_record, strs) + off;
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&trace_events, e, size, 0)) {
+		__sync_fetch_and_add(&lost, 1);
+		return 0;
+	}
+	__sync_fetch_and_add(&sent, 1);
 	return 0;
 }
 
@@ -160,7 +186,7 @@ static __always_inline int on_enter(long nr)
 	struct trace_sys_in in = {};
 	__u8 *wanted;
 
-	if (!is_target(tgid))
+	if (!is_target(tgid) || is_uprobe_syscall(nr))
 		return 0;
 	if (!all_syscalls) {
 		if (nr < 0 || nr >= TRACE_MAX_SYSCALLS)
@@ -184,7 +210,7 @@ static __always_inline int on_exit(long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct trace_sys_in *in;
-	struct trace_record *e;
+	struct trace_head *e;
 	__u64 now = bpf_ktime_get_ns();
 
 	if (!is_target(tgid))
@@ -192,7 +218,7 @@ static __always_inline int on_exit(long ret)
 	in = bpf_map_lookup_elem(&trace_in_syscall, &tid);
 	if (!in)
 		return 0; /* not traced, or entered before the trace began */
-	e = reserve(TRACE_SYSCALL, tgid, tid);
+	e = reserve(TRACE_SYSCALL, tgid, tid, sizeof(*e));
 	if (e) {
 		e->ts = in->ts;
 		e->duration_ns = now - in->ts;
@@ -211,6 +237,7 @@ TP_TWIN(sys_exit, trace_exit, on_exit(ret), struct pt_regs *regs, long ret)
 
 /* Puts the types userspace reads in the skeleton's types. */
 struct trace_record _trace_record = {};
+struct trace_head _trace_head = {};
 struct probe_conf _probe_conf = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};

@@ -24,7 +24,8 @@ struct probe_conf {
 	__u32 str_mask; /* bit i: argument i is a `const char *` */
 };
 
-struct trace_record {
+/* What every record starts with; a syscall's is only this. */
+struct trace_head {
 	__u64 ts;	   /* bpf_ktime_get_ns() at the hit, or at syscall entry */
 	__u64 pystack;	   /* the thread's Python stack (pystacks), or 0 */
 	__u64 duration_ns; /* syscalls: entry to exit */
@@ -39,9 +40,15 @@ struct trace_record {
 	__u32 err_mask;	   /* bit i: argument i could not be read */
 	__u32 reserved;
 	char comm[16];	   /* the thread's name */
+};
+
+/* A probe hit's record: sent only as long as its strings (the text of
+ * each string argument, str_len[i] bytes without its NUL, one after the
+ * other from strs). */
+struct trace_record {
+	struct trace_head head;
 	__s64 args[TRACE_MAX_ARGS];   /* integer arguments (and string pointers) */
 	__u32 str_len[TRACE_MAX_ARGS]; /* bytes of each string argument, NUL excluded */
-	/* String argument i at strs[i * TRACE_STR_LEN], NUL-terminated. */
 	char strs[TRACE_MAX_ARGS * TRACE_STR_LEN];
 };
 

@@ -87,6 +87,37 @@ pub mod gil {
     unsafe impl plain::Plain for types::time_hist {}
 }
 
+/// `bpf/calls.bpf.c`: every call and return (`record --exact`), each
+/// thread's call stack kept in the kernel.
+pub mod calls {
+    include!(concat!(env!("OUT_DIR"), "/calls.skel.rs"));
+
+    /// `CALLS_MAX_DEPTH` of bpf/calls.h: frames of a thread's call stack kept.
+    pub const CALLS_MAX_DEPTH: usize = 256;
+
+    // SAFETY: plain C data of fixed-size integers, no padding (u64 fields
+    // first, u32 pairs, a u32 array of even length), any bit pattern valid.
+    unsafe impl plain::Plain for types::call_node {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::call_thread {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::call_frame {}
+}
+
+/// `bpf/span.bpf.c`: which threads are inside the span `record --span`
+/// keeps to, and how long the spans last.
+pub mod span {
+    include!(concat!(env!("OUT_DIR"), "/span.skel.rs"));
+
+    /// `SPAN_NAME_LEN` of bpf/span.h: bytes of a span's name compared,
+    /// its NUL included.
+    pub const SPAN_NAME_LEN: usize = 64;
+
+    // SAFETY: plain C data, no padding (u64 fields, then u32s of an even
+    // count), any bit pattern valid.
+    unsafe impl plain::Plain for types::time_hist {}
+}
+
 /// `bpf/floor.bpf.c`: empty handlers at the recorder's attach points, for
 /// `make bench`.
 pub mod floor {
@@ -100,6 +131,8 @@ pub mod trace {
     // SAFETY: plain C data, no padding (explicit reserved word, fields
     // laid out by size), any bit pattern valid.
     unsafe impl plain::Plain for types::trace_record {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for types::trace_head {}
     // SAFETY: as above.
     unsafe impl plain::Plain for types::probe_conf {}
 }

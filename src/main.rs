@@ -81,7 +81,11 @@ enum Command {
     ///            uprobes per GIL hand-over and release: 1-byte writes 26x.
     ///            With it, cpu samples of waiting threads end in
     ///            `[waiting for the GIL]`.
-    ///   all      every view.
+    ///   all      every view above.
+    ///   calls    every Python call and return (with --exact, Python
+    ///            3.12+): exact call counts, inclusive and self time per
+    ///            call path. A probe per call and return: call-heavy code
+    ///            runs many times slower (bench/RESULTS.md).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
     /// more than the 3-5% a profiler attached to a live service may take;
@@ -96,6 +100,8 @@ enum Command {
     ///   sudo pyusdt-prof record --views cpu,syscall -F 499 -o app.json -- python -m pyusdt app.py
     ///
     ///   sudo pyusdt-prof record --subprocesses -- python -m pyusdt prefork_server.py
+    ///
+    ///   sudo pyusdt-prof record --exact -- python -m pyusdt batch_job.py
     #[command(verbatim_doc_comment)]
     Record {
         /// The process id of a Python program that runs pyusdt.
@@ -130,6 +136,19 @@ enum Command {
         /// the readers' --functions folds lines back into functions.
         #[arg(long)]
         lines: bool,
+        /// Record only what threads do inside span NAME: the blocks and
+        /// functions of `with pyusdt.span(NAME):` / `@pyusdt.span(NAME)`
+        /// (while a thread is in one); the profile and `report` add the
+        /// spans' count and a histogram of how long they lasted.
+        #[arg(long, value_name = "NAME")]
+        span: Option<String>,
+        /// Also record every Python call and return (the calls view;
+        /// Python 3.12+): exact call counts and exact inclusive and self
+        /// time per function and call path, kept in the kernel. Slows
+        /// call-heavy code many times over; the other views cost nothing
+        /// per call.
+        #[arg(long)]
+        exact: bool,
         /// The command to launch and record (after `--`).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -447,7 +466,7 @@ fn parse_format(s: &str) -> std::result::Result<export::Format, String> {
 
 fn parse_view_or_all(s: &str) -> std::result::Result<Vec<ViewKind>, String> {
     if s == "all" {
-        return Ok(ViewKind::ALL.to_vec());
+        return Ok(ViewKind::SAMPLED.to_vec());
     }
     parse_view(s)
         .map(|v| vec![v])
@@ -824,6 +843,7 @@ fn flame_options(view: ViewKind) -> FlameOptions {
         ViewKind::Offcpu => "off-CPU time",
         ViewKind::Syscall => "time in syscalls",
         ViewKind::Gil => "time waiting for the GIL, by holder",
+        ViewKind::Calls => "time in every call, exact (self time per call path)",
         _ => "time waited, by waker",
     };
     FlameOptions {
@@ -843,14 +863,21 @@ fn run(cli: Cli) -> Result<u8> {
             views,
             subprocesses,
             lines,
+            exact,
+            span,
             command,
         } => {
+            let mut views = views.into_iter().flatten().collect::<BTreeSet<_>>();
+            if exact {
+                views.insert(ViewKind::Calls);
+            }
             let opts = record::Options {
-                views: views.into_iter().flatten().collect::<BTreeSet<_>>(),
+                views,
                 freq,
                 duration: duration.map(Duration::from_secs_f64),
                 subprocesses,
                 lines,
+                span,
             };
             return record_cmd(pid, output, opts, command);
         }
@@ -909,6 +936,7 @@ fn run(cli: Cli) -> Result<u8> {
                 duration: None,
                 subprocesses: false,
                 lines: false,
+                span: None,
             };
             catch_signals();
             let title = format!(

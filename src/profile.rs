@@ -42,11 +42,26 @@ pub enum ViewKind {
     /// Time waiting for the GIL, under the waiter's stack and the stack of
     /// the thread that handed the GIL over.
     Gil,
+    /// Every Python call (`record --exact`): self time under each call
+    /// path, with the exact count of calls and a histogram of each call's
+    /// inclusive time.
+    Calls,
 }
 
 impl ViewKind {
     /// Every view, in the order they are shown.
-    pub const ALL: [ViewKind; 5] = [
+    pub const ALL: [ViewKind; 6] = [
+        ViewKind::Cpu,
+        ViewKind::Offcpu,
+        ViewKind::Syscall,
+        ViewKind::Wakeup,
+        ViewKind::Gil,
+        ViewKind::Calls,
+    ];
+
+    /// The views that read Python frames only when an event happens (what
+    /// `record --views all` records); [`ViewKind::Calls`] is not one.
+    pub const SAMPLED: [ViewKind; 5] = [
         ViewKind::Cpu,
         ViewKind::Offcpu,
         ViewKind::Syscall,
@@ -62,6 +77,7 @@ impl ViewKind {
             ViewKind::Syscall => "syscall",
             ViewKind::Wakeup => "wakeup",
             ViewKind::Gil => "gil",
+            ViewKind::Calls => "calls",
         }
     }
 
@@ -254,6 +270,25 @@ pub struct Profile {
     /// Python stacks that could not be read, and stacks or names dropped
     /// because a map was full, by reason.
     pub walk_errors: BTreeMap<String, u64>,
+    /// Recorded with `--span NAME`: only what happened inside that span,
+    /// and how long the spans lasted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<SpanSummary>,
+}
+
+/// The span a recording kept to (`record --span NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanSummary {
+    /// The span's name, as `pyusdt.span(NAME)` gave it.
+    pub name: String,
+    /// Spans that ended while recording (nested ones count once, as the
+    /// outermost).
+    pub count: u64,
+    /// Their time, in ns.
+    pub total_ns: u64,
+    /// Their durations, as a log2 histogram like [`Sample::hist`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hist: Vec<u64>,
 }
 
 impl Profile {
@@ -467,6 +502,7 @@ mod tests {
                 ],
             }],
             walk_errors: BTreeMap::new(),
+            span: None,
         }
     }
 

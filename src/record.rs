@@ -20,10 +20,10 @@ use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBufferBuilder};
 
-use crate::bpf::{cpu, gil, procs, sched, syscall};
+use crate::bpf::{calls, cpu, gil, procs, sched, span, syscall};
 use crate::ksym::KernelSymbolizer;
 use crate::layout::{self, Layout};
-use crate::profile::{Process, Profile, Sample, View, ViewKind, FORMAT, VERSION};
+use crate::profile::{Process, Profile, Sample, SpanSummary, View, ViewKind, FORMAT, VERSION};
 use crate::pyname::{self, Namer};
 use crate::target::{self, Lookup, Target};
 use crate::{syscalls, Result};
@@ -60,6 +60,8 @@ pub struct Options {
     pub subprocesses: bool,
     /// Name each Python frame by its current line, not its function.
     pub lines: bool,
+    /// Record only what threads do inside this span (`pyusdt.span(NAME)`).
+    pub span: Option<String>,
 }
 
 /// Live figures, for a progress line.
@@ -143,7 +145,9 @@ struct Shared<'a> {
     targets: BorrowedFd<'a>,
     layouts: BorrowedFd<'a>,
     gil_waits: BorrowedFd<'a>,
+    span_threads: BorrowedFd<'a>,
     lines: bool,
+    span: bool,
 }
 
 /// Points an open object at the shared maps and the recorded process.
@@ -157,6 +161,7 @@ macro_rules! share {
         ro.target_tgid = $shared.pid;
         ro.follow = u8::from($shared.follow);
         ro.with_lines = u8::from($shared.lines);
+        ro.span_only = u8::from($shared.span);
         if !$shared.lines {
             $open
                 .maps
@@ -179,6 +184,11 @@ macro_rules! share {
             .gil_waits
             .reuse_fd($shared.gil_waits)
             .context("share the GIL waits")?;
+        $open
+            .maps
+            .span_threads
+            .reuse_fd($shared.span_threads)
+            .context("share the threads inside the span")?;
     }};
 }
 
@@ -418,6 +428,128 @@ fn attach_gil(skel: &gil::GilSkel<'_>, pid: u32) -> Result<Vec<Link>> {
     ])
 }
 
+/// The calls view's object (`record --exact`), attached to the target's
+/// `pyusdt:calls`: attaching raises its semaphore, the extension turns the
+/// per-call events on, and each thread hands over its calls in batches
+/// (pyext/src/calls.rs); sched_switch reads what a thread leaving the CPU
+/// wrote since.
+fn load_calls<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
+    target: &Target,
+    btf: bool,
+) -> Result<(calls::CallsSkel<'o>, Vec<Link>)> {
+    let mut open = calls::CallsSkelBuilder::default()
+        .open(storage)
+        .context("open the call tracer")?;
+    open.maps
+        .kstacks
+        .set_max_entries(1)
+        .context("shrink the unused kernel stack map")?;
+    share!(open, shared, "the call tracer");
+    let p = &mut open.progs;
+    p.exit_btf.set_autoload(btf);
+    p.exit_raw.set_autoload(!btf);
+    p.switch_btf.set_autoload(btf);
+    p.switch_raw.set_autoload(!btf);
+    let skel = open.load().context("load the call tracer")?;
+    let p = &skel.progs;
+    let mut links = vec![
+        attach_tp(btf, &p.exit_btf, &p.exit_raw, "sched_process_exit")?,
+        attach_tp(btf, &p.switch_btf, &p.switch_raw, "sched_switch")?,
+    ];
+    let path = target.extension_path();
+    links.push(
+        p.on_calls
+            .attach_usdt(target.pid as i32, &path, "pyusdt", "calls")
+            .with_context(|| {
+                format!(
+                    "attach to pyusdt:calls in {} (a pyusdt older than this pyusdt-prof \
+                     has no such probe: rebuild it)",
+                    path.display()
+                )
+            })?,
+    );
+    Ok((skel, links))
+}
+
+/// The span follower (`record --span NAME`), attached to the target's
+/// `pyusdt:span_begin` and `span_end`: it keeps each thread's depth inside
+/// span `name` where every view's handler looks, and the spans' times.
+fn load_span<'o>(
+    storage: &'o mut MaybeUninit<OpenObject>,
+    shared: Shared<'_>,
+    target: &Target,
+    name: &str,
+) -> Result<(span::SpanSkel<'o>, Vec<Link>)> {
+    let mut open = span::SpanSkelBuilder::default()
+        .open(storage)
+        .context("open the span follower")?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the span follower has no rodata")?;
+    ro.target_tgid = shared.pid;
+    ro.follow = u8::from(shared.follow);
+    for (d, s) in ro.span_name.iter_mut().zip(name.bytes()) {
+        *d = s as _;
+    }
+    open.maps
+        .targets
+        .reuse_fd(shared.targets)
+        .context("share the process table")?;
+    open.maps
+        .span_threads
+        .reuse_fd(shared.span_threads)
+        .context("share the threads inside the span")?;
+    let skel = open.load().context("load the span follower")?;
+    let path = target.extension_path();
+    let p = &skel.progs;
+    let mut links = Vec::new();
+    for (prog, probe) in [(&p.span_begin, "span_begin"), (&p.span_end, "span_end")] {
+        links.push(
+            prog.attach_usdt(target.pid as i32, &path, "pyusdt", probe)
+                .with_context(|| {
+                    format!(
+                        "attach to pyusdt:{probe} in {} (a pyusdt without spans: rebuild it)",
+                        path.display()
+                    )
+                })?,
+        );
+    }
+    Ok((skel, links))
+}
+
+/// The spans a span follower saw end.
+fn span_summary(s: &span::SpanSkel<'_>, name: &str) -> Result<SpanSummary> {
+    let v = s
+        .maps
+        .span_times
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("read the spans' times")?
+        .unwrap_or_default();
+    let mut h = span::types::time_hist::default();
+    plain::copy_from_bytes(&mut h, &v).map_err(|_| anyhow::anyhow!("a short span time"))?;
+    Ok(SpanSummary {
+        name: name.to_string(),
+        count: h.count,
+        total_ns: h.ns,
+        hist: trimmed(&h.hist),
+    })
+}
+
+/// The monotonic clock BPF's `bpf_ktime_get_ns` reads, in ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A Python stack: (code address, instruction) per frame, root first, and
 /// whether the walker cut it.
 pub(crate) type PyStack = (Vec<(u64, u32)>, bool);
@@ -591,6 +723,8 @@ enum Tail {
     Syscall(i64),
     /// The waker's frame name, its process and its Python stack.
     Waker(String, u32, PyStack),
+    /// Nothing: the Python frames are the whole stack.
+    None,
 }
 
 /// A view as the maps hold it.
@@ -732,6 +866,67 @@ fn syscall_samples(s: &syscall::SyscallSkel<'_>) -> Result<Vec<RawSample>> {
     Ok(out)
 }
 
+/// The calls view's call paths. With `open_until`, frames still running
+/// then (a recording stopped with -d or Ctrl-C) count their time up to it.
+fn calls_samples(s: &calls::CallsSkel<'_>, open_until: Option<u64>) -> Result<Vec<RawSample>> {
+    let mut nodes: HashMap<u64, calls::types::call_node> =
+        entries::<u64, calls::types::call_node>(&s.maps.call_nodes)?
+            .into_iter()
+            .collect();
+    if let Some(now) = open_until {
+        for (_, t) in entries::<u32, calls::types::call_thread>(&s.maps.call_threads)? {
+            let kept = (t.depth as usize).min(t.frames.len());
+            // From the innermost frame out: each one's time includes the
+            // one it called.
+            let mut inner = 0u64;
+            for f in t.frames[..kept].iter().rev() {
+                if f.start_ns == 0 || f.start_ns > now {
+                    inner = 0;
+                    continue;
+                }
+                let dur = now - f.start_ns;
+                if let Some(n) = nodes.get_mut(&f.node) {
+                    n.total_ns += dur;
+                    n.self_ns += dur.saturating_sub(f.child_ns + inner);
+                }
+                inner = dur;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in nodes.values() {
+        if n.calls == 0 && n.self_ns == 0 {
+            continue; // a frame that ran before the recording, with no time of its own
+        }
+        let mut codes = Vec::new();
+        let mut at = Some(n);
+        let mut truncated = false;
+        while let Some(node) = at {
+            codes.push((node.code, pyname::LASTI_NONE));
+            if node.parent == 0 {
+                break;
+            }
+            at = nodes.get(&node.parent);
+            if at.is_none() || codes.len() > calls::CALLS_MAX_DEPTH {
+                truncated = true; // a caller's node was lost (map full)
+                break;
+            }
+        }
+        codes.reverse();
+        out.push(RawSample {
+            pid: n.tgid,
+            tid: n.tid,
+            python: (codes, truncated),
+            tail: Tail::None,
+            value: n.self_ns,
+            count: n.calls,
+            hist: trimmed(&n.hist),
+            gil_wait: false,
+        });
+    }
+    Ok(out)
+}
+
 /// Names every frame of every view (kernel symbols in one batch) into a
 /// frame table and the views' stacks.
 fn name_views(
@@ -787,6 +982,7 @@ fn name_views(
                             stack.push(frames.id(name));
                             frames.python(namers.get(*pid), codes, *truncated, &mut stack);
                         }
+                        Tail::None => {}
                     }
                     Sample {
                         pid: s.pid,
@@ -864,7 +1060,10 @@ impl Frames {
         if truncated {
             out.push(self.id("[truncated]"));
         }
-        for (line, function) in &names[start..] {
+        // pyusdt's own wrappers (the @pyusdt.span decorator) are
+        // instrumentation too.
+        let ours = |f: &str| f.contains("/pyusdt/__init__.py:");
+        for (line, function) in names[start..].iter().filter(|(_, f)| !ours(f)) {
             let id = self.id(line);
             if self.lines && line != function {
                 let f = self.id(function);
@@ -1078,6 +1277,20 @@ pub fn record(
     if opts.views.is_empty() {
         bail!("no view to record");
     }
+    if let Some(name) = &opts.span {
+        if opts.views.contains(&ViewKind::Calls) {
+            bail!(
+                "record --span does not combine with --exact: calls are read from the \
+                 threads in batches, after the span they ran in may have ended"
+            );
+        }
+        if name.is_empty() || name.len() >= span::SPAN_NAME_LEN || name.contains('\0') {
+            bail!(
+                "--span {name:?}: a span name of 1 to {} bytes, without NUL",
+                span::SPAN_NAME_LEN - 1
+            );
+        }
+    }
     let pid = target.pid;
     let follow = opts.subprocesses;
     let l = layout::receive(target, Duration::from_secs(10))?;
@@ -1096,7 +1309,9 @@ pub fn record(
         targets: procs.maps.targets.as_fd(),
         layouts: procs.maps.layouts.as_fd(),
         gil_waits: procs.maps.gil_waits.as_fd(),
+        span_threads: procs.maps.span_threads.as_fd(),
         lines: opts.lines,
+        span: opts.span.is_some(),
     };
     let (mut s_cpu, mut s_sched_btf, mut s_sched_raw, mut s_sys_btf, mut s_sys_raw) = (
         MaybeUninit::uninit(),
@@ -1130,6 +1345,27 @@ pub fn record(
         Some(load_gil(&mut s_gil, shared)?)
     } else {
         None
+    };
+    let (mut s_calls_btf, mut s_calls_raw) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let calls = if want(ViewKind::Calls) {
+        let python = layout::python_version(&l);
+        if l.py_version_hex < 0x030c_0000 {
+            bail!(
+                "record --exact needs Python 3.12 or later (its calls come from \
+                 sys.monitoring); process {pid} runs Python {python}"
+            );
+        }
+        Some(btf_or_raw(&mut s_calls_btf, &mut s_calls_raw, |s, btf| {
+            load_calls(s, shared, target, btf)
+        })?)
+    } else {
+        None
+    };
+
+    let mut s_span = MaybeUninit::uninit();
+    let span_skel = match &opts.span {
+        Some(name) => Some(load_span(&mut s_span, shared, target, name)?),
+        None => None,
     };
 
     // Processes come and go through one ring buffer, and the layouts that
@@ -1170,6 +1406,8 @@ pub fn record(
         freq: opts.freq,
         gil_unavailable: gil_unavailable.clone(),
         lines: opts.lines,
+        end_monotonic_ns: monotonic_ns(),
+        span: opts.span.clone(),
     };
     let live_skels = Skels {
         procs: &procs,
@@ -1177,6 +1415,8 @@ pub fn record(
         sched: sched.as_ref().map(|(s, _)| s),
         sys: sys.as_ref().map(|(s, _)| s),
         gil: gil_skel.as_ref(),
+        calls: calls.as_ref().map(|(s, _)| s),
+        span: span_skel.as_ref().map(|(s, _)| s),
     };
     let progress = |elapsed, processes| {
         let mut p = Progress {
@@ -1255,6 +1495,14 @@ pub fn record(
         drop(links);
         s
     });
+    let calls = calls.map(|(s, links)| {
+        drop(links);
+        s
+    });
+    let span_skel = span_skel.map(|(s, links)| {
+        drop(links);
+        s
+    });
     for e in proc_events.borrow_mut().drain(..) {
         tracker.on_event(&e);
     }
@@ -1271,6 +1519,8 @@ pub fn record(
         sched: sched.as_ref(),
         sys: sys.as_ref(),
         gil: gil_skel.as_ref(),
+        calls: calls.as_ref(),
+        span: span_skel.as_ref(),
     };
     build_profile(&skels, &tracker, threads, &meta_at(duration), true)
 }
@@ -1282,6 +1532,8 @@ struct Skels<'a, 'o> {
     sched: Option<&'a sched::SchedSkel<'o>>,
     sys: Option<&'a syscall::SyscallSkel<'o>>,
     gil: Option<&'a gil::GilSkel<'o>>,
+    calls: Option<&'a calls::CallsSkel<'o>>,
+    span: Option<&'a span::SpanSkel<'o>>,
 }
 
 /// What every object that walks Python stacks keeps beside its counts: the
@@ -1317,6 +1569,7 @@ impl Skels<'_, '_> {
         walker!(self.sched);
         walker!(self.sys);
         walker!(self.gil);
+        walker!(self.calls);
         out
     }
 }
@@ -1335,6 +1588,11 @@ struct Meta {
     gil_unavailable: Option<String>,
     /// Frames named by line.
     lines: bool,
+    /// The monotonic clock when the counts were read: calls still running
+    /// count their time up to it.
+    end_monotonic_ns: u64,
+    /// The span kept to (`--span`).
+    span: Option<String>,
 }
 
 /// Events and losses per recorded view, as the BPF side counts them (they
@@ -1359,6 +1617,13 @@ fn counters(skels: &Skels<'_, '_>, meta: &Meta) -> Vec<(ViewKind, u64, u64)> {
     if let Some(b) = skels.gil.and_then(|s| s.maps.bss_data.as_deref()) {
         out.push((ViewKind::Gil, live(&b.gil_waited), live(&b.lost_gil)));
     }
+    if let Some(b) = skels.calls.and_then(|s| s.maps.bss_data.as_deref()) {
+        let lost = live(&b.lost_nodes)
+            + live(&b.lost_threads)
+            + live(&b.calls_too_deep)
+            + live(&b.lost_events);
+        out.push((ViewKind::Calls, live(&b.calls), lost));
+    }
     out
 }
 
@@ -1378,6 +1643,8 @@ fn build_profile(
         sched,
         sys,
         gil,
+        calls,
+        span,
     } = *skels;
     let (pid, follow, wakeups) = (meta.pid, meta.follow, meta.wakeups);
     // Names read by the BPF side at first sight win: they are what the
@@ -1431,6 +1698,12 @@ fn build_profile(
     if let Some(s) = &gil {
         raw.push(view(ViewKind::Gil, gil_samples(s, &threads)?));
     }
+    if let Some(s) = &calls {
+        raw.push(view(
+            ViewKind::Calls,
+            calls_samples(s, Some(meta.end_monotonic_ns))?,
+        ));
+    }
     let (frame_names, mut views, function_of) =
         name_views(raw, &mut namers, kernel_names, meta.lines);
 
@@ -1442,6 +1715,11 @@ fn build_profile(
         .collect();
     for v in &mut views {
         v.samples.retain(|s| !poll.contains(&s.tid));
+        if v.kind == ViewKind::Calls {
+            // Calls of pyusdt's own launcher alone (`python -m pyusdt`
+            // running the program), which naming left no frame of.
+            v.samples.retain(|s| !s.stack.is_empty());
+        }
     }
     threads.retain(|t, _| !poll.contains(t));
 
@@ -1507,5 +1785,9 @@ fn build_profile(
         function_of,
         views,
         walk_errors,
+        span: match (span, &meta.span) {
+            (Some(s), Some(name)) => Some(span_summary(s, name)?),
+            _ => None,
+        },
     })
 }

@@ -56,6 +56,10 @@ pub struct Report {
     pub duration_ns: u64,
     /// One section per view (and per thread with `per_thread`).
     pub sections: Vec<Section>,
+    /// Recorded with `--span NAME`: the span, how many ended and how long
+    /// they lasted (every section holds only what happened inside it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span: Option<crate::profile::SpanSummary>,
 }
 
 /// One view, over all threads or one.
@@ -112,6 +116,9 @@ pub struct FunctionRow {
     pub self_value: u64,
     /// Weight where it is anywhere in the stack (once per stack).
     pub total_value: u64,
+    /// The calls view: how many times it was called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
 }
 
 /// One function's syscalls.
@@ -230,6 +237,7 @@ fn bucket(k: usize) -> (u64, u64) {
 
 fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit: usize) -> Section {
     let mut self_w: HashMap<&str, u64> = HashMap::new();
+    let mut calls_of: HashMap<&str, u64> = HashMap::new();
     let mut total_w: HashMap<&str, u64> = HashMap::new();
     let mut sys: BTreeMap<&str, BTreeMap<&str, Acc>> = BTreeMap::new();
     let mut hists: HashMap<&str, Acc> = HashMap::new();
@@ -241,6 +249,7 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
         let py = python_frames(p, &s.stack);
         let leaf = py.last().copied().unwrap_or(NO_PYTHON);
         *self_w.entry(leaf).or_default() += s.value;
+        *calls_of.entry(leaf).or_default() += s.count;
         let mut seen = BTreeSet::new();
         for f in py.iter().copied().chain(py.is_empty().then_some(NO_PYTHON)) {
             if seen.insert(f) {
@@ -260,7 +269,10 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
                 .or_default()
                 .add(s.count, s.value, &[]);
         }
-        if matches!(v.kind, ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil) {
+        if matches!(
+            v.kind,
+            ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil | ViewKind::Calls
+        ) {
             hists
                 .entry(leaf)
                 .or_default()
@@ -273,6 +285,7 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
             function: f.to_string(),
             self_value: self_w.get(f).copied().unwrap_or(0),
             total_value: t,
+            calls: (v.kind == ViewKind::Calls).then(|| calls_of.get(f).copied().unwrap_or(0)),
         })
         .collect();
     let mut by_self = functions.clone();
@@ -414,13 +427,14 @@ pub struct DurationHistogram {
     pub syscall: Option<String>,
     /// Events (calls, switches, waits).
     pub calls: u64,
-    /// Their time.
+    /// Their time (in the calls view, their self time, while `buckets`
+    /// spread each call's inclusive time, as the report's histograms do).
     pub total_ns: u64,
     /// `buckets[k]` events lasted from 2^k to 2^(k+1) ns (`[0]`: under 2).
     pub buckets: Vec<u64>,
 }
 
-/// Every log2 histogram of view `kind` (syscall, offcpu or gil) over
+/// Every log2 histogram of view `kind` (syscall, offcpu, gil or calls) over
 /// `threads`: per function, and per syscall of it in the syscall view;
 /// most time first.
 pub fn duration_histograms(
@@ -428,9 +442,12 @@ pub fn duration_histograms(
     kind: ViewKind,
     threads: &BTreeSet<u32>,
 ) -> Result<Vec<DurationHistogram>> {
-    if !matches!(kind, ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil) {
+    if !matches!(
+        kind,
+        ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil | ViewKind::Calls
+    ) {
         bail!(
-            "the {} view keeps no durations; the syscall, offcpu and gil views do",
+            "the {} view keeps no durations; the syscall, offcpu, gil and calls views do",
             kind.name()
         );
     }
@@ -512,6 +529,7 @@ pub fn report(p: &Profile, o: &ReportOptions) -> Result<Report> {
         python: p.python.clone(),
         duration_ns: p.duration_ns,
         sections,
+        span: p.span.clone(),
     })
 }
 
@@ -565,6 +583,22 @@ pub fn text(r: &Report) -> String {
         r.python,
         r.duration_ns as f64 / 1e9
     );
+    if let Some(sp) = &r.span {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "span {}: {} ended, {} in all, {} on average",
+            fit(&sp.name, 32),
+            sp.count,
+            duration(sp.total_ns),
+            duration(sp.total_ns / sp.count.max(1))
+        );
+        let _ = writeln!(
+            o,
+            "(only what happened inside it is recorded); how long they lasted:"
+        );
+        o.push_str(&histogram_text(&sp.hist));
+    }
     for s in &r.sections {
         let time = s.unit == "nanoseconds";
         let val = |v: u64| if time { duration(v) } else { v.to_string() };
@@ -573,6 +607,7 @@ pub fn text(r: &Report) -> String {
             "offcpu" => "off the CPU",
             "syscall" => "in syscalls",
             "gil" => "waiting for the GIL",
+            "calls" => "in calls",
             _ => "waited",
         };
         let _ = writeln!(o);
@@ -589,20 +624,26 @@ pub fn text(r: &Report) -> String {
             s.events
         );
         for (title, rows) in [("most self", &s.by_self), ("most total", &s.by_total)] {
+            let (calls, width) = if s.view == "calls" {
+                ("    calls", 32)
+            } else {
+                ("", 41)
+            };
             let _ = writeln!(
                 o,
-                "  {:>9} {:>6} {:>9} {:>6}  function ({title})",
+                "  {:>9} {:>6} {:>9} {:>6}{calls}  function ({title})",
                 "self", "self%", "total", "total%"
             );
             for f in rows {
+                let calls = f.calls.map_or(String::new(), |n| format!(" {n:>8}"));
                 let _ = writeln!(
                     o,
-                    "  {:>9} {:>6} {:>9} {:>6}  {}",
+                    "  {:>9} {:>6} {:>9} {:>6}{calls}  {}",
                     val(f.self_value),
                     pct(f.self_value, s.total),
                     val(f.total_value),
                     pct(f.total_value, s.total),
-                    fit(&short(&f.function), 41)
+                    fit(&short(&f.function), width)
                 );
             }
         }
@@ -658,11 +699,15 @@ pub fn text(r: &Report) -> String {
             let what = match s.view {
                 "syscall" => "syscalls",
                 "gil" => "waits for the GIL",
+                "calls" => "calls",
                 _ => "waits off the CPU",
             };
+            // A call's bucket is its inclusive time; the figure after the
+            // count is the function's self time.
+            let total = if s.view == "calls" { ", self" } else { " in" };
             let _ = writeln!(
                 o,
-                "  {what} of {}: {} in {}",
+                "  {what} of {}: {}{total} {}",
                 fit(&short(&h.function), 40),
                 h.count,
                 duration(h.total_ns)
@@ -745,6 +790,7 @@ mod tests {
                 ],
             }],
             walk_errors: BTreeMap::new(),
+            span: None,
         }
     }
 

@@ -417,6 +417,7 @@ mod tests {
                 },
             ],
             walk_errors: BTreeMap::new(),
+            span: None,
         }
     }
 

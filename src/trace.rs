@@ -19,9 +19,34 @@
 //! name holds UTF-8 lines `provider:name:type,type,...\n`, each type `int`
 //! or `str` (nothing after the second colon for a probe without
 //! arguments). pyusdt's app-defined probes carry it.
+//!
+//! Probes are matched once, when the trace starts: a probe the process
+//! loads later (an app-defined probe's object, built at its provider's
+//! first use) is not traced.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use pyusdt_prof::trace::{trace, Event, ProbeSpec, TraceOptions};
+//!
+//! let opts = TraceOptions {
+//!     probes: vec!["myapp:tick".parse::<ProbeSpec>().map_err(anyhow::Error::msg)?],
+//!     syscalls: Some(vec!["write".into()]),
+//!     stacks: true,
+//!     duration: None,
+//! };
+//! let stop = AtomicBool::new(false);
+//! let summary = trace(4242, &opts, &stop, || eprintln!("attached"), |e| {
+//!     if let Event::Probe { name, args, stack, .. } = &e {
+//!         println!("{name} {args:?} in {:?}", stack.last());
+//!     }
+//!     true // false stops the trace
+//! })?;
+//! eprintln!("{} events, {} lost", summary.events, summary.lost);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
@@ -696,51 +721,65 @@ fn live(v: &u64) -> u64 {
     unsafe { std::ptr::read_volatile(v) }
 }
 
-/// An event as the ring buffer carries it, made into an [`Event`];
-/// None for the instrumentation's own syscalls (pyusdt's poll thread).
+/// An event as the ring buffer carries it (a `trace_head`, and for a
+/// probe hit the rest of a `trace_record`), made into an [`Event`]; None
+/// for a short record and for the instrumentation's own syscalls
+/// (pyusdt's poll thread).
 fn decode(
-    r: &types::trace_record,
+    data: &[u8],
     probes: &[Resolved],
     stacks: &mut Stacks<'_, impl MapCore>,
 ) -> Option<Event> {
-    let thread = record::comm_str(&r.comm);
-    if types::trace_kind(r.kind) == types::trace_kind::TRACE_SYSCALL {
+    let mut h = types::trace_head::default();
+    plain::copy_from_bytes(&mut h, data).ok()?;
+    let thread = record::comm_str(&h.comm);
+    if types::trace_kind(h.kind) == types::trace_kind::TRACE_SYSCALL {
         if thread == POLL_THREAD {
             return None;
         }
         return Some(Event::Syscall {
-            time_ns: r.ts,
-            pid: r.pid,
-            tid: r.tid,
+            time_ns: h.ts,
+            pid: h.pid,
+            tid: h.tid,
             thread,
-            name: syscalls::name(r.nr).map_or_else(|| r.nr.to_string(), str::to_string),
-            duration_ns: r.duration_ns,
-            ret: r.ret,
-            stack: stacks.get(r.pid, r.pystack),
+            name: syscalls::name(h.nr).map_or_else(|| h.nr.to_string(), str::to_string),
+            duration_ns: h.duration_ns,
+            ret: h.ret,
+            stack: stacks.get(h.pid, h.pystack),
         });
     }
-    let p = probes.get(r.probe as usize)?;
-    let n = (r.nargs as usize).min(MAX_ARGS);
-    let args = (0..n)
-        .map(|i| {
-            if r.str_mask & (1 << i) == 0 {
-                return ArgValue::Int(r.args[i]);
-            }
-            let len = (r.str_len[i] as usize).min(STR_LEN - 1);
-            let at = i * STR_LEN;
-            let bytes: Vec<u8> = r.strs[at..at + len].iter().map(|&b| b as u8).collect();
-            ArgValue::Str(String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .collect();
+    let p = probes.get(h.probe as usize)?;
+    let at = |off: usize, len: usize| data.get(off..off + len);
+    let (args_at, lens_at, strs_at) = (
+        std::mem::offset_of!(types::trace_record, args),
+        std::mem::offset_of!(types::trace_record, str_len),
+        std::mem::offset_of!(types::trace_record, strs),
+    );
+    let n = (h.nargs as usize).min(MAX_ARGS);
+    let mut args = Vec::with_capacity(n);
+    // The strings' text is packed, one after the other.
+    let mut text_at = strs_at;
+    for i in 0..n {
+        if h.str_mask & (1 << i) == 0 {
+            let b = at(args_at + 8 * i, 8)?;
+            args.push(ArgValue::Int(i64::from_ne_bytes(b.try_into().ok()?)));
+            continue;
+        }
+        let b = at(lens_at + 4 * i, 4)?;
+        let len = (u32::from_ne_bytes(b.try_into().ok()?) as usize).min(STR_LEN - 1);
+        let text = at(text_at, len)?;
+        text_at += len;
+        args.push(ArgValue::Str(String::from_utf8_lossy(text).into_owned()));
+    }
     Some(Event::Probe {
-        time_ns: r.ts,
-        pid: r.pid,
-        tid: r.tid,
+        time_ns: h.ts,
+        pid: h.pid,
+        tid: h.tid,
         thread,
         provider: p.provider.clone(),
         name: p.name.clone(),
         args,
-        stack: stacks.get(r.pid, r.pystack),
+        stack: stacks.get(h.pid, h.pystack),
     })
 }
 
@@ -810,12 +849,19 @@ pub fn trace(
 
     // The layout, with the link that asks for it kept until everything is
     // on: its announcements, which follow the poll thread's ticks, tell
-    // when pyusdt has turned its per-call probes on.
+    // when pyusdt has turned its per-call probes on. Neither stacks nor
+    // per-call probes: no layout is needed (app-defined probes and spans
+    // fire without pyusdt's poll thread).
+    let per_call: Vec<&str> = resolved
+        .iter()
+        .filter(|r| r.provider == "pyusdt" && PER_CALL.contains(&r.name.as_str()))
+        .map(|r| r.name.as_str())
+        .collect();
     let mut s_layout = MaybeUninit::uninit();
     let lay_skel;
     let mut asking: Option<(Link, libbpf_rs::RingBuffer<'_>, layout::Inbox)> = None;
     let mut l: Option<Layout> = None;
-    if has_pyusdt {
+    if has_pyusdt && (opts.stacks || !per_call.is_empty()) {
         lay_skel = layout::open(&mut s_layout)?;
         let link = layout::attach(&lay_skel, &target)?;
         let inbox = layout::Inbox::default();
@@ -910,11 +956,6 @@ pub fn trace(
     }
 
     let mut warnings = Vec::new();
-    let per_call: Vec<&str> = resolved
-        .iter()
-        .filter(|r| r.provider == "pyusdt" && PER_CALL.contains(&r.name.as_str()))
-        .map(|r| r.name.as_str())
-        .collect();
     if let (Some(l), false) = (&l, per_call.is_empty()) {
         if l.py_version_hex < 0x030c_0000 {
             warnings.push(format!(
@@ -926,8 +967,7 @@ pub fn trace(
             // The poll thread fires the layout probe, then turns on the
             // probes whose semaphores rose, each tick: the second
             // announcement after the attach follows a tick that saw them.
-            inbox.borrow_mut().clear();
-            let _ = ring.consume();
+            ring.consume().context("poll the layout ring buffer")?;
             inbox.borrow_mut().clear();
             if announcements(ring, inbox, &target, 2, Duration::from_secs(5))?.is_none()
                 && target.alive()
@@ -941,15 +981,15 @@ pub fn trace(
     }
     drop(asking);
 
-    let queue: Rc<RefCell<VecDeque<types::trace_record>>> = Rc::default();
+    // Records as they came, each after its length: one buffer, reused.
+    let queue: Rc<RefCell<Vec<u8>>> = Rc::default();
     let sink = Rc::clone(&queue);
     let mut builder = RingBufferBuilder::new();
     builder
         .add(&skel.maps.trace_events, move |data: &[u8]| {
-            let mut e = types::trace_record::default();
-            if plain::copy_from_bytes(&mut e, data).is_ok() {
-                sink.borrow_mut().push_back(e);
-            }
+            let mut q = sink.borrow_mut();
+            q.extend_from_slice(&(data.len() as u32).to_ne_bytes());
+            q.extend_from_slice(data);
             0
         })
         .context("watch the trace ring buffer")?;
@@ -963,16 +1003,21 @@ pub fn trace(
     };
     let mut delivered = 0u64;
     let mut going = true;
-    let mut deliver = |queue: &RefCell<VecDeque<types::trace_record>>, going: &mut bool| {
-        while *going {
-            let Some(r) = queue.borrow_mut().pop_front() else {
+    let mut deliver = |queue: &RefCell<Vec<u8>>, going: &mut bool| {
+        let mut q = queue.borrow_mut();
+        let mut rest = &q[..];
+        while *going && rest.len() >= 4 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(data) = rest.get(4..4 + len) else {
                 break;
             };
-            if let Some(e) = decode(&r, &resolved, &mut stacks) {
+            rest = &rest[4 + len..];
+            if let Some(e) = decode(data, &resolved, &mut stacks) {
                 delivered += 1;
                 *going = on_event(e);
             }
         }
+        q.clear();
     };
     let started = Instant::now();
     on_ready();
@@ -1171,6 +1216,20 @@ mod tests {
         );
         let err = syscall_numbers(&["wirte".into()]).unwrap_err();
         assert_eq!(err.to_string(), "`wirte` is not a syscall");
+    }
+
+    #[test]
+    fn a_probe_record_starts_with_a_syscall_record() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(types::trace_record, head), 0);
+        assert_eq!(
+            offset_of!(types::trace_record, args),
+            size_of::<types::trace_head>()
+        );
+        assert_eq!(
+            size_of::<types::trace_record>() - offset_of!(types::trace_record, strs),
+            MAX_ARGS * STR_LEN
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::calls;
 use crate::monitor;
 use crate::probes::{self, Probe, Site};
 
@@ -79,24 +80,41 @@ fn with_value(probe: Probe, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<
     }
 }
 
+/// Notes the call for a `calls` tracer (if attached), then fires the
+/// event's own probe (if attached: the event may be on for `calls` alone).
+fn enter(probe: Probe, kind: u64, code: &Bound<'_, PyAny>, offset: i64) {
+    calls::record(code.as_ptr() as u64, kind);
+    if probe.attached() != 0 {
+        entry(probe, code, offset)
+    }
+}
+
+/// Notes the return for a `calls` tracer, then fires the event's own probe.
+fn exit(probe: Probe, kind: u64, code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
+    calls::record(code.as_ptr() as u64, kind);
+    if probe.attached() != 0 {
+        with_value(probe, code, offset, value)
+    }
+}
+
 #[pyfunction]
 pub fn on_py_start(code: &Bound<'_, PyAny>, offset: i64) {
-    entry(Probe::PyStart, code, offset)
+    enter(Probe::PyStart, calls::START, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_resume(code: &Bound<'_, PyAny>, offset: i64) {
-    entry(Probe::PyResume, code, offset)
+    enter(Probe::PyResume, calls::RESUME, code, offset)
 }
 
 #[pyfunction]
 pub fn on_py_return(code: &Bound<'_, PyAny>, offset: i64, retval: &Bound<'_, PyAny>) {
-    with_value(Probe::PyReturn, code, offset, retval)
+    exit(Probe::PyReturn, calls::RETURN, code, offset, retval)
 }
 
 #[pyfunction]
 pub fn on_py_yield(code: &Bound<'_, PyAny>, offset: i64, value: &Bound<'_, PyAny>) {
-    with_value(Probe::PyYield, code, offset, value)
+    exit(Probe::PyYield, calls::YIELD, code, offset, value)
 }
 
 #[pyfunction]
@@ -111,12 +129,15 @@ pub fn on_call(
 
 #[pyfunction]
 pub fn on_py_unwind(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    with_value(Probe::PyUnwind, code, offset, exception)
+    exit(Probe::PyUnwind, calls::UNWIND, code, offset, exception)
 }
 
 #[pyfunction]
 pub fn on_py_throw(code: &Bound<'_, PyAny>, offset: i64, exception: &Bound<'_, PyAny>) {
-    with_value(Probe::PyThrow, code, offset, exception)
+    calls::record(code.as_ptr() as u64, calls::THROW);
+    if Probe::PyThrow.attached() != 0 {
+        with_value(Probe::PyThrow, code, offset, exception)
+    }
 }
 
 #[pyfunction]

@@ -9,11 +9,24 @@
 //! attaches to `pyusdt:layout`, the poll thread fires it with the address of
 //! a `pyusdt_layout::PyusdtLayout` that tells a BPF program how to walk this
 //! interpreter's threads and frames without any per-call probe.
+//!
+//! Two more kinds of probes serve the application itself: spans
+//! ([`span`]), bracketed by the static probes `pyusdt:span_begin` and
+//! `pyusdt:span_end`, and probes of the application's own providers
+//! ([`app`]), which live in small shared objects generated at run time
+//! ([`elf`]) and loaded with `dlopen`, so that tracers find them by path.
+//! Each such object carries a non-allocated section `.pyusdt.argtypes`:
+//! UTF-8 lines `provider:name:type,type,...\n`, types `int` or `str`
+//! (nothing after the second colon for a probe without arguments).
 
+mod app;
 mod callbacks;
+mod calls;
+mod elf;
 mod layout_ffi;
 mod monitor;
 mod probes;
+mod span;
 mod usdt;
 
 use std::mem::{offset_of, size_of_val};
@@ -68,6 +81,15 @@ fn _after_fork_parent() {
     }
 }
 
+/// Brings `sys.monitoring` in line with the attached probes now, without
+/// waiting for the poll thread's next tick: `python -m pyusdt` calls it
+/// once the recorder that launched it is attached, so that the program's
+/// first call is seen.
+#[pyfunction]
+fn _reconcile(py: Python<'_>) {
+    monitor::reconcile(py)
+}
+
 /// Stops the poll thread and turns `sys.monitoring` off.
 #[pyfunction]
 fn _stop(py: Python<'_>) {
@@ -115,8 +137,9 @@ fn _inject_fault(probe: &str) -> PyResult<()> {
 }
 
 /// What the extension is doing now: the poll thread, each probe's
-/// semaphore, the `sys.monitoring` tool id held and the probes whose
-/// events are on.
+/// semaphore (spans' included), the `sys.monitoring` tool id held, the
+/// probes whose events are on, and the app probes loaded (`app_probes`:
+/// provider, name, args, semaphore, file of each).
 #[pyfunction]
 fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let (tool, on, unavailable) = monitor::current();
@@ -128,7 +151,12 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         sems.set_item(p.name(), p.attached())?;
     }
     sems.set_item("layout", probes::layout_attached())?;
+    sems.set_item("calls", probes::calls_tracers())?;
+    let (begin, end) = probes::span_attached();
+    sems.set_item("span_begin", begin)?;
+    sems.set_item("span_end", end)?;
     d.set_item("semaphores", sems)?;
+    d.set_item("app_probes", app::status(py)?)?;
     d.set_item("tool_id", tool)?;
     d.set_item("active", monitor::names(on))?;
     d.set_item("disabled", monitor::names(monitor::disabled()))?;
@@ -140,6 +168,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_start, m)?)?;
     m.add_function(wrap_pyfunction!(_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(_reconcile, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
@@ -147,6 +176,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_layout_offsets, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(_inject_fault, m)?)?;
+    m.add_function(wrap_pyfunction!(app::_remove_probe_files, m)?)?;
+    m.add_class::<app::AppProbe>()?;
+    app::install_fast_paths(&m.py().get_type::<app::AppProbe>())?;
+    m.add_class::<span::Span>()?;
+    m.add("MAX_PROBE_ARGS", app::MAX_ARGS)?;
     let names: Vec<&str> = Probe::ALL.iter().map(|p| p.name()).collect();
     m.add("PER_CALL_PROBES", PyTuple::new(m.py(), names)?)?;
     m.add("TOOL_IDS", PyTuple::new(m.py(), monitor::TOOL_IDS)?)?;

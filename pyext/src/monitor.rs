@@ -80,8 +80,15 @@ pub fn names(mask: u16) -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether a `calls` tracer was attached at the last reconcile.
+static CALLS_SEEN: AtomicBool = AtomicBool::new(false);
+
 /// Brings `sys.monitoring` in line with the attached probes.
 pub fn reconcile(py: Python<'_>) {
+    let calls = probes::calls_attached();
+    if calls != CALLS_SEEN.swap(calls, Ordering::Relaxed) && calls {
+        crate::calls::new_epoch();
+    }
     let want = wanted();
     RECONCILED.store(want, Ordering::Relaxed);
     let mut st = state();
@@ -313,6 +320,8 @@ pub fn resume() -> PyResult<()> {
 
 /// Stops the poll thread (at interpreter exit) and turns monitoring off.
 pub fn stop(py: Python<'_>) {
+    // At exit: what this (the main) thread wrote for a calls tracer.
+    crate::calls::flush();
     let handle = {
         let mut st = state();
         STOP.store(true, Ordering::Relaxed);

@@ -12,8 +12,27 @@
 //! | `LINE` | function, file, line |
 //! | `PY_UNWIND`, `PY_THROW` | function, file, firstlineno, offset, repr(exception) |
 //! | `layout` | address, size of the `pyusdt_layout::PyusdtLayout` |
+//! | `calls` | address of the thread's call ring, events written, first event for a new tracer |
+//! | `span_begin`, `span_end` | name, id |
 //!
-//! `function` is the code object's `co_qualname`.
+//! `function` is the code object's `co_qualname`. `span_begin` and
+//! `span_end` bracket a `with pyusdt.span(name):` block (or a function
+//! decorated with `@pyusdt.span(name)`): `name` is a `const char *` (UTF-8,
+//! NUL-terminated) and `id` an unsigned 64-bit number, unique per span
+//! instance in the process (from 1), the same in both, so that a tracer can
+//! pair them. `span_end` fires for a span whose entry saw a tracer on
+//! either probe, also when the block raises.
+//!
+//! Probes of other providers, declared by the application
+//! (`pyusdt.Probe`), live in objects generated at run time: see
+//! [`crate::app`] and [`crate::elf`].
+//!
+//! `calls` is for tracers that keep the call stack themselves
+//! (`pyusdt-prof record --exact`): while one is attached, every call and
+//! return goes into a ring in the thread's memory, and the probe fires
+//! once per 128 of them ([`crate::calls`]). Attaching to it turns on the
+//! `PY_START`, `PY_RESUME`, `PY_THROW`, `PY_RETURN`, `PY_YIELD` and
+//! `PY_UNWIND` events.
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -29,6 +48,9 @@ semaphore!(SEM_LINE);
 semaphore!(SEM_PY_UNWIND);
 semaphore!(SEM_PY_THROW);
 semaphore!(SEM_LAYOUT);
+semaphore!(SEM_CALLS);
+semaphore!(SEM_SPAN_BEGIN);
+semaphore!(SEM_SPAN_END);
 
 /// A per-call probe, fed by the `sys.monitoring` event of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,12 +116,38 @@ impl Probe {
     }
 }
 
-/// The mask of per-call probes that some tracer is attached to.
+/// The events a `calls` tracer needs: every entry to and exit from a
+/// Python frame.
+const CALLS_EVENTS: u16 = 1 << Probe::PyStart as u16
+    | 1 << Probe::PyResume as u16
+    | 1 << Probe::PyThrow as u16
+    | 1 << Probe::PyReturn as u16
+    | 1 << Probe::PyYield as u16
+    | 1 << Probe::PyUnwind as u16;
+
+/// The mask of per-call events that some attached tracer needs: those of
+/// the per-call probes it is attached to, and those that feed `calls`.
 pub fn attached_mask() -> u16 {
-    Probe::ALL
+    let m = Probe::ALL
         .iter()
         .filter(|p| p.attached() != 0)
-        .fold(0, |m, p| m | p.bit())
+        .fold(0, |m, p| m | p.bit());
+    if calls_attached() {
+        m | CALLS_EVENTS
+    } else {
+        m
+    }
+}
+
+/// Whether a tracer is attached to `calls`.
+#[inline]
+pub fn calls_attached() -> bool {
+    SEM_CALLS.load(Ordering::Relaxed) != 0
+}
+
+/// How many tracers are attached to `calls`.
+pub fn calls_tracers() -> u16 {
+    SEM_CALLS.load(Ordering::Relaxed)
 }
 
 /// How many tracers are attached to `pyusdt:layout`.
@@ -153,4 +201,31 @@ pub fn fire_line(s: &Site, line: i64) {
 /// Fires `layout(address, size)`.
 pub fn fire_layout(address: u64, size: u64) {
     fire!(SEM_LAYOUT, "layout", address: "8" = address, size: "8" = size);
+}
+
+/// Fires `calls(ring, head, first)`. Never inlined: one probe site, in a
+/// function the linker keeps (a note naming a discarded copy would point
+/// a tracer at address 0).
+#[inline(never)]
+pub fn fire_calls(ring: u64, head: u64, first: u64) {
+    fire!(SEM_CALLS, "calls", ring: "8" = ring, head: "8" = head, first: "8" = first);
+}
+
+/// How many tracers are attached to `pyusdt:span_begin` and
+/// `pyusdt:span_end`.
+pub fn span_attached() -> (u16, u16) {
+    (
+        SEM_SPAN_BEGIN.load(Ordering::Relaxed),
+        SEM_SPAN_END.load(Ordering::Relaxed),
+    )
+}
+
+/// Fires `span_begin(name, id)`.
+pub fn fire_span_begin(name: *const c_char, id: u64) {
+    fire!(SEM_SPAN_BEGIN, "span_begin", name: "8" = name, id: "8" = id);
+}
+
+/// Fires `span_end(name, id)`.
+pub fn fire_span_end(name: *const c_char, id: u64) {
+    fire!(SEM_SPAN_END, "span_end", name: "8" = name, id: "8" = id);
 }

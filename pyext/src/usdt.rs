@@ -8,6 +8,24 @@
 //! while that count is non-zero, so an idle probe costs one load and one
 //! branch.
 
+/// The instruction at a probe site, labelled 990: a 5-byte nop (`nopl
+/// 0(%rax,%rax,1)`), which the kernel's optimized uprobes (6.18+) turn
+/// into a call instead of a trap; with feature `trap-nop`, the 1-byte
+/// `nop` of `<sys/sdt.h>`.
+#[cfg(not(feature = "trap-nop"))]
+macro_rules! probe_nop {
+    () => {
+        "990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00"
+    };
+}
+#[cfg(feature = "trap-nop")]
+macro_rules! probe_nop {
+    () => {
+        "990: nop"
+    };
+}
+pub(crate) use probe_nop;
+
 /// Declares a probe's semaphore: a `u16` in `.probes` that tracers count
 /// themselves into while they are attached.
 macro_rules! semaphore {
@@ -41,7 +59,7 @@ macro_rules! fire {
                     ".size _.stapsdt.base, 1",
                     ".popsection",
                     ".endif",
-                    "990: nop",
+                    $crate::usdt::probe_nop!(),
                     ".pushsection .note.stapsdt,\"\",\"note\"",
                     ".balign 4",
                     ".4byte 992f-991f, 994f-993f, 3",

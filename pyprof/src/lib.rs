@@ -141,7 +141,8 @@ fn view_list(views: &Bound<'_, PyAny>) -> PyResult<Vec<ViewKind>> {
     let mut out = Vec::new();
     for n in &names {
         if n == "all" {
-            out.extend(ViewKind::ALL);
+            // As `record --views all`: every sampled view, not calls.
+            out.extend(ViewKind::SAMPLED);
         } else {
             out.push(view_kind(n)?);
         }
@@ -201,10 +202,13 @@ struct Live {
 /// `python -m pyusdt app.py` or `pyusdt.enable()`), needing root.
 ///
 /// `Recording(pid, views=("cpu",), freq=99, lines=False,
-/// subprocesses=False, duration=None)`: the views as names or one string
-/// (`"cpu,syscall"`, `"all"`); freq the CPU samples per second; lines names
-/// Python frames by line; subprocesses records the processes the target
-/// starts too; duration (seconds) stops the recording by itself.
+/// subprocesses=False, duration=None, exact=False, span=None)`, as `record
+/// -p` takes them: the views as names or one string (`"cpu,syscall"`,
+/// `"all"`); freq the CPU samples per second; lines names Python frames by
+/// line; subprocesses records the processes the target starts too;
+/// duration (seconds) stops the recording by itself; exact adds the calls
+/// view (every Python call, 3.12+); span keeps to what threads do inside
+/// `pyusdt.span(span)`.
 ///
 /// `start()` returns once every probe and sampler is attached; `stop()`
 /// returns the Profile. As a context manager it starts on enter and stops
@@ -270,7 +274,8 @@ impl Drop for Recording {
 #[pymethods]
 impl Recording {
     #[new]
-    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None))]
+    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         pid: u32,
         views: Option<&Bound<'_, PyAny>>,
@@ -278,11 +283,16 @@ impl Recording {
         lines: bool,
         subprocesses: bool,
         duration: Option<f64>,
+        exact: bool,
+        span: Option<String>,
     ) -> PyResult<Self> {
-        let views: BTreeSet<ViewKind> = match views {
+        let mut views: BTreeSet<ViewKind> = match views {
             None => [ViewKind::Cpu].into_iter().collect(),
             Some(v) => view_list(v)?.into_iter().collect(),
         };
+        if exact {
+            views.insert(ViewKind::Calls);
+        }
         if views.is_empty() {
             return Err(PyValueError::new_err("no view to record"));
         }
@@ -299,6 +309,7 @@ impl Recording {
                 duration: seconds("duration", duration)?,
                 subprocesses,
                 lines,
+                span,
             },
             state: Mutex::new(State::New),
             stop: Arc::new(AtomicBool::new(false)),
@@ -634,6 +645,16 @@ impl PyProfile {
         self.p.walk_errors.clone()
     }
 
+    /// The span the recording kept to (`span=`): `{"name", "count",
+    /// "total_ns", "hist"}`; None otherwise.
+    #[getter]
+    fn span<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.p.span {
+            None => Ok(py.None().into_bound(py)),
+            Some(s) => ser_to_py(py, s),
+        }
+    }
+
     /// Whether Python frames are named by line (recorded with lines=True).
     #[getter]
     fn lines(&self) -> bool {
@@ -723,11 +744,12 @@ impl PyProfile {
         Ok(d)
     }
 
-    /// The log2 duration histograms of the syscall, offcpu or gil view,
-    /// all of them: a list of `{"function", "syscall", "calls",
+    /// The log2 duration histograms of the syscall, offcpu, gil or calls
+    /// view, all of them: a list of `{"function", "syscall", "calls",
     /// "total_ns", "buckets"}`, one per innermost Python function (and per
     /// syscall of it in the syscall view; None elsewhere), most time
-    /// first; `buckets[k]` events lasted from 2^k to 2^(k+1) ns.
+    /// first; `buckets[k]` events lasted from 2^k to 2^(k+1) ns (the calls
+    /// view: total_ns is self time, buckets each call's inclusive time).
     #[pyo3(signature = (view="syscall", thread=None))]
     fn histograms<'py>(
         &self,

@@ -174,8 +174,19 @@ class Bpftrace(Child):
             self.expect(r"^synced$")
 
     def stop(self):
-        """Detaches (as Ctrl-C does) and returns its printed maps."""
-        self.proc.send_signal(signal.SIGINT)
+        """Detaches (as Ctrl-C does) and returns its printed maps.
+
+        bpftrace 0.17 notices SIGINT only when it interrupts its wait for
+        events (epoll_wait, 100 ms at a time); one that lands between two
+        waits is lost and bpftrace runs on. So the signal is sent again
+        every half second until bpftrace ends."""
+        deadline = time.monotonic() + TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
         return self.maps()
 
     def maps(self, timeout=TIMEOUT):

@@ -315,7 +315,7 @@ def test_two_recorders_on_one_process_both_count_exactly(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["-F", "0", "-p", "1"], "0 is not in 1..=10000"),
     (["-d=-3", "-p", "1"], "is not a number of seconds"),
-    (["--views", "cpu,lock", "-p", "1"], "`lock` is not a view; the views are cpu, offcpu, syscall, wakeup, gil"),
+    (["--views", "cpu,lock", "-p", "1"], "`lock` is not a view; the views are cpu, offcpu, syscall, wakeup, gil, calls"),
     (["-o", "/nonexistent/dir/p.json", "-p", "1"], "cannot write /nonexistent/dir/p.json"),
     (["-p", "4000000"], "no process with PID 4000000"),
     ([], "the following required arguments were not provided"),

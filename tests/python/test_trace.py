@@ -8,6 +8,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -40,21 +41,21 @@ class Traced:
         self.child.kill()
 
 
-def start_trace(pid, *args):
+def start_trace(pid, *args, env=None):
     """`pyusdt-prof trace -p PID ARGS` behind a guard; returns once it says
     it traces (everything attached)."""
     need_bpf(prof_binary())
-    t = Child([prof_binary(), "trace", "-p", str(pid), *args])
+    t = Child([prof_binary(), "trace", "-p", str(pid), *args], env={**os.environ, **(env or {})})
     line = t.proc.stderr.readline()
     assert line.startswith(f"pyusdt-prof: tracing process {pid} "), line + t.proc.stderr.read()
     return t
 
 
-def run_trace(workload, *args):
+def run_trace(workload, *args, env=None):
     """Traces a fresh traced.py with ARGS while `workload(target)` drives
     it, until the target exits; returns (target info, stdout, stderr)."""
     with Traced() as target:
-        with start_trace(target.info["pid"], *args) as t:
+        with start_trace(target.info["pid"], *args, env=env) as t:
             workload(target)
             target.exit()
             code, out, err = t.finish()
@@ -107,9 +108,19 @@ def test_py_start_names_the_function_exactly_n_times():
                      err, re.M), err
 
 
-def test_syscall_writes_carry_their_stacks():
+@pytest.mark.skipif(PER_CALL, reason="3.12+ has sys.monitoring")
+def test_without_sys_monitoring_per_call_probes_are_said_to_never_fire():
+    info, out, err = run_trace(lambda t: t.do("call 5"), "pyusdt:PY_START")
+    assert out == ""
+    assert re.search(r"^pyusdt-prof: Python 3\.11\.\d+ has no sys\.monitoring: pyusdt's per-call "
+                     r"probes \(PY_START\) never fire there$", err, re.M), err
+
+
+@pytest.mark.parametrize("raw_tp", ["0", "1"])
+def test_syscall_writes_carry_their_stacks(raw_tp):
     n = 30
-    info, out, err = run_trace(lambda t: t.do(f"write {n}"), "--syscalls", "write", "--stacks")
+    info, out, err = run_trace(lambda t: t.do(f"write {n}"), "--syscalls", "write", "--stacks",
+                               env={"PYUSDT_PROF_RAW_TP": raw_tp})
     evs = events(out)
     assert all(m.group(4) == "syscall:write" for m, _ in evs)
     mine = [(m, s) for m, s in evs if any(f.startswith("writer (") for f in s)]
@@ -187,3 +198,156 @@ def test_ctrl_c_ends_the_trace_with_a_summary():
             assert re.search(r"^pyusdt-prof: \d+ events, lost 0 \(syscalls\)$", err, re.M), err
             assert target.child.proc.poll() is None, "the target keeps running"
         target.exit()
+
+
+PLAIN = """
+import os, sys
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+n = int(sys.stdin.readline())
+fd = os.open(os.devnull, os.O_WRONLY)
+for _ in range(n):
+    os.write(fd, b"xy")
+sys.stdin.readline()
+"""
+
+
+def test_a_process_without_pyusdt_has_syscalls_but_no_stacks():
+    n = 25
+    with Child([sys.executable, "-c", PLAIN]) as target:
+        assert target.readline() == "ready"
+        p = subprocess.run([prof_binary(), "trace", "-p", str(target.pid), "--syscalls=write",
+                            "--stacks"], capture_output=True, text=True, timeout=TIMEOUT)
+        assert p.returncode == 1
+        assert p.stderr.startswith(f"pyusdt-prof: process {target.pid} (python")
+        assert "does not run pyusdt: Python stacks need it" in p.stderr
+        with start_trace(target.pid, "--syscalls=write", "--json") as t:
+            target.send(str(n))
+            target.send("")
+            code, out, err = t.finish()
+            assert code == 0, err
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert [(e["name"], e["ret"], e["stack"]) for e in evs] == [("write", 2, [])] * n
+
+
+def loaded_programs():
+    """Ids of every BPF program loaded now."""
+    p = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                       check=True, timeout=TIMEOUT)
+    return {prog["id"] for prog in json.loads(p.stdout)}
+
+
+def programs_of(pid):
+    """Ids of the BPF programs process `pid` holds a descriptor of (others
+    on this machine may load programs of the same names meanwhile)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids |= {int(line.split()[1]) for line in f if line.startswith("prog_id:")}
+        except FileNotFoundError:
+            continue
+    return ids
+
+
+def test_a_killed_trace_leaves_nothing_attached():
+    need_bpf(prof_binary(), "bpftool")
+    with Traced() as target:
+        with start_trace(target.info["pid"], "pyusdt:PY_START", "pyusdt:layout",
+                         "--syscalls", "--stacks") as t:
+            ours = programs_of(t.pid)
+            assert len(ours) >= 4 and ours <= loaded_programs()
+            target.child.send("status")
+            assert set(json.loads(target.child.readline())["semaphores"].values()) != {0}
+            t.proc.kill()
+            t.proc.wait()
+        # The kernel frees a program once its last descriptor is gone,
+        # which it does after the process has died, not with it.
+        deadline = time.monotonic() + TIMEOUT
+        while ours & loaded_programs():
+            assert time.monotonic() < deadline, ours & loaded_programs()
+            time.sleep(0.05)
+        target.child.send("status")
+        assert set(json.loads(target.child.readline())["semaphores"].values()) == {0}
+        target.exit()
+
+
+def test_a_closed_pipe_ends_the_trace_quietly():
+    with Traced() as target:
+        with start_trace(target.info["pid"], "--syscalls=write") as t:
+            t.proc.stdout.close()
+            target.do("write 3")
+            code, _, err = t.finish()
+            assert code == 0, err
+            assert re.search(r"^pyusdt-prof: 1 events, lost 0 \(syscalls\)$", err, re.M), err
+        target.exit()
+
+
+def needs(info, what):
+    if not info[what]:
+        pytest.skip(f"this pyusdt has no {what.replace('_', ' ')}")
+
+
+def test_app_probe_args_are_exact_with_types_from_its_file():
+    n = 100
+    with Traced() as target:
+        needs(target.info, "app_probes")
+        with start_trace(target.info["pid"], "myapp:tick") as t:
+            target.do(f"tick {n}")
+            target.exit()
+            code, out, err = t.finish()
+            assert code == 0, err
+    got = [m.group(4) + m.group(5) for m, _ in events(out)]
+    assert got == [f'myapp:tick {i} "tick-{i}"' for i in range(n)]
+    # The types came from the probe's .pyusdt.argtypes section.
+    assert re.search(r"^pyusdt-prof: 100 events, lost 0 \(myapp:tick\(int,str\)\)$", err,
+                     re.M), err
+
+
+def test_a_probe_storm_is_counted_exactly_delivered_or_lost():
+    n = 200_000
+    with Traced() as target:
+        needs(target.info, "app_probes")
+        with start_trace(target.info["pid"], "myapp:tick") as t:
+            target.do(f"tick {n}")
+            target.exit()
+            code, out, err = t.finish(timeout=TIMEOUT * 4)
+            assert code == 0, err
+    m = re.search(r"^pyusdt-prof: (\d+) events, lost (\d+) ", err, re.M)
+    assert m, err
+    delivered, lost = int(m.group(1)), int(m.group(2))
+    lines = out.splitlines()
+    assert delivered == len(lines)
+    assert delivered + lost == n
+    # What arrived arrived whole and in order.
+    ticks = []
+    for line in lines:
+        tick = re.search(r' myapp:tick (\d+) "tick-(\d+)"$', line)
+        assert tick and tick.group(1) == tick.group(2), line
+        ticks.append(int(tick.group(1)))
+    assert ticks == sorted(set(ticks))
+
+
+def test_spans_pair_begin_and_end_by_id():
+    n = 10
+    with Traced() as target:
+        needs(target.info, "spans")
+        with start_trace(target.info["pid"], "pyusdt:span_*", "--json", "--stacks") as t:
+            target.do(f"span {n}")
+            target.exit()
+            code, out, err = t.finish()
+            assert code == 0, err
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert all(set(e) == {"kind", "time", "time_ns", "pid", "tid", "thread", "provider", "name",
+                          "args", "stack"} and e["kind"] == "probe"
+               and e["provider"] == "pyusdt" for e in evs), evs[:1]
+    assert [(e["name"], e["args"][0]) for e in evs] == [
+        ("span_begin", "outer"), ("span_begin", "inner"), ("span_end", "inner"),
+        ("span_end", "outer")] * n
+    ids = [e["args"][1] for e in evs]
+    for i in range(n):
+        outer, inner, inner_end, outer_end = ids[4 * i: 4 * i + 4]
+        assert outer == outer_end and inner == inner_end and outer != inner
+    assert len(set(ids)) == 2 * n
+    assert all(any(f.startswith("spans (") for f in e["stack"]) for e in evs)

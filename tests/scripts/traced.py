@@ -9,6 +9,7 @@ with one line, "ok":
   write N   writer(): N one-byte writes to /dev/null
   tick N    fire the app probe myapp:tick(i, "tick-i") for i in 0..N-1
   span N    N spans "outer", each around a span "inner"
+  status    pyusdt.status() as JSON (instead of "ok")
   exit      exit 0
 """
 
@@ -29,6 +30,8 @@ def writer(fd, n):
 
 
 TICK = pyusdt.Probe("myapp", "tick", int, str) if hasattr(pyusdt, "Probe") else None
+if TICK is not None:
+    TICK.enabled  # loads the probe, so that a tracer finds it from the start
 
 
 def ticker(n):
@@ -63,6 +66,9 @@ while line := sys.stdin.readline():
         ticker(int(arg))
     elif cmd == "span":
         spans(int(arg))
+    elif cmd == "status":
+        print(json.dumps(pyusdt.status()), flush=True)
+        continue
     elif cmd == "exit":
         break
     print("ok", flush=True)

@@ -14,19 +14,60 @@ A program that runs with ``python -m pyusdt app.py`` (or that calls
 While nothing is attached, nothing runs per Python call: a poll thread
 reads the probes' semaphores every ``PYUSDT_CHECK_MSEC`` milliseconds
 (default 100).
+
+The application can add probes of its own (neither needs :func:`enable`):
+
+* :class:`Probe` declares a USDT probe of its own provider with typed
+  arguments::
+
+      start_loop = pyusdt.Probe("myapp", "start_loop", int, str)
+      if start_loop.enabled:
+          start_loop.fire(i, name)
+
+  Probes of one provider declared before its first use share one small
+  shared object, generated at the first ``enabled``, ``fire()`` or
+  ``load()`` of any of them and loaded with ``dlopen`` from
+  ``$PYUSDT_PROBE_DIR`` (else ``$XDG_RUNTIME_DIR``, else ``/tmp``) as
+  ``pyusdt-probes-PID-PROVIDER-SEQ.so``; a probe declared later gets a new
+  object. The files are removed at interpreter exit (and those of dead
+  processes whenever a new one is made). Each object carries a
+  non-allocated section ``.pyusdt.argtypes`` of UTF-8 lines
+  ``provider:name:type,type,...\n`` (types ``int`` or ``str``; empty after
+  the second colon for a probe without arguments), so that a tracer knows
+  which arguments are strings. A forked child fires the probes its parent
+  loaded (against its own semaphores); tracers reach them in the child
+  through the parent's file while it exists.
+* :class:`span` brackets a block (``with pyusdt.span("handle_request"):``)
+  or each call of a function (``@pyusdt.span("handle_request")``) with
+  the static probes ``pyusdt:span_begin(name, id)`` and
+  ``pyusdt:span_end(name, id)``; ``id`` is unique per span in the process.
 """
 
 import atexit
+import functools
+import inspect
 import os
 
 from . import _native
-from ._native import LAYOUT_VERSION, PER_CALL_PROBES, TOOL_IDS, layout, status
+from ._native import (
+    LAYOUT_VERSION,
+    MAX_PROBE_ARGS,
+    PER_CALL_PROBES,
+    TOOL_IDS,
+    Probe,
+    layout,
+    span,
+    status,
+)
 
 __all__ = [
     "enable",
     "enabled",
     "layout",
     "status",
+    "Probe",
+    "span",
+    "MAX_PROBE_ARGS",
     "LAYOUT_VERSION",
     "PER_CALL_PROBES",
     "TOOL_IDS",
@@ -38,6 +79,9 @@ DEFAULT_CHECK_MSEC = 100
 MAX_CHECK_MSEC = 60_000
 
 _hooks = False
+
+# The generated probe objects' files go at interpreter exit.
+atexit.register(_native._remove_probe_files)
 
 
 def check_msec_from(value, source="check_msec"):
@@ -92,3 +136,30 @@ def enabled():
     """Whether :func:`enable` runs in this process."""
     return _native.status()["enabled"]
 
+
+
+def _span_wrap(name, func):
+    """``@span(name)``: each call of ``func`` in a fresh span (generators
+    and coroutines: from their first step to their end)."""
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def wrapper(*args, **kwargs):
+            with span(name):
+                return await func(*args, **kwargs)
+
+    elif inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with span(name):
+                return (yield from func(*args, **kwargs))
+
+    else:
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with span(name):
+                return func(*args, **kwargs)
+
+    return wrapper

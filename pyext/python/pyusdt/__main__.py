@@ -93,6 +93,7 @@ def _run_script(path, args):
             if not sys.flags.safe_path:
                 sys.path[0] = os.path.abspath(path)
             _fresh_main()
+            _go()
             runpy._run_module_as_main("__main__", alter_argv=False)
             return
         sys.stderr.write(
@@ -114,12 +115,14 @@ def _run_script(path, args):
             "__loader__": importlib.machinery.SourceFileLoader("__main__", full),
         }
     )
+    _go()
     exec(code, main.__dict__)
 
 
 def _run_module(name, args):
     sys.argv[:] = ["-m", *args]
     _fresh_main()
+    _go()
     runpy._run_module_as_main(name, alter_argv=True)
 
 
@@ -128,7 +131,9 @@ def _run_command(command, args):
     if not sys.flags.safe_path:
         sys.path[0] = ""
     main = _fresh_main()
-    exec(compile(command, "<string>", "exec", dont_inherit=True), main.__dict__)
+    code = compile(command, "<string>", "exec", dont_inherit=True)
+    _go()
+    exec(code, main.__dict__)
 
 
 def _uncaught(exc):
@@ -151,6 +156,21 @@ def _uncaught(exc):
     sys.excepthook = lambda *args: None
 
 
+# Launched by a recorder that is attached now (see _wait_for_recorder).
+_recorded = False
+
+
+def _go():
+    """Just before the program's first line: a recorder that launched us
+    is attached, so turn on the per-call events it asked for now, not at
+    the poll thread's next tick; its first call is then seen, and none of
+    ours before it."""
+    if _recorded:
+        import pyusdt
+
+        pyusdt._native._reconcile()
+
+
 def _wait_for_recorder():
     """The start handshake of `pyusdt-prof record -- CMD`.
 
@@ -163,7 +183,7 @@ def _wait_for_recorder():
     """
     fd = os.environ.pop("PYUSDT_START_FD", None)
     if fd is None:
-        return
+        return False
     try:
         fd = int(fd)
         os.read(fd, 1)
@@ -171,6 +191,8 @@ def _wait_for_recorder():
     except (ValueError, OSError) as e:
         sys.stderr.write(f"pyusdt: PYUSDT_START_FD={fd!r} is not a readable pipe ({e}); "
                          "starting without waiting for the recorder\n")
+        return False
+    return True
 
 
 def main():
@@ -181,7 +203,8 @@ def main():
         pyusdt.enable(check_msec)
     except ValueError as e:
         _usage_error(str(e))
-    _wait_for_recorder()
+    global _recorded
+    _recorded = _wait_for_recorder()
     run = {"script": _run_script, "-m": _run_module, "-c": _run_command}[kind]
     try:
         run(what, args)

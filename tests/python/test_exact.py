@@ -1,0 +1,180 @@
+"""record --exact: the calls view, from pyusdt's frame_enter/frame_exit
+probes, each thread's call stack kept in the kernel. Workloads of known
+call shape (tests/scripts/calls.py), and pyperformance's richards against
+cProfile's counts."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import PER_CALL, PY, SCRIPTS, TIMEOUT, Child, need_bpf, prof_binary
+from test_record import fn, fold
+
+CALLS = str(SCRIPTS / "calls.py")
+
+per_call = pytest.mark.skipif(not PER_CALL, reason="sys.monitoring needs Python 3.12+")
+
+
+def record_exact(tmp_path, shape, extra=()):
+    need_bpf(prof_binary())
+    out = tmp_path / f"{shape}.json"
+    p = subprocess.run(
+        [prof_binary(), "record", "--exact", "-o", str(out), *extra,
+         "--", PY, "-m", "pyusdt", CALLS, shape],
+        capture_output=True, text=True, timeout=TIMEOUT * 4,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "pyusdt-prof: wrote" in p.stderr, p.stderr
+    return out
+
+
+def python_chain(stack):
+    """The qualnames of a folded stack's Python frames (the thread root left
+    out)."""
+    return tuple(fn(f) for f in stack[1:])
+
+
+def by_chain(stacks):
+    """{(thread, qualname chain): value}, the thread named "main" for the
+    main thread (whose tid is the pid) and by its tid otherwise."""
+    out = {}
+    for stack, v in stacks.items():
+        tid = stack[0].rsplit(" (", 1)[1].rstrip(")")
+        key = (tid, python_chain(stack))
+        out[key] = out.get(key, 0) + v
+    main = {k[0] for k in out if k[1][:1] == ("<module>",)}
+    assert len(main) <= 1, main
+    return {("main" if k[0] in main else k[0], k[1]): v for k, v in out.items()}
+
+
+@per_call
+def test_calls_are_counted_exactly_per_path_and_thread(tmp_path):
+    path = record_exact(tmp_path, "known")
+    calls = by_chain(fold(path, "calls", count=True))
+    top = ("<module>", "shape_known")
+    main = "main"
+    # fib(15): 1973 calls in all, 1 at the top, 2^k at depth k below it
+    # until the recursion thins out.
+    fibs = {k: v for k, v in calls.items() if k[0] == main and "fib" in k[1]}
+    assert sum(fibs.values()) == 1973
+    assert calls[(main, top + ("fib",))] == 1
+    assert calls[(main, top + ("fib", "fib"))] == 2
+    assert calls[(main, top + ("fib", "fib", "fib"))] == 4
+    assert max(len(k[1]) for k in fibs) == len(top) + 15
+    # A generator is called once, however often it is resumed.
+    assert calls[(main, top + ("numbers",))] == 1
+    # An exception unwinds boom; catcher goes on to call after.
+    assert calls[(main, top + ("catcher",))] == 5
+    assert calls[(main, top + ("catcher", "boom"))] == 5
+    assert calls[(main, top + ("catcher", "after"))] == 5
+    assert calls[(main, top + ("Shape.method",))] == 100
+    assert calls[(main, top + ("nap",))] == 1
+    # Each thread has its own stack: its run, then thread_work's 300 leaves.
+    others = {k[0] for k in calls} - {main}
+    assert len(others) == 2
+    for t in others:
+        chains = {k[1]: v for k, v in calls.items() if k[0] == t}
+        work = [c for c in chains if c[-1] == "thread_work"]
+        assert len(work) == 1 and chains[work[0]] == 1
+        assert chains[work[0] + ("leaf",)] == 300
+        assert all(c[0] == "Thread._bootstrap" for c in chains), chains
+    # Nothing of python -m pyusdt's own launcher is in the view: the main
+    # thread's calls are the program's, and threading's at exit.
+    assert {k[1][0] for k in calls if k[0] == main} == {"<module>", "_shutdown"}
+
+
+@per_call
+def test_attach_sees_calls_under_frames_entered_before(tmp_path):
+    need_bpf(prof_binary())
+    out = tmp_path / "attach.json"
+    with Child([PY, "-m", "pyusdt", CALLS, "attach"]) as target:
+        target.expect("^waiting$")
+        with Child([prof_binary(), "record", "--exact", "-p", str(target.pid),
+                    "-o", str(out)]) as rec:
+            assert target.finish()[0] == 0
+            code, _, err = rec.finish()
+            assert code == 0, err
+    calls = by_chain(fold(out, "calls", count=True))
+    outer = ("<module>", "shape_attach", "attach_outer")
+    assert calls[("main", outer + ("leaf",))] == 50
+    # The frames entered before the recorder attached are not counted as
+    # calls; only the call that found the events on and threading's at exit
+    # happened besides.
+    assert {k[1] for k in calls if k[1][0] != "_shutdown"} == {outer + ("leaf",),
+                                                               outer + ("traced",)}, calls
+
+
+@per_call
+def test_self_and_inclusive_time(tmp_path):
+    path = record_exact(tmp_path, "known")
+    times = by_chain(fold(path, "calls"))
+    main = "main"
+    top = ("<module>", "shape_known")
+    # nap sleeps 0.2 s in C: all of it is nap's own time.
+    assert times[(main, top + ("nap",))] >= 200_000_000
+    # Self time under a path; inclusive time is the subtree's.
+    module = sum(v for k, v in times.items() if k[0] == main and k[1][:1] == ("<module>",))
+    assert module >= times[(main, top + ("nap",))]
+    rep = subprocess.run([prof_binary(), "report", "-i", str(path), "--view", "calls",
+                          "--limit", "1000", "--format", "json"], capture_output=True, text=True, check=True)
+    sec = json.loads(rep.stdout)["sections"][0]
+    assert sec["view"] == "calls"
+    rows = {fn(r["function"]): r for r in sec["by_total"]}
+    assert rows["fib"]["calls"] == 1973
+    assert rows["nap"]["self_value"] >= 200_000_000
+    assert rows["nap"]["total_value"] == rows["nap"]["self_value"]
+    # shape_known's inclusive time holds all it called, nap included.
+    assert rows["shape_known"]["total_value"] >= rows["nap"]["total_value"] + rows["fib"]["total_value"]
+    text = subprocess.run([prof_binary(), "report", "-i", str(path), "--view", "calls"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "calls of nap (calls.py:48): 1, self 20" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+@per_call
+def test_calls_agree_with_cprofile_on_richards(tmp_path):
+    # pyperformance (its benchmarks are data files) comes with `make deps`.
+    expected_path = tmp_path / "cprofile.json"
+    subprocess.run([PY, CALLS, "richards", "--cprofile", str(expected_path)],
+                   check=True, timeout=TIMEOUT * 4)
+    expected = json.loads(expected_path.read_text())
+    assert sum(expected.values()) > 10_000
+    path = record_exact(tmp_path, "richards")
+    profile = json.loads(path.read_text())
+    frames = profile["frames"]
+    view = next(v for v in profile["views"] if v["kind"] == "calls")
+    got = {}
+    for s in view["samples"]:
+        # cProfile saw run_richards's calls only, not the module's exec.
+        if not any(frames[f].startswith("run_richards (") for f in s["stack"]):
+            continue
+        leaf = frames[s["stack"][-1]]
+        if "run_benchmark.py:" not in leaf:
+            continue
+        where = leaf.rsplit(" (", 1)[1].rstrip(")")
+        got[where] = got.get(where, 0) + s["count"]
+    assert got == expected
+
+
+@per_call
+def test_flamegraph_of_the_calls_view(tmp_path):
+    path = record_exact(tmp_path, "known")
+    svg = tmp_path / "calls.svg"
+    subprocess.run([prof_binary(), "flame", str(svg), "-i", str(path), "--view", "calls"],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    text = svg.read_text()
+    assert "calls view" in text and "fib (" in text and "nap (" in text
+
+
+@pytest.mark.skipif(PER_CALL, reason="Python 3.11 only: it has no sys.monitoring")
+def test_exact_needs_python_3_12(tmp_path):
+    need_bpf(prof_binary())
+    p = subprocess.run(
+        [prof_binary(), "record", "--exact", "-o", str(tmp_path / "x.json"),
+         "--", PY, "-m", "pyusdt", CALLS, "known"],
+        capture_output=True, text=True, timeout=TIMEOUT * 2,
+    )
+    assert p.returncode != 0
+    assert "record --exact needs Python 3.12 or later" in p.stderr, p.stderr
+    assert not (tmp_path / "x.json").exists()
