@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pyusdt_prof
-from conftest import PY, SCRIPTS, TIMEOUT, Child, need_bpf, prof_binary, pyusdt_child
+from conftest import PER_CALL, PY, SCRIPTS, TIMEOUT, Child, need_bpf, prof_binary, pyusdt_child
 
 
 def fn(frame):
@@ -181,7 +181,7 @@ def test_without_privileges_start_is_a_permission_error():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"views": "cpu,lock"}, "`lock` is not a view; the views are cpu, offcpu, syscall, wakeup, gil"),
+    ({"views": "cpu,lock"}, "`lock` is not a view; the views are cpu, offcpu, syscall, wakeup, gil, calls"),
     ({"views": []}, "no view to record"),
     ({"freq": 0}, "freq is CPU samples per second from 1 to 10000, not 0"),
     ({"duration": -1.0}, "duration must be a number of seconds"),
@@ -293,7 +293,7 @@ def test_load_refuses_bad_files_clearly(tmp_path):
 def test_the_package_is_one_abi3_build():
     native = pyusdt_prof._native.__file__
     assert native.endswith(".abi3.so"), native
-    assert pyusdt_prof.VIEWS == ["cpu", "offcpu", "syscall", "wakeup", "gil"]
+    assert pyusdt_prof.VIEWS == ["cpu", "offcpu", "syscall", "wakeup", "gil", "calls"]
 
 
 def writes_until_done(events, t, n):
@@ -315,7 +315,8 @@ def writes_until_done(events, t, n):
 def test_trace_iterates_exactly_the_writes_of_a_function_with_their_stacks():
     need_bpf()
     with target() as t:
-        tr = pyusdt_prof.trace(t.pid, syscalls=["write"], stacks=True)
+        # duration: a bound, should an event be lost and the loop not end.
+        tr = pyusdt_prof.trace(t.pid, syscalls=["write"], stacks=True, duration=TIMEOUT)
         assert isinstance(tr, pyusdt_prof.Trace) and tr.summary is None
         with tr:
             mine = writes_until_done(tr, t, 50)
@@ -351,7 +352,7 @@ def test_trace_with_a_callback_stops_when_it_returns_false():
             return frames[-1:] != ["main"]
 
         summary = pyusdt_prof.trace(t.pid, probes=["pyusdt:layout"], syscalls=["write"],
-                                    stacks=True, callback=on_event)
+                                    stacks=True, callback=on_event, duration=TIMEOUT)
         t.expect("^done$")
     assert len(seen) == 30
     assert summary["lost"] == 0 and summary["events"] >= 31
@@ -365,20 +366,61 @@ def test_an_exception_in_the_callback_stops_the_trace_and_propagates():
             raise KeyError("from the callback")
 
         with pytest.raises(KeyError, match="from the callback"):
-            pyusdt_prof.trace(t.pid, probes=["pyusdt:layout"], callback=on_event)
+            pyusdt_prof.trace(t.pid, probes=["pyusdt:layout"], callback=on_event,
+                              duration=TIMEOUT)
 
 
 def test_trace_of_a_probe_gives_its_arguments():
     need_bpf()
     with target() as t:
         # One spec as a string, commas in its types and all.
-        with pyusdt_prof.trace(t.pid, probes="pyusdt:layout(int,int)") as tr:
+        with pyusdt_prof.trace(t.pid, probes="pyusdt:layout(int,int)", duration=TIMEOUT) as tr:
             events = [next(tr) for _ in range(3)]
     for e in events:
         assert (e["kind"], e["provider"], e["name"]) == ("probe", "pyusdt", "layout"), e
         assert len(e["args"]) == 2 and all(isinstance(a, int) for a in e["args"]), e
         assert e["stack"] == [] and e["pid"] == t.pid
     assert tr.summary["probes"] == ["pyusdt:layout(int,int)"]
+
+
+def test_trace_of_an_app_probe_gives_its_exact_arguments_and_types():
+    need_bpf()
+    with target() as t:
+        # Types from the probe's .pyusdt.argtypes section; duration bounds
+        # a trace that would lose events.
+        with pyusdt_prof.trace(t.pid, probes=["apitest:*"], duration=TIMEOUT) as tr:
+            t.send("tick 100")
+            hits = [next(tr) for _ in range(100)]
+        t.expect("^done$")
+    assert [e["args"] for e in hits] == [[i, f"job-{i}"] for i in range(100)]
+    assert {(e["provider"], e["name"]) for e in hits} == {("apitest", "tick")}
+    assert tr.summary["probes"] == ["apitest:tick(int,str)"] and tr.summary["lost"] == 0
+
+
+def test_a_span_recording_keeps_to_the_span():
+    need_bpf()
+    with target() as t:
+        with pyusdt_prof.Recording(t.pid, views="syscall", span="api-span") as rec:
+            run(t, "write 7")
+            run(t, "span 12")
+    p = rec.profile
+    assert calls(p, "api_spanned", "write") == 12
+    assert calls(p, "api_writer", "write") == 0
+    assert (p.span["name"], p.span["count"]) == ("api-span", 12), p.span
+
+
+@pytest.mark.skipif(not PER_CALL, reason="the calls view needs sys.monitoring (3.12+)")
+def test_exact_counts_every_call():
+    need_bpf()
+    with target() as t:
+        with pyusdt_prof.Recording(t.pid, views="cpu", exact=True) as rec:
+            run(t, "call 250")
+    p = rec.profile
+    assert p.views == ["cpu", "calls"]
+    row = next(r for r in p.top("calls", by="total", limit=100) if fn(r["function"]) == "api_call")
+    assert row["calls"] == 250, row
+    (h,) = [h for h in p.histograms("calls") if fn(h["function"]) == "api_call"]
+    assert h["calls"] == 250 and sum(h["buckets"]) == 250
 
 
 def test_trace_refuses_what_the_process_does_not_have():
