@@ -70,7 +70,8 @@ deps-python:
 	    fi; \
 	done
 
-# The profiler, and the extension built into each interpreter's venv.
+# The profiler, the extension built into each interpreter's venv, and
+# the Python API (pyusdt_prof: built once, abi3, installed into each venv).
 build: deps
 	cargo build --release --locked
 	@for py in $(PYTHONS); do \
@@ -79,6 +80,15 @@ build: deps
 	    (cd pyext && VIRTUAL_ENV=$(CURDIR)/$$v PATH=$(CURDIR)/$$v/bin:$$PATH \
 	        CARGO_TARGET_DIR=$(CURDIR)/target/$$(basename $$v) \
 	        maturin develop --release --locked -q) || exit 1; \
+	done
+	@echo "build: pyusdt_prof, one abi3 wheel for every venv"
+	@rm -f target/wheels/pyusdt_prof-*.whl
+	@v=$(call venv_of,$(PYTHON)); \
+	(cd pyprof && PATH=$(CURDIR)/$$v/bin:$$PATH \
+	    maturin build --release --locked -q -o $(CURDIR)/target/wheels) || exit 1
+	@for py in $(PYTHONS); do \
+	    $(call venv_of,$$py)/bin/pip install -q --force-reinstall --no-deps \
+	        target/wheels/pyusdt_prof-*-abi3-*.whl || exit 1; \
 	done
 
 demo: build
@@ -142,4 +152,4 @@ bench-calls: build
 
 clean:
 	cargo clean
-	rm -rf .venv pyext/python/pyusdt/*.so
+	rm -rf .venv pyext/python/pyusdt/*.so pyprof/python/pyusdt_prof/*.so

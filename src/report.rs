@@ -388,6 +388,100 @@ fn gil_holder<'p>(p: &'p Profile, stack: &[u32]) -> (String, &'p str) {
     (holder, f)
 }
 
+/// The threads of `p` (every one named or with a stack), or only those
+/// named `thread` or with that thread id; an error naming the threads
+/// when none is.
+pub fn select_threads(p: &Profile, thread: Option<&str>) -> Result<BTreeSet<u32>> {
+    let mut all: BTreeSet<u32> = p.threads.keys().copied().collect();
+    all.extend(p.views.iter().flat_map(|v| v.samples.iter().map(|s| s.tid)));
+    let Some(t) = thread else {
+        return Ok(all);
+    };
+    let picked: BTreeSet<u32> = all
+        .into_iter()
+        .filter(|tid| tid.to_string() == t || p.threads.get(tid).is_some_and(|n| n == t))
+        .collect();
+    if picked.is_empty() {
+        let names: BTreeSet<String> = p
+            .threads
+            .iter()
+            .map(|(tid, n)| format!("{n} ({tid})"))
+            .collect();
+        let names: Vec<String> = names.into_iter().collect();
+        bail!(
+            "no thread named or numbered `{t}` in this profile; its threads are {}",
+            names.join(", ")
+        );
+    }
+    Ok(picked)
+}
+
+/// The durations of one function's events (and, in the syscall view, of
+/// one syscall of it), all of them, for scripts: the same sums as the
+/// report's syscall tables and histograms, before any limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct DurationHistogram {
+    /// The innermost Python function, or [`NO_PYTHON`].
+    pub function: String,
+    /// The syscall view: the syscall (`write`, ...); other views: none.
+    pub syscall: Option<String>,
+    /// Events (calls, switches, waits).
+    pub calls: u64,
+    /// Their time (in the calls view, their self time, while `buckets`
+    /// spread each call's inclusive time, as the report's histograms do).
+    pub total_ns: u64,
+    /// `buckets[k]` events lasted from 2^k to 2^(k+1) ns (`[0]`: under 2).
+    pub buckets: Vec<u64>,
+}
+
+/// Every log2 histogram of view `kind` (syscall, offcpu, gil or calls) over
+/// `threads`: per function, and per syscall of it in the syscall view;
+/// most time first.
+pub fn duration_histograms(
+    p: &Profile,
+    kind: ViewKind,
+    threads: &BTreeSet<u32>,
+) -> Result<Vec<DurationHistogram>> {
+    if !matches!(
+        kind,
+        ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil | ViewKind::Calls
+    ) {
+        bail!(
+            "the {} view keeps no durations; the syscall, offcpu, gil and calls views do",
+            kind.name()
+        );
+    }
+    let Some(v) = p.view(kind) else {
+        bail!("this profile has no {} view", kind.name());
+    };
+    if let Some(why) = &v.unavailable {
+        bail!("the {} view could not be measured: {why}", kind.name());
+    }
+    let mut acc: BTreeMap<(&str, Option<&str>), Acc> = BTreeMap::new();
+    for s in v.samples.iter().filter(|s| threads.contains(&s.tid)) {
+        let py = python_frames(p, &s.stack);
+        let leaf = py.last().copied().unwrap_or(NO_PYTHON);
+        let sys = (kind == ViewKind::Syscall).then(|| syscall_of(p, &s.stack));
+        acc.entry((leaf, sys))
+            .or_default()
+            .add(s.count, s.value, &s.hist);
+    }
+    let mut out: Vec<DurationHistogram> = acc
+        .into_iter()
+        .map(|((f, sys), a)| DurationHistogram {
+            function: f.to_string(),
+            syscall: sys.map(str::to_string),
+            calls: a.count,
+            total_ns: a.ns,
+            buckets: a.hist,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.total_ns, &a.function, &a.syscall).cmp(&(a.total_ns, &b.function, &b.syscall))
+    });
+    Ok(out)
+}
+
 /// Builds the report of `p` that `o` asks for.
 pub fn report(p: &Profile, o: &ReportOptions) -> Result<Report> {
     let views: Vec<&View> = if o.views.is_empty() {
@@ -402,30 +496,7 @@ pub fn report(p: &Profile, o: &ReportOptions) -> Result<Report> {
         }
         vs
     };
-    let mut all: BTreeSet<u32> = p.threads.keys().copied().collect();
-    all.extend(p.views.iter().flat_map(|v| v.samples.iter().map(|s| s.tid)));
-    let chosen: BTreeSet<u32> = match &o.thread {
-        None => all,
-        Some(t) => {
-            let picked: BTreeSet<u32> = all
-                .into_iter()
-                .filter(|tid| tid.to_string() == *t || p.threads.get(tid).is_some_and(|n| n == t))
-                .collect();
-            if picked.is_empty() {
-                let names: BTreeSet<String> = p
-                    .threads
-                    .iter()
-                    .map(|(tid, n)| format!("{n} ({tid})"))
-                    .collect();
-                let names: Vec<String> = names.into_iter().collect();
-                bail!(
-                    "no thread named or numbered `{t}` in this profile; its threads are {}",
-                    names.join(", ")
-                );
-            }
-            picked
-        }
-    };
+    let chosen = select_threads(p, o.thread.as_deref())?;
     let limit = o.limit.max(1);
     let mut sections = Vec::new();
     for v in views {
@@ -676,6 +747,106 @@ pub fn histogram_text(buckets: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn syscall_profile() -> Profile {
+        use crate::profile::Sample;
+        let sample = |tid, stack: Vec<u32>, count, value, hist: Vec<u64>| Sample {
+            pid: 0,
+            tid,
+            stack,
+            value,
+            count,
+            hist,
+        };
+        Profile {
+            format: crate::profile::FORMAT.into(),
+            version: crate::profile::VERSION,
+            pid: 7,
+            command: vec!["python".into()],
+            python: "3.12.1".into(),
+            start_unix_ns: 0,
+            duration_ns: 1,
+            sample_hz: 99,
+            threads: BTreeMap::from([(7, "main".to_string()), (8, "worker".to_string())]),
+            processes: BTreeMap::new(),
+            frames: vec![
+                "main (a.py:1)".into(),
+                "f (a.py:5)".into(),
+                "syscall:write".into(),
+                "syscall:read".into(),
+            ],
+            function_of: Vec::new(),
+            views: vec![View {
+                kind: ViewKind::Syscall,
+                unit: Unit::Nanoseconds,
+                events: 6,
+                lost: 0,
+                unavailable: None,
+                samples: vec![
+                    sample(7, vec![0, 1, 2], 3, 30, vec![0, 0, 0, 3]),
+                    sample(8, vec![0, 1, 2], 2, 40, vec![0, 0, 0, 0, 0, 2]),
+                    sample(7, vec![0, 1, 3], 1, 5, vec![0, 0, 1]),
+                    sample(7, vec![0, 3], 1, 2, vec![0, 1]),
+                ],
+            }],
+            walk_errors: BTreeMap::new(),
+            span: None,
+        }
+    }
+
+    #[test]
+    fn duration_histograms_per_function_and_syscall() {
+        let p = syscall_profile();
+        let all = select_threads(&p, None).unwrap();
+        let h = duration_histograms(&p, ViewKind::Syscall, &all).unwrap();
+        let rows: Vec<String> = h
+            .iter()
+            .map(|h| {
+                let s = h.syscall.as_deref().unwrap_or("-");
+                format!(
+                    "{} {s} {} {} {:?}",
+                    h.function, h.calls, h.total_ns, h.buckets
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "f (a.py:5) write 5 70 [0, 0, 0, 3, 0, 2]",
+                "f (a.py:5) read 1 5 [0, 0, 1]",
+                "main (a.py:1) read 1 2 [0, 1]",
+            ]
+        );
+        // The report's syscall table sums the same events.
+        let r = report(
+            &p,
+            &ReportOptions {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let f = &r.sections[0].syscalls[0];
+        assert_eq!(
+            (f.function.as_str(), f.calls, f.total_ns),
+            ("f (a.py:5)", 6, 75)
+        );
+        let one = select_threads(&p, Some("worker")).unwrap();
+        let h = duration_histograms(&p, ViewKind::Syscall, &one).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].calls, h[0].total_ns), (2, 40));
+        assert_eq!(select_threads(&p, Some("7")).unwrap(), BTreeSet::from([7]));
+        let err = select_threads(&p, Some("nosuch")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no thread named or numbered `nosuch` in this profile; its threads are \
+             main (7), worker (8)"
+        );
+        let err = duration_histograms(&p, ViewKind::Cpu, &all).unwrap_err();
+        assert!(err.to_string().contains("keeps no durations"), "{err}");
+        let err = duration_histograms(&p, ViewKind::Offcpu, &all).unwrap_err();
+        assert_eq!(err.to_string(), "this profile has no offcpu view");
+    }
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
