@@ -282,21 +282,19 @@ static long drain_step(__u32 i, void *arg)
 {
 	struct drain *w = arg;
 	struct call_thread *t = w->t;
-	__u64 ev[2], at = w->from + i, code, kind;
+	__u64 at = w->from + i, code, kind, ts;
+	__u32 slot = at & (CALL_RING_SLOTS - 1);
 
 	if (i >= w->n)
 		return 1;
-	if (bpf_probe_read_user(ev, sizeof(ev),
-				(const void *)(t->ring + CALL_RING_DATA +
-					       (at & (CALL_RING_SLOTS - 1)) * sizeof(ev))))
-		return 1;
-	code = ev[0] & ~CALL_KIND_MASK;
-	kind = ev[0] & CALL_KIND_MASK;
+	code = t->copy[slot][0] & ~CALL_KIND_MASK;
+	kind = t->copy[slot][0] & CALL_KIND_MASK;
+	ts = t->copy[slot][1];
 	if (kind & CALL_KIND_EXIT) {
-		leave(t, code, ev[1]);
+		leave(t, code, ts);
 	} else {
 		__sync_fetch_and_add(&calls, 1);
-		push(t, w->tgid, w->tid, code, ev[1], kind);
+		push(t, w->tgid, w->tid, code, ts, kind);
 	}
 	t->tail = at + 1;
 	return 0;
@@ -316,6 +314,22 @@ static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, 
 	}
 	w.from = t->tail;
 	w.n = head - t->tail;
+	/* Copy the new slots in: from the tail's slot to the ring's end, then
+	 * what wrapped around to its start. */
+	{
+		__u32 a = w.from & (CALL_RING_SLOTS - 1), first = CALL_RING_SLOTS - a;
+		__u64 n1 = w.n < first ? w.n : first, n2 = w.n - n1;
+
+		if (n1 == 0 || n1 > CALL_RING_SLOTS ||
+		    bpf_probe_read_user(&t->copy[a], (n1 * 16) & (CALL_RING_SLOTS * 16 * 2 - 1),
+					(const void *)(t->ring + CALL_RING_DATA + a * 16)))
+			return;
+		if (n2 > 0 && (n2 > CALL_RING_SLOTS ||
+			       bpf_probe_read_user(&t->copy[0],
+						   (n2 * 16) & (CALL_RING_SLOTS * 16 * 2 - 1),
+						   (const void *)(t->ring + CALL_RING_DATA))))
+			return;
+	}
 	bpf_loop(CALL_RING_SLOTS, drain_step, &w, 0);
 }
 

@@ -36,17 +36,6 @@ struct call_frame {
 	__u64 child_ns;	/* time in the calls it made that ended */
 };
 
-/* A thread's call stack, as the kernel keeps it. */
-struct call_thread {
-	__u32 depth;	/* frames on the stack, kept or not */
-	__u32 tgid;
-	__u64 ring;	/* the thread's call ring in the target */
-	__u64 tail;	/* events of the ring read so far */
-	__u32 busy;	/* a drain runs (it may be preempted: the switch skips) */
-	__u32 reserved;
-	struct call_frame frames[CALLS_MAX_DEPTH];
-};
-
 /*
  * The per-thread ring the target writes its calls and returns to
  * (pyext/src/calls.rs, struct CallRing): `head` events written so far,
@@ -58,5 +47,20 @@ struct call_thread {
 #define CALL_KIND_MASK 7ULL
 #define CALL_KIND_EXIT 4ULL /* kinds 4-6 leave a frame, 0-2 enter one */
 #define CALL_KIND_START 0ULL
+
+/* A thread's call stack, as the kernel keeps it. */
+struct call_thread {
+	__u32 depth;	/* frames on the stack, kept or not */
+	__u32 tgid;
+	__u64 ring;	/* the thread's call ring in the target */
+	__u64 tail;	/* events of the ring read so far */
+	__u32 busy;	/* a drain runs (it may be preempted: the switch skips) */
+	__u32 reserved;
+	struct call_frame frames[CALLS_MAX_DEPTH];
+	/* The ring's new events, copied in (at most) two reads per drain; as
+	 * big as two rings, so that a copy to any slot's place fits. */
+	__u64 copy[2 * CALL_RING_SLOTS][2];
+};
+
 
 #endif /* PYUSDT_CALLS_H */
