@@ -84,9 +84,9 @@ enum Command {
     ///   all      every view above.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
-    ///            call path. ~220 ns per call (two sys.monitoring
-    ///            callbacks, batched into the kernel): fib 8x slower,
-    ///            bpftrace on PY_START/PY_RETURN 34x.
+    ///            call path. ~135 ns per call (two sys.monitoring
+    ///            callbacks, batched into the kernel): fib 5.4x slower
+    ///            (cProfile 6.4x, bpftrace on PY_START/PY_RETURN 32x).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
     /// more than the 3-5% a profiler attached to a live service may take;
