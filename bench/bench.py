@@ -135,20 +135,27 @@ class BpfStats:
     def __init__(self):
         self.last = {}
         self.stop_flag = False
+        # Programs loaded already belong to an earlier run that is still
+        # going away: not this one's.
+        self.before = {p["id"] for p in self.programs()}
         self.t = threading.Thread(target=self.loop, daemon=True)
         self.t.start()
 
+    @staticmethod
+    def programs():
+        try:
+            out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True,
+                                 text=True, timeout=10).stdout
+            return json.loads(out or "[]")
+        except Exception:
+            return []
+
     def loop(self):
         while not self.stop_flag:
-            try:
-                out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True,
-                                     text=True, timeout=10).stdout
-                for p in json.loads(out or "[]"):
-                    name = p.get("name", "")
-                    if name in HANDLERS and p.get("run_cnt"):
-                        self.last[(name, p["id"])] = (p["run_cnt"], p["run_time_ns"])
-            except Exception:
-                pass
+            for p in self.programs():
+                name = p.get("name", "")
+                if name in HANDLERS and p.get("run_cnt") and p["id"] not in self.before:
+                    self.last[(name, p["id"])] = (p["run_cnt"], p["run_time_ns"])
             time.sleep(0.2)
 
     def stop(self):
@@ -161,7 +168,7 @@ class BpfStats:
         return per
 
 
-HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
+HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf": "thread exit", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
             "drop_gil_enter": "drop_gil entry"}

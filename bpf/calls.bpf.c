@@ -409,7 +409,7 @@ static __always_inline int on_exit(void)
 	return 0;
 }
 
-TP_TWIN(sched_process_exit, exit, on_exit(), struct task_struct *p)
+TP_TWIN(sched_process_exit, thread_exit, on_exit(), struct task_struct *p)
 
 /* Puts the types in the skeleton's types. */
 struct call_node _call_node = {};

@@ -448,14 +448,19 @@ fn load_calls<'o>(
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the call tracer");
     let p = &mut open.progs;
-    p.exit_btf.set_autoload(btf);
-    p.exit_raw.set_autoload(!btf);
+    p.thread_exit_btf.set_autoload(btf);
+    p.thread_exit_raw.set_autoload(!btf);
     p.switch_btf.set_autoload(btf);
     p.switch_raw.set_autoload(!btf);
     let skel = open.load().context("load the call tracer")?;
     let p = &skel.progs;
     let mut links = vec![
-        attach_tp(btf, &p.exit_btf, &p.exit_raw, "sched_process_exit")?,
+        attach_tp(
+            btf,
+            &p.thread_exit_btf,
+            &p.thread_exit_raw,
+            "sched_process_exit",
+        )?,
         attach_tp(btf, &p.switch_btf, &p.switch_raw, "sched_switch")?,
     ];
     let path = target.extension_path();
