@@ -4,6 +4,7 @@ call shape (tests/scripts/calls.py), and pyperformance's richards against
 cProfile's counts."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -16,13 +17,14 @@ CALLS = str(SCRIPTS / "calls.py")
 per_call = pytest.mark.skipif(not PER_CALL, reason="sys.monitoring needs Python 3.12+")
 
 
-def record_exact(tmp_path, shape, extra=()):
+def record_exact(tmp_path, shape, extra=(), env=None):
     need_bpf(prof_binary())
     out = tmp_path / f"{shape}.json"
     p = subprocess.run(
         [prof_binary(), "record", "--exact", "-o", str(out), *extra,
          "--", PY, "-m", "pyusdt", CALLS, shape],
         capture_output=True, text=True, timeout=TIMEOUT * 4,
+        env={**os.environ, **(env or {})},
     )
     assert p.returncode == 0, p.stderr
     assert "pyusdt-prof: wrote" in p.stderr, p.stderr
@@ -82,6 +84,19 @@ def test_calls_are_counted_exactly_per_path_and_thread(tmp_path):
     # Nothing of python -m pyusdt's own launcher is in the view: the main
     # thread's calls are the program's, and threading's at exit.
     assert {k[1][0] for k in calls if k[0] == main} == {"<module>", "_shutdown"}
+
+
+@per_call
+def test_raw_tp_programs_count_the_same_calls(tmp_path):
+    """The raw_tp twins of the thread-exit and switch handlers (kernels
+    without tp_btf) give the same exact counts."""
+    path = record_exact(tmp_path, "known", env={"PYUSDT_PROF_RAW_TP": "1"})
+    calls = by_chain(fold(path, "calls", count=True))
+    assert sum(v for k, v in calls.items() if k[0] == "main" and "fib" in k[1]) == 1973
+    others = {k[0] for k in calls} - {"main"}
+    assert len(others) == 2
+    for t in others:
+        assert sum(v for k, v in calls.items() if k[0] == t and k[1][-1] == "leaf") == 300
 
 
 @per_call
