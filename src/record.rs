@@ -657,21 +657,26 @@ fn learn_names(
             .learn_lines(key.code, t.data[..n].to_vec(), t.full_len);
     }
     for (key, n) in entries::<cpu::types::code_key, cpu::types::code_name>(code_names)? {
-        let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
-        let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
-        let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
-        let name = format!(
-            "{} ({}:{})",
-            pyname::decode(&bytes(q), n.qualname_kind),
-            pyname::decode(&bytes(f), n.filename_kind),
-            n.firstlineno
-        );
-        namers.get(key.tgid).learn(key.code, name);
+        namers.get(key.tgid).learn(key.code, code_name(&n));
     }
     for (tid, c) in entries::<u32, cpu::types::comm_value>(comms)? {
         threads.insert(tid, comm_str(&c.comm));
     }
     Ok(())
+}
+
+/// A code object's names as the BPF side read them, as profiles name a
+/// Python frame: `qualname (file:firstline)`.
+pub(crate) fn code_name(n: &cpu::types::code_name) -> String {
+    let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
+    let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
+    let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+    format!(
+        "{} ({}:{})",
+        pyname::decode(&bytes(q), n.qualname_kind),
+        pyname::decode(&bytes(f), n.filename_kind),
+        n.firstlineno
+    )
 }
 
 /// Thread names of `pid` from /proc.

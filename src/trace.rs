@@ -64,7 +64,7 @@ use serde::Serialize;
 use crate::bpf::trace::{types, TraceSkel, TraceSkelBuilder};
 use crate::bpf::{cpu, procs};
 use crate::layout::{self, Layout};
-use crate::pyname::{self, Namer};
+use crate::pyname::Namer;
 use crate::record::{self, POLL_THREAD};
 use crate::target::{self, Lookup, Target};
 use crate::{syscalls, usdt, Result};
@@ -670,15 +670,7 @@ impl<M: MapCore> Stacks<'_, M> {
         if let Ok(Some(bytes)) = self.code_names.lookup(&key, MapFlags::ANY) {
             let mut n = cpu::types::code_name::default();
             if plain::copy_from_bytes(&mut n, &bytes).is_ok() {
-                let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
-                let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
-                let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
-                let name = format!(
-                    "{} ({}:{})",
-                    pyname::decode(&bytes(q), n.qualname_kind),
-                    pyname::decode(&bytes(f), n.filename_kind),
-                    n.firstlineno
-                );
+                let name = crate::record::code_name(&n);
                 self.namer.learn(code, name.clone());
                 return name;
             }
