@@ -57,26 +57,34 @@ struct {
 } gil_waits SEC(".maps");
 
 /* `record --span NAME`: only what a thread does inside span NAME is
- * recorded; bpf/span.bpf.c keeps each thread's span depth here. */
+ * recorded; bpf/span.bpf.c keeps each thread's place in it here. */
 const volatile __u8 span_only = 0;
+
+/* A thread and span NAME: how deep inside it is (the span nested in
+ * itself; 0 outside), and since when (its outermost entry). */
+struct span_state {
+	__u64 start_ns;
+	__u32 depth;
+	__u32 reserved;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct span_state);
 } span_threads SEC(".maps");
 
 /* Whether thread `tid` is to be recorded now: always, unless --span says
  * only inside the span. */
 static __always_inline int in_span(__u32 tid)
 {
-	__u32 *depth;
+	struct span_state *s;
 
 	if (!span_only)
 		return 1;
-	depth = bpf_map_lookup_elem(&span_threads, &tid);
-	return depth && *depth;
+	s = bpf_map_lookup_elem(&span_threads, &tid);
+	return s && s->depth;
 }
 
 /* x86_64's uretprobe and uprobe syscalls: the kernel's own way into a

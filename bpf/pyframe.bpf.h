@@ -8,6 +8,7 @@
 #define PYUSDT_PYFRAME_BPF_H
 
 #include "procs.bpf.h"
+#include "hist.bpf.h"
 #include "pystack.h"
 
 #ifndef EEXIST
@@ -489,48 +490,6 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	if (err == 0)
 		name_codes(tgid); /* a stack not seen before */
 	return id;
-}
-
-/* floor(log2(v)), 0 for 0. */
-static __always_inline __u32 log2_u64(__u64 v)
-{
-	__u32 r = 0, shift;
-
-	shift = (v > 0xffffffffULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xffff) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xff) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xf) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
-}
-
-/* Adds one event of `ns` to the time_hist at `key` in `map`, creating it;
- * counts it in *lost if the map is full. */
-static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, __u64 *lost)
-{
-	struct time_hist *v = bpf_map_lookup_elem(map, key);
-	__u32 slot = log2_u64(ns);
-
-	if (slot >= HIST_SLOTS)
-		slot = HIST_SLOTS - 1;
-	if (!v) {
-		struct time_hist init = { .ns = ns, .count = 1 };
-
-		init.hist[slot & 63] = 1;
-		if (!bpf_map_update_elem(map, key, &init, BPF_NOEXIST))
-			return;
-		/* Lost a race to create it, or the map is full. */
-		v = bpf_map_lookup_elem(map, key);
-		if (!v) {
-			__sync_fetch_and_add(lost, 1);
-			return;
-		}
-	}
-	__sync_fetch_and_add(&v->ns, ns);
-	__sync_fetch_and_add(&v->count, 1);
-	if (slot < HIST_SLOTS)
-		__sync_fetch_and_add(&v->hist[slot], 1);
 }
 
 #endif /* PYUSDT_PYFRAME_BPF_H */

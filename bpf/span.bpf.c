@@ -10,6 +10,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/usdt.bpf.h>
 
+#include "hist.bpf.h"
 #include "procs.bpf.h"
 #include "span.h"
 
@@ -17,14 +18,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* The span followed, NUL-terminated; set before load. */
 const volatile char span_name[SPAN_NAME_LEN] = {};
-
-/* Threads inside the span now, by tid. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct span_open);
-} span_open SEC(".maps");
 
 /* The ended spans' durations (one entry). */
 struct {
@@ -34,8 +27,8 @@ struct {
 	__type(value, struct time_hist);
 } span_times SEC(".maps");
 
-/* Spans that ended without the recording having seen them begin. */
-__u64 unmatched_ends = 0;
+/* Never counts: span_times is an array, its one entry always there. */
+__u64 lost_spans = 0;
 
 /* Whether the probe's name argument is the span followed. */
 static __always_inline int is_ours(const char *name)
@@ -58,56 +51,36 @@ SEC("usdt")
 int BPF_USDT(span_begin, const char *name, __u64 id)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, one = 1;
-	struct span_open *o, init = {};
+	__u32 tid = (__u32)pid_tgid;
+	struct span_state *s, init = { .depth = 1 };
 
 	if (!is_target(pid_tgid >> 32) || !is_ours(name))
 		return 0;
-	o = bpf_map_lookup_elem(&span_open, &tid);
-	if (o && o->depth) {
-		o->depth++;
-	} else {
-		init.start_ns = bpf_ktime_get_ns();
-		init.depth = 1;
-		bpf_map_update_elem(&span_open, &tid, &init, BPF_ANY);
+	s = bpf_map_lookup_elem(&span_threads, &tid);
+	if (s && s->depth) {
+		s->depth++;
+		return 0;
 	}
-	o = bpf_map_lookup_elem(&span_open, &tid);
-	if (o)
-		bpf_map_update_elem(&span_threads, &tid, &o->depth, BPF_ANY);
-	else
-		bpf_map_update_elem(&span_threads, &tid, &one, BPF_ANY);
+	init.start_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&span_threads, &tid, &init, BPF_ANY);
 	return 0;
 }
 
 SEC("usdt")
 int BPF_USDT(span_end, const char *name, __u64 id)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid(), ns;
-	__u32 tid = (__u32)pid_tgid, zero = 0, slot;
-	struct span_open *o;
-	struct time_hist *h;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, zero = 0;
+	struct span_state *s;
 
 	if (!is_target(pid_tgid >> 32) || !is_ours(name))
 		return 0;
-	o = bpf_map_lookup_elem(&span_open, &tid);
-	if (!o || !o->depth) {
-		__sync_fetch_and_add(&unmatched_ends, 1);
+	s = bpf_map_lookup_elem(&span_threads, &tid);
+	/* An end whose begin came before the recording: nothing to close. */
+	if (!s || !s->depth)
 		return 0;
-	}
-	o->depth--;
-	bpf_map_update_elem(&span_threads, &tid, &o->depth, BPF_ANY);
-	if (o->depth)
-		return 0;
-	ns = bpf_ktime_get_ns() - o->start_ns;
-	h = bpf_map_lookup_elem(&span_times, &zero);
-	if (!h)
-		return 0;
-	__sync_fetch_and_add(&h->ns, ns);
-	__sync_fetch_and_add(&h->count, 1);
-	slot = 0;
-	while (slot < HIST_SLOTS - 1 && (ns >> (slot + 1)))
-		slot++;
-	__sync_fetch_and_add(&h->hist[slot & 63], 1);
+	if (--s->depth == 0)
+		add_time_hist(&span_times, &zero, bpf_ktime_get_ns() - s->start_ns, &lost_spans);
 	return 0;
 }
 
