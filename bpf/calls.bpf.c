@@ -53,9 +53,6 @@ __u64 lost_events = 0;
 __u64 lost_nodes = 0;
 __u64 lost_threads = 0;
 __u64 calls_too_deep = 0;
-/* Returns of frames the recording did not see begin (running before it
- * attached, or before the thread's stack was kept). */
-__u64 unmatched_exits = 0;
 /* Frames popped without their own return (a return was missed). */
 __u64 missed_exits = 0;
 
@@ -123,11 +120,8 @@ static __always_inline void push(struct call_thread *t, __u32 tgid, __u32 tid, _
 	parent = d == 0 ? thread_root(tgid, tid) : t->frames[(d - 1) & (CALLS_MAX_DEPTH - 1)].node;
 	id = node_id(parent, code);
 	n = get_node(id, d == 0 ? 0 : parent, code, tgid, tid);
-	if (n && start) {
-		n->entries++;
-		if (kind == CALL_KIND_START)
-			n->calls++;
-	}
+	if (n && start && kind == CALL_KIND_START)
+		n->calls++;
 	f = &t->frames[d & (CALLS_MAX_DEPTH - 1)];
 	f->node = id;
 	f->code = code;
@@ -210,7 +204,6 @@ static __always_inline void pop(struct call_thread *t, __u32 d, __u64 now)
 	struct call_frame *f = &t->frames[d & (CALLS_MAX_DEPTH - 1)];
 	struct call_node *n;
 	__u64 dur, self;
-	__u32 slot;
 
 	t->depth = d;
 	if (!f->start_ns)
@@ -222,12 +215,8 @@ static __always_inline void pop(struct call_thread *t, __u32 d, __u64 now)
 	n = bpf_map_lookup_elem(&call_nodes, &f->node);
 	if (!n)
 		return;
-	n->total_ns += dur;
 	n->self_ns += self;
-	slot = log2_u64(dur);
-	if (slot >= HIST_SLOTS)
-		slot = HIST_SLOTS - 1;
-	n->hist[slot & 63]++;
+	n->hist[hist_slot(dur) & 63]++;
 }
 
 /* How far below the top a returning frame may be found when returns were
@@ -241,10 +230,9 @@ static __always_inline void leave(struct call_thread *t, __u64 code, __u64 now)
 	__u32 d;
 	int k;
 
-	if (t->depth == 0) {
-		__sync_fetch_and_add(&unmatched_exits, 1);
+	/* A frame the recording did not see begin (it ran before). */
+	if (t->depth == 0)
 		return;
-	}
 	d = t->depth - 1;
 	if (d >= CALLS_MAX_DEPTH) {
 		t->depth = d;
@@ -256,10 +244,8 @@ static __always_inline void leave(struct call_thread *t, __u64 code, __u64 now)
 		if (t->frames[(d - k) & (CALLS_MAX_DEPTH - 1)].code == code)
 			break;
 	}
-	if (k == RESYNC_DEPTH || k > d) {
-		__sync_fetch_and_add(&unmatched_exits, 1);
-		return;
-	}
+	if (k == RESYNC_DEPTH || k > d)
+		return; /* not on the stack: it began before the recording */
 	for (int j = 0; j < RESYNC_DEPTH; j++) {
 		if (j >= k)
 			break;
@@ -275,6 +261,7 @@ struct drain {
 	__u32 tid;
 	__u64 from;
 	__u64 n;
+	__u64 entered; /* activations begun among them */
 };
 
 /* Applies event `from + i` of the thread's ring. */
@@ -293,7 +280,7 @@ static long drain_step(__u32 i, void *arg)
 	if (kind & CALL_KIND_EXIT) {
 		leave(t, code, ts);
 	} else {
-		__sync_fetch_and_add(&calls, 1);
+		w->entered++;
 		push(t, w->tgid, w->tid, code, ts, kind);
 	}
 	t->tail = at + 1;
@@ -331,6 +318,7 @@ static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, 
 			return;
 	}
 	bpf_loop(CALL_RING_SLOTS, drain_step, &w, 0);
+	__sync_fetch_and_add(&calls, w.entered);
 }
 
 /* pyusdt:calls(ring, head, first): the thread's ring has events up to

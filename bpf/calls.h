@@ -20,9 +20,9 @@ struct call_node {
 	__u32 tgid;
 	__u32 tid;
 	__u64 calls;	/* calls begun (PY_START) */
-	__u64 entries;	/* activations: calls begun, resumed or thrown into */
-	__u64 total_ns; /* inclusive time of the activations that ended */
-	__u64 self_ns;	/* the same less the time in the calls it made */
+	/* Time of the activations that ended, less the time in the calls they
+	 * made (a path's inclusive time is its subtree's). */
+	__u64 self_ns;
 	/* Inclusive time per ended activation, log2: hist[k] lasted from 2^k
 	 * to 2^(k+1) ns. */
 	__u32 hist[HIST_SLOTS];

@@ -37,6 +37,9 @@ pub const LOST_NAMES: &str = "code name map full";
 pub const LOST_KERNEL_STACKS: &str = "kernel stack map full or colliding";
 /// Children not followed because the process table was full.
 pub const LOST_CHILDREN: &str = "children not followed (process table full)";
+/// Calls whose return the calls view did not see (it ended them with
+/// their caller's).
+pub const MISSED_EXITS: &str = "calls ended without their return";
 /// Process events the recorder did not hear of (ring buffer full).
 pub const LOST_PROCESS_EVENTS: &str = "process events lost";
 
@@ -79,7 +82,7 @@ pub struct Progress {
 }
 
 /// Reads a counter that BPF updates in place.
-fn live(v: &u64) -> u64 {
+pub(crate) fn live(v: &u64) -> u64 {
     // SAFETY: `v` points into the object's mmapped .bss, which BPF
     // programs update concurrently: read it as memory that may change.
     unsafe { std::ptr::read_volatile(v) }
@@ -544,8 +547,8 @@ fn span_summary(s: &span::SpanSkel<'_>, name: &str) -> Result<SpanSummary> {
     })
 }
 
-/// The monotonic clock BPF's `bpf_ktime_get_ns` reads, in ns.
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC now, in ns: the clock BPF's `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -896,7 +899,6 @@ fn calls_samples(s: &calls::CallsSkel<'_>, open_until: Option<u64>) -> Result<Ve
                 }
                 let dur = now - f.start_ns;
                 if let Some(n) = nodes.get_mut(&f.node) {
-                    n.total_ns += dur;
                     n.self_ns += dur.saturating_sub(f.child_ns + inner);
                 }
                 inner = dur;
@@ -1017,6 +1019,23 @@ fn name_views(
     (frames.names, views, function_of)
 }
 
+/// The program's frames of a Python stack (root first) whose functions
+/// `function` names: those after the launcher's (runpy and pyusdt's own
+/// `__main__`, which `python -m pyusdt` adds under every program), and
+/// without pyusdt's own wrappers (the `@pyusdt.span` decorator).
+pub(crate) fn program_frames<'a, T>(
+    frames: &'a [T],
+    function: impl Fn(&T) -> &str + 'a,
+) -> impl Iterator<Item = &'a T> + 'a {
+    let start = frames
+        .iter()
+        .rposition(|f| function(f).contains("/pyusdt/__main__.py:"))
+        .map_or(0, |i| i + 1);
+    frames[start..]
+        .iter()
+        .filter(move |f| !function(f).contains("/pyusdt/__init__.py:"))
+}
+
 /// Interns frame names and builds stacks.
 struct Frames {
     names: Vec<String>,
@@ -1063,17 +1082,10 @@ impl Frames {
                 (line, function)
             })
             .collect();
-        let start = names
-            .iter()
-            .rposition(|(_, f)| f.contains("/pyusdt/__main__.py:"))
-            .map_or(0, |i| i + 1);
         if truncated {
             out.push(self.id("[truncated]"));
         }
-        // pyusdt's own wrappers (the @pyusdt.span decorator) are
-        // instrumentation too.
-        let ours = |f: &str| f.contains("/pyusdt/__init__.py:");
-        for (line, function) in names[start..].iter().filter(|(_, f)| !ours(f)) {
+        for (line, function) in program_frames(&names, |(_, f)| f) {
             let id = self.id(line);
             if self.lines && line != function {
                 let f = self.id(function);
@@ -1756,6 +1768,11 @@ fn build_profile(
         }
         if b.lost_events > 0 {
             walk_errors.insert(LOST_PROCESS_EVENTS.into(), b.lost_events);
+        }
+    }
+    if let Some(b) = calls.and_then(|s| s.maps.bss_data.as_deref()) {
+        if b.missed_exits > 0 {
+            walk_errors.insert(MISSED_EXITS.into(), b.missed_exits);
         }
     }
 
