@@ -61,8 +61,7 @@ struct {
 	__type(value, struct trace_sys_in);
 } trace_in_syscall SEC(".maps");
 
-/* Events sent, and events lost to a full ring buffer (or entry map). */
-__u64 sent = 0;
+/* Events lost to a full ring buffer (or entry map). */
 __u64 lost = 0;
 
 /* A record of `size` bytes (a head, or a whole trace_record) with its
@@ -89,12 +88,6 @@ static __always_inline struct trace_head *reserve(__u32 kind, __u32 tgid, __u32 
 	e->reserved = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	return e;
-}
-
-static __always_inline void send(void *e)
-{
-	bpf_ringbuf_submit(e, 0);
-	__sync_fetch_and_add(&sent, 1);
 }
 
 /* A probe hit's record is built here, then sent as long as it is. */
@@ -175,7 +168,6 @@ int trace_probe(struct pt_regs *ctx)
 		__sync_fetch_and_add(&lost, 1);
 		return 0;
 	}
-	__sync_fetch_and_add(&sent, 1);
 	return 0;
 }
 
@@ -211,13 +203,14 @@ static __always_inline int on_exit(long ret)
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct trace_sys_in *in;
 	struct trace_head *e;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 
 	if (!is_target(tgid))
 		return 0;
 	in = bpf_map_lookup_elem(&trace_in_syscall, &tid);
 	if (!in)
 		return 0; /* not traced, or entered before the trace began */
+	now = bpf_ktime_get_ns();
 	e = reserve(TRACE_SYSCALL, tgid, tid, sizeof(*e));
 	if (e) {
 		e->ts = in->ts;
@@ -225,7 +218,7 @@ static __always_inline int on_exit(long ret)
 		e->pystack = in->pystack;
 		e->nr = in->nr;
 		e->ret = ret;
-		send(e);
+		bpf_ringbuf_submit(e, 0);
 	}
 	bpf_map_delete_elem(&trace_in_syscall, &tid);
 	return 0;

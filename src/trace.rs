@@ -567,15 +567,7 @@ pub fn syscall_numbers(names: &[String]) -> Result<Vec<i64>> {
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of [`Event::time_ns`].
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::record::monotonic_ns;
 
 /// Opens and loads the trace object: rodata set, the walker's maps shared
 /// with the procs object (if the process announced a layout), maps it
@@ -608,6 +600,10 @@ fn load_trace<'o>(
     m.kstacks
         .set_max_entries(1)
         .context("shrink the unused kernel stack map")?;
+    // Every thread is traced: the span map (record --span) is not read.
+    m.span_threads
+        .set_max_entries(1)
+        .context("shrink the unused span map")?;
     if !stacks {
         m.pystacks
             .set_max_entries(1)
@@ -692,25 +688,14 @@ impl<M: MapCore> Stacks<'_, M> {
             return Vec::new();
         };
         let names: Vec<String> = codes.iter().map(|&(c, _)| self.name(pid, c)).collect();
-        let start = names
-            .iter()
-            .rposition(|f| f.contains("/pyusdt/__main__.py:"))
-            .map_or(0, |i| i + 1);
-        let mut out = Vec::with_capacity(names.len() - start + 1);
+        let mut out = Vec::with_capacity(names.len() + 1);
         if truncated {
             out.push("[truncated]".to_string());
         }
-        out.extend(names.into_iter().skip(start));
+        out.extend(record::program_frames(&names, |f| f.as_str()).cloned());
         self.by_id.insert(id, out.clone());
         out
     }
-}
-
-/// Reads a counter that BPF updates in place.
-fn live(v: &u64) -> u64 {
-    // SAFETY: `v` points into the object's mmapped .bss, which BPF
-    // programs update concurrently: read it as memory that may change.
-    unsafe { std::ptr::read_volatile(v) }
 }
 
 /// An event as the ring buffer carries it (a `trace_head`, and for a
@@ -1040,8 +1025,8 @@ pub fn trace(
     }
     let (lost, stacks_lost) = match skel.maps.bss_data.as_deref() {
         Some(b) => (
-            live(&b.lost),
-            live(&b.pystack_errors[3]) + live(&b.pystack_errors[4]),
+            record::live(&b.lost),
+            record::live(&b.pystack_errors[3]) + record::live(&b.pystack_errors[4]),
         ),
         None => (0, 0),
     };
