@@ -63,9 +63,17 @@ struct Ring(UnsafeCell<CallRing>);
 impl Drop for Ring {
     /// A thread that ends hands over what it wrote.
     fn drop(&mut self) {
-        let r = self.0.get_mut();
-        if probes::calls_attached() && r.epoch == EPOCH.load(Ordering::Relaxed) {
-            probes::fire_calls(r as *const CallRing as u64, r.head, u64::MAX);
+        self.0.get_mut().hand_over();
+    }
+}
+
+impl CallRing {
+    /// Fires `calls` for what the ring holds, if the tracer attached now
+    /// has been told of it (this epoch) and there is anything.
+    fn hand_over(&self) {
+        if probes::calls_attached() && self.head > 0 && self.epoch == EPOCH.load(Ordering::Relaxed)
+        {
+            probes::fire_calls(self as *const CallRing as u64, self.head, u64::MAX);
         }
     }
 }
@@ -125,9 +133,6 @@ pub fn new_epoch() {
 pub fn flush() {
     let _ = THREAD_RING.try_with(|ring| {
         // SAFETY: as in `record`.
-        let r = unsafe { &*ring.0.get() };
-        if probes::calls_attached() && r.head > 0 && r.epoch == EPOCH.load(Ordering::Relaxed) {
-            probes::fire_calls(r as *const CallRing as u64, r.head, u64::MAX);
-        }
+        unsafe { &*ring.0.get() }.hand_over();
     });
 }

@@ -77,8 +77,10 @@ pub struct Image {
 
 /// The symbol that marks the start of `.text`.
 pub const ANCHOR: &str = "_pyusdt_probes_text";
-/// Bytes per probe function: a 5-byte nop and `ret`, then `int3` up to 16.
+/// Bytes per probe function: [`PROBE_FUNC`], then `int3` up to 16.
 const FUNC_SIZE: u64 = 16;
+/// A probe function: `nopl 0(%rax,%rax,1); ret`.
+const PROBE_FUNC: [u8; 6] = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3];
 const PAGE: u64 = 0x1000;
 const EHDR_SIZE: u64 = 64;
 const PHDR_SIZE: u64 = 56;
@@ -397,7 +399,7 @@ pub fn build(provider: &str, probes: &[ProbeSpec]) -> Image {
         let (kind, value, size) = if i == 0 {
             (0u8, text_off, 0) // STT_NOTYPE
         } else {
-            (2u8, placed[i - 1].0, 2) // STT_FUNC
+            (2u8, placed[i - 1].0, PROBE_FUNC.len() as u64) // STT_FUNC
         };
         put32(&mut b, *name);
         b.push(0x10 | kind); // STB_GLOBAL
@@ -410,10 +412,9 @@ pub fn build(provider: &str, probes: &[ProbeSpec]) -> Image {
 
     // .text: nopl 0(%rax,%rax,1); ret; int3 padding.
     pad_to(&mut b, text_off);
-    const FUNC: [u8; 6] = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3];
     for _ in 0..n.max(1) {
-        b.extend_from_slice(&FUNC);
-        b.extend_from_slice(&[0xcc; FUNC_SIZE as usize - FUNC.len()]);
+        b.extend_from_slice(&PROBE_FUNC);
+        b.extend_from_slice(&[0xcc; FUNC_SIZE as usize - PROBE_FUNC.len()]);
     }
     b.push(0); // .stapsdt.base
 

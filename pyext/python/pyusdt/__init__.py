@@ -45,7 +45,6 @@ The application can add probes of its own (neither needs :func:`enable`):
 
 import atexit
 import functools
-import inspect
 import os
 
 from . import _native
@@ -141,6 +140,10 @@ def enabled():
 def _span_wrap(name, func):
     """``@span(name)``: each call of ``func`` in a fresh span (generators
     and coroutines: from their first step to their end)."""
+    # inspect takes ~15 ms to import: only programs that decorate pay it,
+    # not every start of python -m pyusdt.
+    import inspect
+
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
