@@ -10,6 +10,7 @@ the recorder must find. A shape that waits for the recorder to attach
 import asyncio
 import ctypes
 import os
+import random
 import sys
 import threading
 import time
@@ -94,14 +95,17 @@ def light():
 
 
 def shape_cpu():
-    """heavy does three times light's work, for 3 s, with a 1 ms sleep
-    between rounds (most of the time is work: over a thousand samples at
-    999 Hz on any machine)."""
+    """heavy does three times light's work, for 3 s, with a sleep of about
+    1 ms between rounds (most of the time is work: over a thousand samples
+    at 999 Hz on any machine). The sleep varies so that the rounds do not
+    lock in phase with the sampler's 1 ms period, which would sample the
+    same points of heavy and light again and again."""
+    rng = random.Random(7)
     end = time.monotonic() + 3
     while time.monotonic() < end:
         heavy()
         light()
-        time.sleep(0.001)
+        time.sleep(rng.uniform(0.0005, 0.0015))
 
 
 def short_lived():
