@@ -22,6 +22,12 @@
 #error "pyusdt needs CPython 3.11 or later"
 #endif
 
+/* A layout field and the offset in _Py_DebugOffsets of its value. */
+struct pyusdt_debug_position {
+	const char *field;
+	size_t offset;
+};
+
 /* The size the Rust side checks against its twin before it trusts us. */
 const size_t pyusdt_layout_c_size = sizeof(struct pyusdt_layout);
 
@@ -48,36 +54,53 @@ static __u32 state_bit(int which)
 	return (__u32)__builtin_ctz(word);
 }
 
+/* The layout's fields that _Py_DebugOffsets (3.13+) carries too, each with
+ * its place there: a profiler that finds the layout without the extension
+ * reads them from the running interpreter, and the extension checks that
+ * its own agree. */
 #if PY_VERSION_HEX >= 0x030D0000
+#define DEBUG_FIELDS(X)                                                  \
+	X(runtime_interpreters_head, runtime_state.interpreters_head)    \
+	X(interp_next, interpreter_state.next)                           \
+	X(interp_threads_head, interpreter_state.threads_head)           \
+	X(gil_at, interpreter_state.ceval_gil)                           \
+	X(tstate_next, thread_state.next)                                \
+	X(tstate_interp, thread_state.interp)                            \
+	X(tstate_thread_id, thread_state.thread_id)                      \
+	X(tstate_native_thread_id, thread_state.native_thread_id)        \
+	X(current_frame, thread_state.current_frame)                     \
+	X(frame_previous, interpreter_frame.previous)                    \
+	X(frame_code, interpreter_frame.executable)                      \
+	X(frame_instr, interpreter_frame.instr_ptr)                      \
+	X(frame_owner, interpreter_frame.owner)                          \
+	X(object_type, pyobject.ob_type)                                 \
+	X(code_filename, code_object.filename)                           \
+	X(code_name, code_object.name)                                   \
+	X(code_qualname, code_object.qualname)                           \
+	X(code_linetable, code_object.linetable)                         \
+	X(code_firstlineno, code_object.firstlineno)                     \
+	X(code_adaptive, code_object.co_code_adaptive)                   \
+	X(bytes_size, bytes_object.ob_size)                              \
+	X(bytes_data, bytes_object.ob_sval)                              \
+	X(unicode_length, unicode_object.length)                         \
+	X(unicode_ascii_data, unicode_object.asciiobject_size)
+
+#define POSITION(field, debug) {#field, offsetof(_Py_DebugOffsets, debug)},
+const struct pyusdt_debug_position pyusdt_debug_positions[] = {
+	DEBUG_FIELDS(POSITION){0, 0}};
+const size_t pyusdt_debug_offsets_size = sizeof(_Py_DebugOffsets);
+
 /* 1 if every offset this layout shares with _Py_DebugOffsets agrees. */
 static int agrees_with_debug_offsets(const struct pyusdt_layout *l)
 {
 	const _Py_DebugOffsets *d = &_PyRuntime.debug_offsets;
 
-	return d->runtime_state.interpreters_head == l->runtime_interpreters_head &&
-	       d->interpreter_state.next == l->interp_next &&
-	       d->interpreter_state.threads_head == l->interp_threads_head &&
-	       d->thread_state.next == l->tstate_next &&
-	       d->thread_state.interp == l->tstate_interp &&
-	       d->thread_state.thread_id == l->tstate_thread_id &&
-	       d->thread_state.native_thread_id == l->tstate_native_thread_id &&
-	       d->thread_state.current_frame == l->current_frame &&
-	       d->interpreter_frame.previous == l->frame_previous &&
-	       d->interpreter_frame.executable == l->frame_code &&
-	       d->interpreter_frame.instr_ptr == l->frame_instr &&
-	       d->interpreter_frame.owner == l->frame_owner &&
-	       d->pyobject.ob_type == l->object_type &&
-	       d->code_object.filename == l->code_filename &&
-	       d->code_object.name == l->code_name &&
-	       d->code_object.qualname == l->code_qualname &&
-	       d->code_object.linetable == l->code_linetable &&
-	       d->code_object.firstlineno == l->code_firstlineno &&
-	       d->code_object.co_code_adaptive == l->code_adaptive &&
-	       d->bytes_object.ob_size == l->bytes_size &&
-	       d->bytes_object.ob_sval == l->bytes_data &&
-	       d->unicode_object.length == l->unicode_length &&
-	       d->unicode_object.asciiobject_size == l->unicode_ascii_data;
+#define AGREES(field, debug) d->debug == l->field &&
+	return DEBUG_FIELDS(AGREES) 1;
 }
+#else
+const struct pyusdt_debug_position pyusdt_debug_positions[] = {{0, 0}};
+const size_t pyusdt_debug_offsets_size = 0;
 #endif
 
 /* Called with the GIL held, once per process. */
@@ -126,7 +149,12 @@ void pyusdt_fill_layout(struct pyusdt_layout *l)
 #endif
 	l->frame_previous = offsetof(_PyInterpreterFrame, previous);
 	l->frame_owner = offsetof(_PyInterpreterFrame, owner);
-#if PY_VERSION_HEX >= 0x030C0000
+	/* The owner of the interpreter's shim frames, which the walker skips:
+	 * 3.12 and 3.13 mark the entry frame as owned by the C stack; 3.14
+	 * (which has no FRAME_OWNED_BY_CSTACK) as owned by the interpreter. */
+#if PY_VERSION_HEX >= 0x030E0000
+	l->owner_cstack = FRAME_OWNED_BY_INTERPRETER;
+#elif PY_VERSION_HEX >= 0x030C0000
 	l->owner_cstack = FRAME_OWNED_BY_CSTACK;
 #else
 	l->owner_cstack = PYUSDT_NO_OFFSET;
@@ -155,7 +183,17 @@ void pyusdt_fill_layout(struct pyusdt_layout *l)
 	l->gil_locked = offsetof(struct _gil_runtime_state, locked);
 	l->gil_last_holder = offsetof(struct _gil_runtime_state, last_holder);
 	l->gil_switch_number = offsetof(struct _gil_runtime_state, switch_number);
+	l->gil_cond = offsetof(struct _gil_runtime_state, cond);
+	l->gil_cond_size = sizeof(((struct _gil_runtime_state *)0)->cond);
+#if PY_VERSION_HEX >= 0x030C0000
+	l->gil_at = offsetof(PyInterpreterState, ceval.gil);
+#else
+	l->gil_at = offsetof(_PyRuntimeState, ceval.gil);
+#endif
 
+#ifdef Py_GIL_DISABLED
+	l->flags |= PYUSDT_F_FREE_THREADED;
+#endif
 #if PY_VERSION_HEX >= 0x030D0000
 	if (agrees_with_debug_offsets(l))
 		l->flags |= PYUSDT_F_DEBUG_OFFSETS;

@@ -16,8 +16,9 @@
 //!
 //! A forked child shares its parent's mapping of each object loaded before
 //! the fork: its probes fire in the child, against the child's own copy of
-//! the semaphores, and a tracer attached to the child by PID sees them
-//! while the parent's file exists. Probes the child declares get files of
+//! the semaphores (less the parent's counts: no tracer is attached to the
+//! child at its birth), and a tracer attached to the child by PID sees them while the
+//! parent's file exists. Probes the child declares get files of
 //! the child's own. The child never removes its parent's files.
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ struct Loaded {
     sem: &'static AtomicU16,
     /// The object's file.
     file: Option<String>,
+    /// Its semaphore when the process last began to fork.
+    at_fork: AtomicU16,
 }
 
 /// One declared probe.
@@ -231,6 +234,7 @@ fn load_provider(provider: &str) -> Result<String, String> {
         Ok((file, placed)) => {
             for (s, (func, sem)) in batch.iter().zip(placed) {
                 let _ = s.loaded.set(Loaded {
+                    at_fork: AtomicU16::new(0),
                     func: Some(func),
                     sem,
                     file: Some(file.clone()),
@@ -252,6 +256,7 @@ fn disable_provider(provider: &str) {
     if let Some(batch) = reg.pending.remove(provider) {
         for s in batch {
             let _ = s.loaded.set(Loaded {
+                at_fork: AtomicU16::new(0),
                 func: None,
                 sem: &OFF,
                 file: None,
@@ -272,6 +277,7 @@ impl State {
             disable_provider(&self.provider);
         }
         self.loaded.get_or_init(|| Loaded {
+            at_fork: AtomicU16::new(0),
             func: None,
             sem: &OFF,
             file: None,
@@ -589,6 +595,30 @@ count or type, OverflowError for an int outside 64 bits, only while traced)."
         )?
     };
     ty.setattr("fire", descr)
+}
+
+/// Each loaded app probe's part in [`crate::forks`]: its semaphore's count
+/// noted before a fork (`child` false), taken off in the child with its
+/// code page's breakpoint (`child` true). Skipped if another thread holds the
+/// registry (it cannot be taken in the child).
+pub fn at_fork(child: bool) {
+    if let Ok(reg) = REGISTRY.try_lock() {
+        for s in &reg.loaded {
+            if let Some(l) = s.loaded.get() {
+                if child {
+                    crate::probes::forget_count(l.sem, &l.at_fork);
+                    if let Some(f) = l.func {
+                        // Its object's code page, without the parent's breakpoint.
+                        let page = f as usize & !4095;
+                        crate::forks::fresh_text(page, page + 4096);
+                    }
+                } else {
+                    l.at_fork
+                        .store(l.sem.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// The loaded app probes, for `status()`: provider, name, argument types,

@@ -7,41 +7,23 @@
 //! into a ring in its own memory, 16 bytes an event (the code object's
 //! address with the kind in its low bits, and the CLOCK_MONOTONIC time),
 //! and fires `pyusdt:calls(ring, head, first)` once every
-//! [`FLUSH_EVERY`] events. The tracer's BPF program then reads the new
+//! `FLUSH_EVERY` events. The tracer's BPF program then reads the new
 //! events out of the ring and keeps the thread's call stack and the
 //! aggregates in the kernel; it also drains a thread's ring whenever the
 //! thread leaves the CPU, so a thread that blocks leaves nothing behind.
 //!
-//! The layout (`struct call_ring` in bpf/calls.h): `head: u64` (events
-//! written since the thread started), `epoch: u32`, `reserved: u32`, then
-//! [`RING`] slots of `[code | kind, ns]`. `first` is the index of the
-//! first event the current tracer may have, or `u64::MAX` when the ring
-//! was already announced to it.
+//! The ring, its event kinds and sizes are
+//! [`pyusdt_contract::calls`] (`CALL_RING_*` in bpf/calls.h). `first` is
+//! the index of the first event the current tracer may have, or `u64::MAX`
+//! when the ring was already announced to it.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{compiler_fence, AtomicU32, Ordering};
 
+use pyusdt_contract::calls::{CallRing, FLUSH_EVERY, RING_SLOTS};
+pub use pyusdt_contract::calls::{RESUME, RETURN, START, THROW, UNWIND, YIELD};
+
 use crate::probes;
-
-/// Slots in a ring (a power of two).
-pub const RING: usize = 256;
-/// Events between two `pyusdt:calls` probes; half the ring, so that the
-/// tracer always reads an event before it is overwritten.
-pub const FLUSH_EVERY: u64 = 128;
-
-/// Event kinds, in the low 3 bits of the code address (code objects are
-/// at least 8-byte aligned).
-pub const START: u64 = 0;
-/// A generator or coroutine resumed.
-pub const RESUME: u64 = 1;
-/// A generator or coroutine thrown into.
-pub const THROW: u64 = 2;
-/// A return.
-pub const RETURN: u64 = 4;
-/// A yield.
-pub const YIELD: u64 = 5;
-/// An exception left the frame.
-pub const UNWIND: u64 = 6;
 
 /// Bumped each time a calls tracer attaches (as the poll thread sees it):
 /// a thread's first event of a new epoch announces its ring anew, with
@@ -50,38 +32,25 @@ static EPOCH: AtomicU32 = AtomicU32::new(0);
 
 /// A thread's ring; its address is announced, so it must not move: it
 /// lives in the thread's TLS block.
-#[repr(C)]
-pub struct CallRing {
-    head: u64,
-    epoch: u32,
-    reserved: u32,
-    slots: [[u64; 2]; RING],
-}
-
 struct Ring(UnsafeCell<CallRing>);
 
 impl Drop for Ring {
     /// A thread that ends hands over what it wrote.
     fn drop(&mut self) {
-        self.0.get_mut().hand_over();
+        hand_over(self.0.get_mut());
     }
 }
 
-impl CallRing {
-    /// Fires `calls` for what the ring holds, if the tracer attached now
-    /// has been told of it (this epoch) and there is anything.
-    fn hand_over(&self) {
-        if probes::calls_attached() && self.head > 0 && self.epoch == EPOCH.load(Ordering::Relaxed)
-        {
-            probes::fire_calls(self as *const CallRing as u64, self.head, u64::MAX);
-        }
+/// Fires `calls` for what ring `r` holds, if the tracer attached now has
+/// been told of it (this epoch) and there is anything.
+fn hand_over(r: &CallRing) {
+    if probes::calls_attached() && r.head > 0 && r.epoch == EPOCH.load(Ordering::Relaxed) {
+        probes::fire_calls(r as *const CallRing as u64, r.head, u64::MAX);
     }
 }
 
 thread_local! {
-    static THREAD_RING: Ring = const {
-        Ring(UnsafeCell::new(CallRing { head: 0, epoch: 0, reserved: 0, slots: [[0; 2]; RING] }))
-    };
+    static THREAD_RING: Ring = const { Ring(UnsafeCell::new(CallRing::EMPTY)) };
 }
 
 fn now_ns() -> u64 {
@@ -111,7 +80,7 @@ pub fn record(code: u64, kind: u64) {
         let fresh = r.epoch != epoch;
         r.epoch = epoch;
         let h = r.head;
-        r.slots[h as usize & (RING - 1)] = [code | kind, now_ns()];
+        r.slots[h as usize & (RING_SLOTS - 1)] = [code | kind, now_ns()];
         // The slot is written before the head says so (a tracer may read
         // the ring at any switch of this thread off the CPU).
         compiler_fence(Ordering::Release);
@@ -133,6 +102,6 @@ pub fn new_epoch() {
 pub fn flush() {
     let _ = THREAD_RING.try_with(|ring| {
         // SAFETY: as in `record`.
-        unsafe { &*ring.0.get() }.hand_over();
+        hand_over(unsafe { &*ring.0.get() });
     });
 }

@@ -2,11 +2,38 @@
 
 use std::sync::OnceLock;
 
-use pyusdt_layout::PyusdtLayout;
+use pyusdt_contract::layout::PyusdtLayout;
 
 extern "C" {
     fn pyusdt_fill_layout(out: *mut PyusdtLayout);
     static pyusdt_layout_c_size: usize;
+    static pyusdt_debug_positions: [DebugPosition; 0];
+    static pyusdt_debug_offsets_size: usize;
+}
+
+/// `struct pyusdt_debug_position` of `csrc/layout.c`.
+#[repr(C)]
+struct DebugPosition {
+    field: *const std::ffi::c_char,
+    offset: usize,
+}
+
+/// The layout's fields that the interpreter's `_Py_DebugOffsets` carries
+/// too (3.13+), each with its offset there, and the size of
+/// `_Py_DebugOffsets` (none and 0 before 3.13).
+pub fn debug_positions() -> (Vec<(String, usize)>, usize) {
+    let mut out = Vec::new();
+    // SAFETY: csrc/layout.c defines the table, ended by a null field, and
+    // the size; both are constant.
+    unsafe {
+        let mut p = pyusdt_debug_positions.as_ptr();
+        while !(*p).field.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).field);
+            out.push((name.to_string_lossy().into_owned(), (*p).offset));
+            p = p.add(1);
+        }
+        (out, pyusdt_debug_offsets_size)
+    }
 }
 
 static LAYOUT: OnceLock<PyusdtLayout> = OnceLock::new();
@@ -19,7 +46,7 @@ pub fn init(_py: pyo3::Python<'_>) -> &'static PyusdtLayout {
         assert_eq!(
             c_size,
             std::mem::size_of::<PyusdtLayout>(),
-            "csrc/layout.c and pyext/layout disagree on the layout struct"
+            "csrc/layout.c and pyext/contract disagree on the layout struct"
         );
         let mut l = PyusdtLayout::default();
         // SAFETY: `l` is a valid, writable PyusdtLayout and the C side

@@ -7,7 +7,7 @@
 //! probe, the poll thread turns on exactly that probe's `sys.monitoring`
 //! event, whose callback ([`callbacks`]) fires the probe. When a tracer
 //! attaches to `pyusdt:layout`, the poll thread fires it with the address of
-//! a `pyusdt_layout::PyusdtLayout` that tells a BPF program how to walk this
+//! a `pyusdt_contract::layout::PyusdtLayout` that tells a BPF program how to walk this
 //! interpreter's threads and frames without any per-call probe.
 //!
 //! Two more kinds of probes serve the application itself: spans
@@ -23,10 +23,12 @@ mod app;
 mod callbacks;
 mod calls;
 mod elf;
+mod forks;
 mod layout_ffi;
 mod monitor;
 mod probes;
 mod span;
+mod threads;
 mod usdt;
 
 use std::mem::{offset_of, size_of_val};
@@ -35,7 +37,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::probes::Probe;
-use pyusdt_layout::{for_each_layout_field, PyusdtLayout};
+use pyusdt_contract::for_each_layout_field;
+use pyusdt_contract::layout::PyusdtLayout;
 
 /// Starts the poll thread (once per process; again in a forked child).
 /// Returns whether it started now.
@@ -43,6 +46,19 @@ use pyusdt_layout::{for_each_layout_field, PyusdtLayout};
 fn _start(py: Python<'_>, check_msec: u64) -> PyResult<bool> {
     layout_ffi::init(py);
     monitor::start(check_msec)
+}
+
+/// Notes that thread `tid` (its kernel thread id) is called `name` now,
+/// for a tracer of `pyusdt:thread` (see `threads`).
+#[pyfunction]
+fn _thread_named(tid: i64, name: &str) {
+    threads::note(tid, name)
+}
+
+/// Forgets every thread's name (in a forked child).
+#[pyfunction]
+fn _threads_forget() {
+    threads::forget_all()
 }
 
 /// Stops the poll thread for a fork (see `monitor::pause`).
@@ -90,6 +106,15 @@ fn _reconcile(py: Python<'_>) {
     monitor::reconcile(py)
 }
 
+/// Holds per-call events off while `python -m pyusdt` prepares the
+/// program (`True`), or lets them follow the attached probes (`False`):
+/// a recorder attached before the program starts sees none of the
+/// launcher's own calls, whenever the poll thread ticks.
+#[pyfunction]
+fn _hold(held: bool) {
+    monitor::hold(held)
+}
+
 /// Stops the poll thread and turns `sys.monitoring` off.
 #[pyfunction]
 fn _stop(py: Python<'_>) {
@@ -106,6 +131,20 @@ fn layout(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     }
     for_each_layout_field!(put);
     d.set_item("address", l as *const PyusdtLayout as usize)?;
+    Ok(d)
+}
+
+/// The layout's fields that `_Py_DebugOffsets` carries too, each with its
+/// offset there, and `__size__`: what a profiler reads to find the
+/// layout of a process without pyusdt (`make layout-tables`).
+#[pyfunction]
+fn _debug_positions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (positions, size) = layout_ffi::debug_positions();
+    let d = PyDict::new(py);
+    for (field, offset) in positions {
+        d.set_item(field, offset)?;
+    }
+    d.set_item("__size__", size)?;
     Ok(d)
 }
 
@@ -155,6 +194,7 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let (begin, end) = probes::span_attached();
     sems.set_item("span_begin", begin)?;
     sems.set_item("span_end", end)?;
+    sems.set_item("thread", probes::thread_attached())?;
     d.set_item("semaphores", sems)?;
     d.set_item("app_probes", app::status(py)?)?;
     d.set_item("tool_id", tool)?;
@@ -166,15 +206,20 @@ fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    forks::install();
     m.add_function(wrap_pyfunction!(_start, m)?)?;
     m.add_function(wrap_pyfunction!(_stop, m)?)?;
     m.add_function(wrap_pyfunction!(_reconcile, m)?)?;
+    m.add_function(wrap_pyfunction!(_hold, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(_layout_offsets, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_positions, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
+    m.add_function(wrap_pyfunction!(_thread_named, m)?)?;
+    m.add_function(wrap_pyfunction!(_threads_forget, m)?)?;
     m.add_function(wrap_pyfunction!(_inject_fault, m)?)?;
     m.add_function(wrap_pyfunction!(app::_remove_probe_files, m)?)?;
     m.add_class::<app::AppProbe>()?;
@@ -184,6 +229,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let names: Vec<&str> = Probe::ALL.iter().map(|p| p.name()).collect();
     m.add("PER_CALL_PROBES", PyTuple::new(m.py(), names)?)?;
     m.add("TOOL_IDS", PyTuple::new(m.py(), monitor::TOOL_IDS)?)?;
-    m.add("LAYOUT_VERSION", pyusdt_layout::VERSION)?;
+    m.add("LAYOUT_VERSION", pyusdt_contract::layout::VERSION)?;
     Ok(())
 }

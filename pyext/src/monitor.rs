@@ -6,7 +6,9 @@
 //! attached probes changed: then it claims a `sys.monitoring` tool id (the
 //! first free of [`TOOL_IDS`]), turns on exactly the events of the attached
 //! probes, and gives the id back when the last tracer has gone. It also
-//! fires `pyusdt:layout` on each tick while a tracer is attached to it.
+//! fires `pyusdt:layout` on each tick while a tracer is attached to it,
+//! and `pyusdt:thread` for threads a tracer has not heard the name of
+//! ([`crate::threads`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -66,8 +68,21 @@ fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Per-call events are held off: `python -m pyusdt`, launched by a
+/// recorder, runs its own start-up code before the program's first line.
+static HELD: AtomicBool = AtomicBool::new(false);
+
+/// Holds per-call events off (`true`) until released (`false`); the
+/// poll thread's ticks meanwhile turn nothing on.
+pub fn hold(held: bool) {
+    HELD.store(held, Ordering::Relaxed);
+}
+
 /// The probes that should have their events on now.
 fn wanted() -> u16 {
+    if HELD.load(Ordering::Relaxed) {
+        return 0;
+    }
     probes::attached_mask() & !DISABLED.load(Ordering::Relaxed)
 }
 
@@ -234,11 +249,16 @@ fn poll_loop(started: std::sync::mpsc::Sender<()>) {
         // count that rose cannot tell a tracer that detached and another
         // that attached between two ticks, and one uprobe hit per tick
         // costs nothing that matters.
-        if probes::layout_attached() != 0 {
+        let asked = probes::layout_attached() != 0;
+        if asked {
             if let Some(l) = layout_ffi::get() {
                 probes::fire_layout(l as *const _ as u64, std::mem::size_of_val(l) as u64);
             }
         }
+        // A tracer that asks for the layout is setting up: it hears every
+        // thread's name too (for the same reason as above, the count of
+        // name listeners cannot tell one that came for one that went).
+        crate::threads::tick(asked);
         if wanted() != RECONCILED.load(Ordering::Relaxed) {
             Python::attach(reconcile);
         }
@@ -268,7 +288,7 @@ pub fn start(check_msec: u64) -> PyResult<bool> {
     let (tx, rx) = std::sync::mpsc::channel();
     let old = block_signals();
     let spawned = thread::Builder::new()
-        .name("pyusdt-poll".into())
+        .name(pyusdt_contract::probes::POLL_THREAD.into())
         .spawn(move || poll_loop(tx));
     restore_signals(&old);
     let handle = spawned
@@ -297,14 +317,23 @@ pub fn pause(py: Python<'_>) {
     let tid = POLL_TID.load(Ordering::Relaxed);
     py.detach(|| {
         let _ = h.join();
-        // The join returns when the thread has left user space; the kernel
-        // drops it from the task list a moment later.
+        // The join returns when the thread has cleared its tid, on its
+        // way out of the kernel; the kernel drops it from the thread group
+        // (the count CPython reads) a moment later, and on a loaded machine
+        // that moment can be long. Wait for it by the clock, not by a
+        // number of tries: yield first, then sleep a little, for as long
+        // as the exit takes (the deadline only guards against a kernel
+        // that never reaps).
         let task = format!("/proc/self/task/{tid}");
-        for _ in 0..100_000 {
-            if !std::path::Path::new(&task).exists() {
-                break;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut tries = 0u32;
+        while std::path::Path::new(&task).exists() && std::time::Instant::now() < deadline {
+            if tries < 1000 {
+                thread::yield_now();
+            } else {
+                thread::sleep(Duration::from_micros(50));
             }
-            thread::yield_now();
+            tries += 1;
         }
     });
     PAUSED.store(true, Ordering::Relaxed);
@@ -338,6 +367,8 @@ pub fn stop(py: Python<'_>) {
             let _ = h.join();
         });
     }
+    // The threads' last names, once the poll thread has stopped.
+    crate::threads::tick(false);
     let mut st = state();
     if let Some(tool) = st.tool.take() {
         // At exit an error here would only add noise to the program's

@@ -1,19 +1,7 @@
 //! The `pyusdt` provider: every probe, its semaphore and its arguments.
 //!
-//! The per-call probes keep the seed's names and argument order, strings as
-//! `const char *` (UTF-8, NUL-terminated) and integers as signed 64-bit:
-//!
-//! | probe | arguments |
-//! | --- | --- |
-//! | `PY_START`, `PY_RESUME` | function, file, firstlineno, offset |
-//! | `PY_RETURN` | function, file, firstlineno, offset, repr(retval) |
-//! | `PY_YIELD` | function, file, firstlineno, offset, repr(yieldval) |
-//! | `CALL` | function, file, firstlineno, offset, repr(callable) |
-//! | `LINE` | function, file, line |
-//! | `PY_UNWIND`, `PY_THROW` | function, file, firstlineno, offset, repr(exception) |
-//! | `layout` | address, size of the `pyusdt_layout::PyusdtLayout` |
-//! | `calls` | address of the thread's call ring, events written, first event for a new tracer |
-//! | `span_begin`, `span_end` | name, id |
+//! Every probe and its arguments are [`pyusdt_contract::probes`]: the
+//! profiler reads the same table.
 //!
 //! `function` is the code object's `co_qualname`. `span_begin` and
 //! `span_end` bracket a `with pyusdt.span(name):` block (or a function
@@ -33,6 +21,12 @@
 //! once per 128 of them ([`crate::calls`]). Attaching to it turns on the
 //! `PY_START`, `PY_RESUME`, `PY_THROW`, `PY_RETURN`, `PY_YIELD` and
 //! `PY_UNWIND` events.
+//!
+//! `thread(tid, name)` tells a tracer the Python name (`threading`'s,
+//! whole) of each thread: while one is attached, the poll thread fires it
+//! for every live thread whose name it has not told yet, and for all of
+//! them again each second and whenever the number of tracers changes
+//! ([`crate::threads`]).
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -51,6 +45,7 @@ semaphore!(SEM_LAYOUT);
 semaphore!(SEM_CALLS);
 semaphore!(SEM_SPAN_BEGIN);
 semaphore!(SEM_SPAN_END);
+semaphore!(SEM_THREAD);
 
 /// A per-call probe, fed by the `sys.monitoring` event of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,16 +75,7 @@ impl Probe {
 
     /// The probe's name, which is also its `sys.monitoring.events` name.
     pub fn name(self) -> &'static str {
-        match self {
-            Probe::PyStart => "PY_START",
-            Probe::PyResume => "PY_RESUME",
-            Probe::PyReturn => "PY_RETURN",
-            Probe::PyYield => "PY_YIELD",
-            Probe::Call => "CALL",
-            Probe::Line => "LINE",
-            Probe::PyUnwind => "PY_UNWIND",
-            Probe::PyThrow => "PY_THROW",
-        }
+        pyusdt_contract::probes::PER_CALL[self as usize]
     }
 
     /// This probe's bit in a probe mask.
@@ -228,4 +214,61 @@ pub fn fire_span_begin(name: *const c_char, id: u64) {
 /// Fires `span_end(name, id)`.
 pub fn fire_span_end(name: *const c_char, id: u64) {
     fire!(SEM_SPAN_END, "span_end", name: "8" = name, id: "8" = id);
+}
+
+/// How many tracers are attached to `pyusdt:thread`.
+pub fn thread_attached() -> u16 {
+    SEM_THREAD.load(Ordering::Relaxed)
+}
+
+/// Fires `thread(tid, name)`. Never inlined: one probe site.
+#[inline(never)]
+pub fn fire_thread(tid: i64, name: *const c_char) {
+    fire!(SEM_THREAD, "thread", tid: "-8" = tid, name: "8" = name);
+}
+
+/// Every semaphore of the provider, spans' and `thread` included.
+const ALL_SEMAPHORES: [&AtomicU16; 13] = [
+    &SEM_PY_START,
+    &SEM_PY_RESUME,
+    &SEM_PY_RETURN,
+    &SEM_PY_YIELD,
+    &SEM_CALL,
+    &SEM_LINE,
+    &SEM_PY_UNWIND,
+    &SEM_PY_THROW,
+    &SEM_LAYOUT,
+    &SEM_CALLS,
+    &SEM_SPAN_BEGIN,
+    &SEM_SPAN_END,
+    &SEM_THREAD,
+];
+
+/// Each semaphore when the process last began to fork.
+static AT_FORK: [AtomicU16; 13] = [const { AtomicU16::new(0) }; 13];
+
+/// In the process about to fork: notes each semaphore's count, for
+/// [`after_fork_child`] (see [`crate::forks`]).
+pub fn before_fork() {
+    for (s, at) in ALL_SEMAPHORES.iter().zip(&AT_FORK) {
+        at.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// In a forked child, at once: each semaphore less its count at the fork
+/// (see [`crate::forks`]).
+pub fn after_fork_child() {
+    for (s, at) in ALL_SEMAPHORES.iter().zip(&AT_FORK) {
+        forget_count(s, at);
+    }
+}
+
+/// `sem` less `at_fork` (not below zero).
+pub fn forget_count(sem: &AtomicU16, at_fork: &AtomicU16) {
+    let n = at_fork.load(Ordering::Relaxed);
+    if n != 0 {
+        let _ = sem.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
 }

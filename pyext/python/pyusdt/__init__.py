@@ -126,9 +126,58 @@ def enable(check_msec=None):
         os.register_at_fork(
             before=_native._before_fork,
             after_in_parent=_native._after_fork_parent,
-            after_in_child=_native._after_fork_child,
+            after_in_child=_after_fork_child,
         )
+        _note_thread_names()
     return started
+
+
+def _after_fork_child():
+    _native._after_fork_child()
+    # The child has one thread, the one that forked, under a new kernel
+    # thread id (threading keeps the parent's in its _native_id).
+    import threading
+
+    _native._threads_forget()
+    _native._thread_named(threading.get_native_id(), threading.current_thread()._name)
+
+
+def _tell_threads():
+    """Notes the name of every thread threading has started."""
+    import threading
+
+    for t in list(threading._active.values()):
+        if getattr(t, "_native_id", None) is not None:
+            _native._thread_named(t._native_id, t._name)
+
+
+def _note_thread_names():
+    """Notes each thread's Python name as it starts and whenever it is
+    renamed, for a tracer of ``pyusdt:thread`` (the kernel's name of a
+    thread is ``python`` before 3.14): wraps ``Thread._set_native_id``,
+    which every thread calls as it starts, and the ``name`` setter. Once
+    per thread, never per call."""
+    import threading
+
+    cls = threading.Thread
+    set_native_id = cls.__dict__.get("_set_native_id")
+    prop = cls.__dict__.get("name")
+    if set_native_id is None or not isinstance(prop, property):
+        return
+
+    def _set_native_id(self):
+        set_native_id(self)
+        _native._thread_named(self._native_id, self._name)
+
+    def _set_name(self, name):
+        prop.fset(self, name)
+        if getattr(self, "_native_id", None) is not None:
+            _native._thread_named(self._native_id, self._name)
+
+    _set_native_id.__wrapped__ = set_native_id
+    cls._set_native_id = _set_native_id
+    cls.name = property(prop.fget, _set_name, prop.fdel, prop.__doc__)
+    _tell_threads()
 
 
 def enabled():

@@ -10,6 +10,7 @@ import io
 import os
 import runpy
 import sys
+import time
 import types
 
 USAGE = """\
@@ -68,7 +69,9 @@ def _parse(argv):
 
 
 def _fresh_main():
-    """A __main__ module like the one the interpreter makes at start-up."""
+    """A __main__ module like the one the interpreter makes at start-up
+    (3.14 evaluates annotations lazily: its __main__ has no
+    __annotations__ until a program writes one)."""
     main = types.ModuleType("__main__")
     main.__dict__.update(
         {
@@ -76,9 +79,10 @@ def _fresh_main():
             "__loader__": importlib.machinery.BuiltinImporter,
             "__spec__": None,
             "__package__": None,
-            "__annotations__": {},
         }
     )
+    if sys.version_info < (3, 14):
+        main.__annotations__ = {}
     sys.modules["__main__"] = main
     return main
 
@@ -111,10 +115,12 @@ def _run_script(path, args):
     main.__dict__.update(
         {
             "__file__": full,
-            "__cached__": None,
             "__loader__": importlib.machinery.SourceFileLoader("__main__", full),
         }
     )
+    if sys.version_info < (3, 15):
+        # Gone from modules in 3.15.
+        main.__cached__ = None
     _go()
     exec(code, main.__dict__)
 
@@ -168,10 +174,23 @@ def _go():
     if _recorded:
         import pyusdt
 
+        pyusdt._native._hold(False)
         pyusdt._native._reconcile()
 
 
-def _wait_for_recorder():
+def _start_fd():
+    """PYUSDT_START_FD, if the recorder (PYUSDT_RECORDER, its pid) started
+    this very process: not a Python program that a program it started (a
+    shell, a Python without pyusdt) runs, which inherits the environment.
+    Neither is passed on to our own children."""
+    fd = os.environ.pop("PYUSDT_START_FD", None)
+    by = os.environ.pop("PYUSDT_RECORDER", None)
+    if by is not None and by != str(os.getppid()):
+        return None
+    return fd
+
+
+def _wait_for_recorder(fd):
     """The start handshake of `pyusdt-prof record -- CMD`.
 
     The recorder starts us with PYUSDT_START_FD naming the read end of a
@@ -181,7 +200,6 @@ def _wait_for_recorder():
     so that nothing it does goes unrecorded. If the recorder dies first,
     the pipe closes and the program starts all the same.
     """
-    fd = os.environ.pop("PYUSDT_START_FD", None)
     if fd is None:
         return False
     try:
@@ -195,16 +213,60 @@ def _wait_for_recorder():
     return True
 
 
+def _wait_until_followed():
+    """The start handshake of a child that `pyusdt-prof record
+    --subprocesses` follows (a shell's Python programs, and theirs).
+
+    The recorder puts its pid in PYUSDT_FOLLOWED_BY, which children
+    inherit. A process it did not start itself waits here, before the
+    program's first line, until the recorder has its layout: the recorder
+    asks (the layout probe's semaphore rises) and stops asking once it has
+    it (the semaphore falls), within a tick or two of both poll threads.
+    Not once the recorder is gone, and at most 10 s.
+    """
+    try:
+        by = int(os.environ.get("PYUSDT_FOLLOWED_BY", ""))
+    except ValueError:
+        return
+    if os.getppid() == by:
+        return  # the program the recorder started: PYUSDT_START_FD holds it
+    from pyusdt import _native
+
+    deadline = time.monotonic() + 10
+    asked = False
+    while time.monotonic() < deadline:
+        if _native.status()["semaphores"]["layout"]:
+            asked = True
+        elif asked:
+            return
+        try:
+            os.kill(by, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(0.001)
+
+
 def main():
     check_msec, kind, what, args = _parse(sys.argv[1:])
     import pyusdt
 
+    start_fd = _start_fd()
+    if start_fd is not None:
+        # Per-call events wait for _go: the recorder attaches while we
+        # block below, and the poll thread may notice it before the
+        # program's first line.
+        pyusdt._native._hold(True)
     try:
         pyusdt.enable(check_msec)
     except ValueError as e:
         _usage_error(str(e))
     global _recorded
-    _recorded = _wait_for_recorder()
+    _recorded = _wait_for_recorder(start_fd)
+    _wait_until_followed()
+    if not _recorded:
+        pyusdt._native._hold(False)
     run = {"script": _run_script, "-m": _run_module, "-c": _run_command}[kind]
     try:
         run(what, args)

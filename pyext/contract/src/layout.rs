@@ -1,16 +1,12 @@
-#![no_std]
 //! The layout announcement: the Rust twin of `struct pyusdt_layout` in
-//! `bpf/pyusdt_layout.h`.
-//!
-//! This crate depends on nothing, so that both the extension and the
-//! profiler use the one definition, and the profiler's tests can
-//! set it beside the BPF skeleton's own type and prove that both have
-//! the same size and every field the same offset (`tests/layout_twin.rs`).
+//! `bpf/pyusdt_layout.h`. The extension fills it, the profiler's tests set
+//! it beside the BPF skeleton's own type and prove that both have the same
+//! size and every field the same offset (`tests/contract_twin.rs`).
 
 /// `"PYUSDTLY"` read as a little-endian `u64`.
 pub const MAGIC: u64 = 0x594c_5444_5355_5950;
 /// Bumped on any change to [`PyusdtLayout`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 3;
 /// An offset that this interpreter does not have.
 pub const NO_OFFSET: u32 = u32::MAX;
 
@@ -22,6 +18,8 @@ pub const F_INSTR_IS_PREV: u32 = 1 << 1;
 pub const F_DEBUG_OFFSETS: u32 = 1 << 2;
 /// `sys.monitoring` exists, so the per-call probes can fire.
 pub const F_PER_CALL_PROBES: u32 = 1 << 3;
+/// A free-threaded interpreter (no GIL): not read yet.
+pub const F_FREE_THREADED: u32 = 1 << 4;
 
 /// What a BPF program needs to walk a CPython thread's frames from its
 /// kernel thread id. See `bpf/pyusdt_layout.h` for each field.
@@ -70,7 +68,9 @@ pub struct PyusdtLayout {
     pub gil_locked: u32,
     pub gil_last_holder: u32,
     pub gil_switch_number: u32,
-    pub reserved: u32,
+    pub gil_cond: u32,
+    pub gil_cond_size: u32,
+    pub gil_at: u32,
 }
 
 /// Calls `$m!` with every field of [`PyusdtLayout`], in declaration order,
@@ -87,7 +87,8 @@ macro_rules! for_each_layout_field {
             object_type, code_qualname, code_name, code_filename, code_firstlineno,
             code_linetable, code_adaptive, unicode_length, unicode_state, unicode_ascii_data,
             unicode_compact_data, unicode_kind_shift, unicode_compact_bit, unicode_ascii_bit,
-            bytes_size, bytes_data, gil_locked, gil_last_holder, gil_switch_number, reserved
+            bytes_size, bytes_data, gil_locked, gil_last_holder, gil_switch_number, gil_cond,
+            gil_cond_size, gil_at
         }
     };
 }
