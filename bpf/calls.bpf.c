@@ -44,6 +44,17 @@ struct {
 	__type(value, struct call_thread);
 } call_thread_scratch SEC(".maps");
 
+/* A new node is built here: a call_node (its histogram above all) is too
+ * big for the BPF stack of a loop callback, which shares the program's 512
+ * bytes. Only the identity fields are ever written, so the counters stay
+ * zero. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct call_node);
+} call_node_scratch SEC(".maps");
+
 /* Activations begun (calls, resumptions) read from the rings. */
 __u64 calls = 0;
 /* Events overwritten in a ring before they were read. */
@@ -83,19 +94,26 @@ static __always_inline __u64 thread_root(__u32 tgid, __u32 tid)
 /* The node of path (parent, code), made (and its code named) at first
  * sight; NULL if the map is full. */
 static __always_inline struct call_node *get_node(__u64 id, __u64 parent, __u64 code,
-						  __u32 tgid, __u32 tid)
+						  __u32 tgid, __u32 tid, const int loops)
 {
-	struct call_node *n = bpf_map_lookup_elem(&call_nodes, &id);
-	struct call_node init = {};
+	struct call_node *n = bpf_map_lookup_elem(&call_nodes, &id), *init;
+	__u32 zero = 0;
 
 	if (n)
 		return n;
-	init.parent = parent;
-	init.code = code;
-	init.tgid = tgid;
-	init.tid = tid;
-	if (bpf_map_update_elem(&call_nodes, &id, &init, BPF_NOEXIST) == 0)
-		name_code(tgid, code);
+	init = bpf_map_lookup_elem(&call_node_scratch, &zero);
+	if (!init)
+		return NULL;
+	init->parent = parent;
+	init->code = code;
+	init->tgid = tgid;
+	init->tid = tid;
+	if (bpf_map_update_elem(&call_nodes, &id, init, BPF_NOEXIST) == 0) {
+		if (loops)
+			name_code(tgid, code);
+		else
+			name_code_bounded(tgid, code);
+	}
 	n = bpf_map_lookup_elem(&call_nodes, &id);
 	if (!n)
 		__sync_fetch_and_add(&lost_nodes, 1);
@@ -105,7 +123,7 @@ static __always_inline struct call_node *get_node(__u64 id, __u64 parent, __u64 
 /* Pushes frame `code` on thread `t`'s stack; `start` 0 for a frame that
  * began before the recording saw it. */
 static __always_inline void push(struct call_thread *t, __u32 tgid, __u32 tid, __u64 code,
-				 __u64 start, int kind)
+				 __u64 start, int kind, const int loops)
 {
 	__u32 d = t->depth;
 	__u64 parent, id;
@@ -119,7 +137,7 @@ static __always_inline void push(struct call_thread *t, __u32 tgid, __u32 tid, _
 	}
 	parent = d == 0 ? thread_root(tgid, tid) : t->frames[(d - 1) & (CALLS_MAX_DEPTH - 1)].node;
 	id = node_id(parent, code);
-	n = get_node(id, d == 0 ? 0 : parent, code, tgid, tid);
+	n = get_node(id, d == 0 ? 0 : parent, code, tgid, tid, loops);
 	if (n && start && kind == CALL_KIND_START)
 		n->calls++;
 	f = &t->frames[d & (CALLS_MAX_DEPTH - 1)];
@@ -128,6 +146,18 @@ static __always_inline void push(struct call_thread *t, __u32 tgid, __u32 tid, _
 	f->start_ns = start;
 	f->child_ns = 0;
 	t->depth = d + 1;
+}
+
+/* push of a frame begun before the recording, for programs without
+ * bpf_loop: checked once per program. */
+__noinline int push_bounded(__u32 tgid, __u32 tid, __u64 code)
+{
+	struct call_thread *t = bpf_map_lookup_elem(&call_threads, &tid);
+
+	if (!t)
+		return 1;
+	push(t, tgid, tid, code, 0, 0, 0);
+	return 0;
 }
 
 struct prefix_walk {
@@ -139,9 +169,9 @@ struct prefix_walk {
 };
 
 /* Pushes frame i (root first) of the walked stack in the scratch. */
-static long prefix_step(__u32 i, void *arg)
+static __always_inline long prefix_push(__u32 i, struct prefix_walk *w, const int loops)
 {
-	struct prefix_walk *w = arg;
+	__u64 code;
 	__u32 zero = 0;
 	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	__u32 at;
@@ -152,8 +182,16 @@ static long prefix_step(__u32 i, void *arg)
 	at = w->len - 1 - i;
 	if (at < w->leaf)
 		return 1;
-	push(w->t, w->tgid, w->tid, s->frames[at & (PYSTACK_MAX_FRAMES - 1)], 0, 0);
+	code = s->frames[at & (PYSTACK_MAX_FRAMES - 1)];
+	if (!loops)
+		return push_bounded(w->tgid, w->tid, code);
+	push(w->t, w->tgid, w->tid, code, 0, 0, 1);
 	return 0;
+}
+
+static long prefix_step(__u32 i, void *arg)
+{
+	return prefix_push(i, arg, 1);
 }
 
 /*
@@ -162,7 +200,7 @@ static long prefix_step(__u32 i, void *arg)
  * by the frame walker, less the one that begins now.
  */
 static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u64 code,
-						   __u64 ring, __u64 tail)
+						   __u64 ring, __u64 tail, const int loops)
 {
 	__u32 zero = 0;
 	struct call_thread *t = bpf_map_lookup_elem(&call_thread_scratch, &zero);
@@ -183,7 +221,7 @@ static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u
 	t = bpf_map_lookup_elem(&call_threads, &tid);
 	if (!t)
 		return NULL;
-	if (py_stack_id(tgid, tid) == PYSTACK_NONE)
+	if (py_stack_id(tgid, tid, loops) == PYSTACK_NONE)
 		return t;
 	s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	if (!s || s->len == 0 || s->truncated)
@@ -193,7 +231,13 @@ static __always_inline struct call_thread *new_thread(__u32 tgid, __u32 tid, __u
 	/* The leaf, frames[0], is the frame that begins now: the caller
 	 * pushes it. Push the others from the root. */
 	w.leaf = s->frames[0] == code;
-	bpf_loop(PYSTACK_MAX_FRAMES, prefix_step, &w, 0);
+	if (loops) {
+		bpf_loop(PYSTACK_MAX_FRAMES, prefix_step, &w, 0);
+	} else {
+		for (__u32 i = 0; i < PYSTACK_MAX_FRAMES; i++)
+			if (prefix_push(i, &w, 0))
+				break;
+	}
 	return t;
 }
 
@@ -216,7 +260,7 @@ static __always_inline void pop(struct call_thread *t, __u32 d, __u64 now)
 	if (!n)
 		return;
 	n->self_ns += self;
-	n->hist[hist_slot(dur) & 63]++;
+	n->hist[hist_index(hist_slot(dur))]++;
 }
 
 /* How far below the top a returning frame may be found when returns were
@@ -255,6 +299,40 @@ static __always_inline void leave(struct call_thread *t, __u64 code, __u64 now)
 	pop(t, d - k, now);
 }
 
+/* Applies event `at` of thread t's copy of its ring; returns 1 if it
+ * began an activation, else 0. */
+static __always_inline int apply_event(struct call_thread *t, __u32 tgid, __u32 tid, __u64 at,
+				       const int loops)
+{
+	__u32 slot = at & (CALL_RING_SLOTS - 1);
+	__u64 code = t->copy[slot][0] & ~CALL_KIND_MASK;
+	__u64 kind = t->copy[slot][0] & CALL_KIND_MASK;
+	__u64 ts = t->copy[slot][1];
+	int entered = 0;
+
+	if (kind & CALL_KIND_EXIT) {
+		leave(t, code, ts);
+	} else {
+		entered = 1;
+		push(t, tgid, tid, code, ts, kind, loops);
+	}
+	t->tail = at + 1;
+	return entered;
+}
+
+/* apply_event for programs without bpf_loop, on thread `tid`: checked
+ * once per program, not at each step of the loop that calls it (an
+ * event's paths through push and leave, times the ring's 256 slots, are
+ * more than the verifier takes). Returns -1 if the thread is gone. */
+__noinline int apply_event_bounded(__u32 tgid, __u32 tid, __u64 at)
+{
+	struct call_thread *t = bpf_map_lookup_elem(&call_threads, &tid);
+
+	if (!t)
+		return -1;
+	return apply_event(t, tgid, tid, at, 0);
+}
+
 struct drain {
 	struct call_thread *t;
 	__u32 tgid;
@@ -268,27 +346,16 @@ struct drain {
 static long drain_step(__u32 i, void *arg)
 {
 	struct drain *w = arg;
-	struct call_thread *t = w->t;
-	__u64 at = w->from + i, code, kind, ts;
-	__u32 slot = at & (CALL_RING_SLOTS - 1);
 
 	if (i >= w->n)
 		return 1;
-	code = t->copy[slot][0] & ~CALL_KIND_MASK;
-	kind = t->copy[slot][0] & CALL_KIND_MASK;
-	ts = t->copy[slot][1];
-	if (kind & CALL_KIND_EXIT) {
-		leave(t, code, ts);
-	} else {
-		w->entered++;
-		push(t, w->tgid, w->tid, code, ts, kind);
-	}
-	t->tail = at + 1;
+	w->entered += apply_event(w->t, w->tgid, w->tid, w->from + i, 1);
 	return 0;
 }
 
 /* Reads the thread's events from its tail up to `head`. */
-static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, __u64 head)
+static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, __u64 head,
+				  const int loops)
 {
 	struct drain w = { .t = t, .tgid = tgid, .tid = tid };
 
@@ -308,30 +375,45 @@ static __always_inline void drain(struct call_thread *t, __u32 tgid, __u32 tid, 
 		__u64 n1 = w.n < first ? w.n : first, n2 = w.n - n1;
 
 		if (n1 == 0 || n1 > CALL_RING_SLOTS ||
-		    bpf_probe_read_user(&t->copy[a], (n1 * 16) & (CALL_RING_SLOTS * 16 * 2 - 1),
+		    bpf_probe_read_user(&t->copy[a], read_size(n1 * 16, CALL_RING_SLOTS * 16),
 					(const void *)(t->ring + CALL_RING_DATA + a * 16)))
 			return;
 		if (n2 > 0 && (n2 > CALL_RING_SLOTS ||
-			       bpf_probe_read_user(&t->copy[0],
-						   (n2 * 16) & (CALL_RING_SLOTS * 16 * 2 - 1),
+			       bpf_probe_read_user(&t->copy[0], read_size(n2 * 16, CALL_RING_SLOTS * 16),
 						   (const void *)(t->ring + CALL_RING_DATA))))
 			return;
 	}
-	bpf_loop(CALL_RING_SLOTS, drain_step, &w, 0);
+	if (loops) {
+		bpf_loop(CALL_RING_SLOTS, drain_step, &w, 0);
+	} else {
+		for (__u32 i = 0; i < CALL_RING_SLOTS; i++) {
+			int r;
+
+			if (i >= w.n)
+				break;
+			r = apply_event_bounded(tgid, tid, w.from + i);
+			if (r < 0)
+				break;
+			w.entered += r;
+		}
+	}
 	__sync_fetch_and_add(&calls, w.entered);
 }
 
 /* pyusdt:calls(ring, head, first): the thread's ring has events up to
  * head; `first` (unless ~0) is where the new tracer's begin. */
-SEC("usdt")
-int BPF_USDT(on_calls, __u64 ring, __u64 head, __u64 first)
+static __always_inline int on_calls_body(struct pt_regs *ctx, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct call_thread *t;
 	__u64 code = 0, ev = 0;
+	__u64 ring, head, first;
 
 	if (!is_target(tgid))
+		return 0;
+	if (bpf_usdt_arg(ctx, 0, (long *)&ring) || bpf_usdt_arg(ctx, 1, (long *)&head) ||
+	    bpf_usdt_arg(ctx, 2, (long *)&first))
 		return 0;
 	t = bpf_map_lookup_elem(&call_threads, &tid);
 	if (t && (t->tgid != tgid || t->ring != ring)) {
@@ -353,19 +435,21 @@ int BPF_USDT(on_calls, __u64 ring, __u64 head, __u64 first)
 					       (at & (CALL_RING_SLOTS - 1)) * 16)) &&
 		    ((first == ~0ULL) == !!(ev & CALL_KIND_EXIT)))
 			code = ev & ~CALL_KIND_MASK;
-		t = new_thread(tgid, tid, code, ring, tail);
+		t = new_thread(tgid, tid, code, ring, tail, loops);
 		if (!t)
 			return 0;
 	}
 	t->busy = 1;
-	drain(t, tgid, tid, head);
+	drain(t, tgid, tid, head, loops);
 	t->busy = 0;
 	return 0;
 }
 
+WALK_TWIN("usdt", on_calls, struct pt_regs)
+
 /* A target thread leaves the CPU: read what it wrote since, so that a
  * thread that blocks leaves nothing unread. */
-static __always_inline int on_switch(struct task_struct *prev)
+static __always_inline int on_switch(struct task_struct *prev, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid(), head = 0;
 	__u32 tgid = id >> 32, tid = (__u32)id;
@@ -378,11 +462,11 @@ static __always_inline int on_switch(struct task_struct *prev)
 		return 0;
 	if (bpf_probe_read_user(&head, sizeof(head), (const void *)(t->ring + CALL_RING_HEAD)))
 		return 0;
-	drain(t, tgid, tid, head);
+	drain(t, tgid, tid, head, loops);
 	return 0;
 }
 
-TP_TWIN(sched_switch, switch, on_switch(prev), bool preempt, struct task_struct *prev,
+TP_WALK(sched_switch, switch, on_switch(prev, loops), bool preempt, struct task_struct *prev,
 	struct task_struct *next)
 
 /* A thread that exits leaves its stack behind for a new thread of the

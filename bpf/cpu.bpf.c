@@ -10,6 +10,7 @@
 
 #include "cpu_counts.h"
 #include "pyframe.bpf.h"
+#include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -24,8 +25,7 @@ struct {
 __u64 samples = 0;
 __u64 lost_samples = 0;
 
-SEC("perf_event")
-int on_cpu_sample(struct bpf_perf_event_data *ctx)
+static __always_inline int on_cpu_sample_body(struct bpf_perf_event_data *ctx, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct cpu_key key = {};
@@ -36,7 +36,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 	if (!is_target(key.tgid) || !in_span(key.tid))
 		return 0;
 	__sync_fetch_and_add(&samples, 1);
-	key.pystack = py_stack_id(key.tgid, key.tid);
+	key.pystack = py_stack_id(key.tgid, key.tid, loops);
 	/* None when the sample hit user mode. */
 	key.kstack = kernel_stack_id(ctx);
 	if (bpf_map_lookup_elem(&gil_waits, &key.tid))
@@ -49,6 +49,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 		__sync_fetch_and_add(&lost_samples, 1);
 	return 0;
 }
+
+WALK_TWIN("perf_event", on_cpu_sample, struct bpf_perf_event_data)
 
 /* Puts the key and stack types in the skeleton's types. */
 struct cpu_key _cpu_key = {};

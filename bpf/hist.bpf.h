@@ -30,17 +30,46 @@ static __always_inline __u32 hist_slot(__u64 ns)
 	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
 }
 
-/* Adds one event of `ns` to the time_hist at `key` in `map`, creating it;
- * counts it in *lost if the map is full. */
-static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, __u64 *lost)
+/*
+ * `slot` made an index the verifier knows is below HIST_SLOTS: the mask is applied
+ * to the 64-bit register right before its use. A plain `slot & 63` lets
+ * clang move the mask away from the access, and older verifiers (6.1)
+ * then reject the histogram's atomic add as an unbounded memory access.
+ */
+static __always_inline __u64 hist_index(__u32 slot)
+{
+	__u64 i = slot;
+
+	asm volatile("%0 &= 63" : "+r"(i));
+	return i < HIST_SLOTS ? i : HIST_SLOTS - 1;
+}
+
+/*
+ * A read's size `n` (1 <= n <= cap) in a register the verifier knows is in
+ * [1, cap], computed right before the helper call: 6.1's verifier loses
+ * the bounds of a size spilled to the stack inside a bpf_loop callback.
+ */
+static __always_inline __u64 read_size(__u64 n, __u64 cap)
+{
+	__u64 m = cap - 1, i = n - 1;
+
+	asm volatile("%0 &= %1" : "+r"(i) : "r"(m));
+	return i + 1;
+}
+
+/* Adds `ns` to the time_hist at `key` in `map`, creating it, as `events`
+ * events (0 or 1: the time of one event may arrive in parts) of which
+ * the histogram counts the whole; counts it in *lost if the map is full. */
+static __always_inline void add_time_part(void *map, const void *key, __u64 ns, __u64 events,
+					  __u64 *lost)
 {
 	struct time_hist *v = bpf_map_lookup_elem(map, key);
 	__u32 slot = hist_slot(ns);
 
 	if (!v) {
-		struct time_hist init = { .ns = ns, .count = 1 };
+		struct time_hist init = { .ns = ns, .count = events };
 
-		init.hist[slot & 63] = 1;
+		init.hist[hist_index(slot)] = 1;
 		if (!bpf_map_update_elem(map, key, &init, BPF_NOEXIST))
 			return;
 		/* Lost a race to create it, or the map is full. */
@@ -51,8 +80,15 @@ static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, 
 		}
 	}
 	__sync_fetch_and_add(&v->ns, ns);
-	__sync_fetch_and_add(&v->count, 1);
-	__sync_fetch_and_add(&v->hist[slot & 63], 1);
+	__sync_fetch_and_add(&v->count, events);
+	__sync_fetch_and_add(&v->hist[hist_index(slot)], 1);
+}
+
+/* Adds one event of `ns` to the time_hist at `key` in `map`, creating it;
+ * counts it in *lost if the map is full. */
+static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, __u64 *lost)
+{
+	add_time_part(map, key, ns, 1, lost);
 }
 
 #endif /* PYUSDT_HIST_BPF_H */

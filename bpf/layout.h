@@ -12,4 +12,16 @@ struct layout_event {
 	struct pyusdt_layout layout;
 };
 
+/* A Python thread's name (threading's), as pyusdt:thread told it: up to
+ * PY_THREAD_NAME_LEN - 1 bytes of UTF-8, NUL-terminated. */
+#define PY_THREAD_NAME_LEN 128
+/* Threads whose names are kept (the least recently told go first). */
+#define PY_THREAD_NAMES 16384
+
+struct py_thread_name {
+	__u32 tgid;
+	__u32 len; /* bytes before the NUL */
+	char name[PY_THREAD_NAME_LEN];
+};
+
 #endif

@@ -18,6 +18,7 @@
 
 #include "procs.bpf.h"
 #include "procs_events.h"
+#include "pystack.h"
 #include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -105,3 +106,13 @@ TP_TWIN(sched_process_exit, exit, on_exit(p), struct task_struct *p)
 /* Puts the event type in the skeleton's types. */
 struct follow_event _follow_event = {};
 enum follow_event_kind _follow_event_kind = PROC_FORK;
+
+/* The types every walker's maps hold (bpf/pystack.h), in this skeleton's
+ * types too: the procs object is in every recording, and userspace
+ * decodes every object's stacks, names and histograms with them. */
+struct pystack _pystack = {};
+struct code_name _code_name = {};
+struct code_key _code_key = {};
+struct code_lines _code_lines = {};
+struct comm_value _comm_value = {};
+struct time_hist _time_hist = {};

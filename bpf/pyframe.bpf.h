@@ -98,9 +98,22 @@ static __always_inline __u64 read_u64(__u64 addr, int *err)
 }
 
 /*
- * The loops below run under bpf_loop(): the verifier checks a callback
- * once instead of every iteration of an unrolled or bounded loop, which
- * took seconds per program at 256 frames.
+ * Two ways to loop, chosen per program by a constant `loops` that every
+ * handler passes down (bpf/tp_twin.bpf.h makes each handler in both):
+ *
+ * - loops = 1: under bpf_loop() (Linux 5.17+). The verifier checks a
+ *   callback once instead of every iteration of a bounded loop, which
+ *   took seconds per program at 256 frames.
+ * - loops = 0: bounded loops, for kernels without bpf_loop. The verifier
+ *   checks every step of those, so each loop's steps run BOUNDED_CHUNK at
+ *   a time in a global function (the verifier checks a global function
+ *   once per program, not at each call), its state in a per-CPU map,
+ *   called as often as the loop needs; the walk and the naming are global
+ *   functions too (py_stack_id_bounded, name_code_bounded). Such a
+ *   program walks as deep as the other and loads in about 10 ms on 6.18.
+ *
+ * A program is one or the other: a kernel without bpf_loop rejects a
+ * program that refers to a callback, even in code it would never run.
  */
 
 struct thread_walk {
@@ -110,6 +123,33 @@ struct thread_walk {
 	__u32 next_off;
 	int found;
 };
+
+/* Steps of a bounded loop in one call of its global function. */
+#define BOUNDED_CHUNK 16
+
+/* NAME(): a global function that runs BOUNDED_CHUNK steps of STEP(i,
+ * state) on the state in the per-CPU map MAP; returns 1 once the loop is
+ * over (STEP said so), else 0. */
+#define BOUNDED_CHUNK_FN(name, map, step)                                  \
+	__noinline int name(void)                                          \
+	{                                                                  \
+		__u32 zero = 0;                                            \
+		void *state = bpf_map_lookup_elem(&map, &zero);            \
+                                                                           \
+		if (!state)                                                \
+			return 1;                                          \
+		for (__u32 i = 0; i < BOUNDED_CHUNK; i++)                  \
+			if (step(i, state))                                \
+				return 1;                                  \
+		return 0;                                                  \
+	}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct thread_walk);
+} thread_walk_scratch SEC(".maps");
 
 static long thread_step(__u32 i, void *arg)
 {
@@ -130,8 +170,11 @@ static long thread_step(__u32 i, void *arg)
 	return err ? 1 : 0;
 }
 
+BOUNDED_CHUNK_FN(thread_walk_bounded, thread_walk_scratch, thread_step)
+
 /* The PyThreadState of thread `tid`, or 0. */
-static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u32 tid)
+static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u32 tid,
+					     const int loops)
 {
 	__u64 *cached = bpf_map_lookup_elem(&tstates, &tid);
 	struct thread_walk w = { .tid = tid };
@@ -149,7 +192,20 @@ static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u3
 	w.t = read_u64(l->interp_addr + l->interp_threads_head, &err);
 	if (err)
 		return 0;
-	bpf_loop(PYSTACK_MAX_THREADS, thread_step, &w, 0);
+	if (loops) {
+		bpf_loop(PYSTACK_MAX_THREADS, thread_step, &w, 0);
+	} else {
+		__u32 zero = 0;
+		struct thread_walk *sw = bpf_map_lookup_elem(&thread_walk_scratch, &zero);
+
+		if (!sw)
+			return 0;
+		*sw = w;
+		for (__u32 k = 0; k < PYSTACK_MAX_THREADS / BOUNDED_CHUNK; k++)
+			if (thread_walk_bounded())
+				break;
+		w = *sw;
+	}
 	if (!w.found)
 		return 0;
 	bpf_map_update_elem(&tstates, &tid, &w.t, BPF_ANY);
@@ -191,7 +247,7 @@ static __always_inline int read_pystr(const struct pyusdt_layout *l, __u64 str, 
 	bytes &= (cap - 1) | cap;
 	if (bytes == 0 || bytes > cap)
 		return 0;
-	if (bpf_probe_read_user(buf, bytes, (const void *)data))
+	if (bpf_probe_read_user(buf, read_size(bytes, cap), (const void *)data))
 		return -1;
 	return bytes;
 }
@@ -219,7 +275,7 @@ static __always_inline void read_line_table(const struct pyusdt_layout *l,
 	n &= (LINETABLE_MAX - 1) | LINETABLE_MAX;
 	if (n == 0 || n > LINETABLE_MAX)
 		return;
-	if (bpf_probe_read_user(t->data, n, (const void *)(table + l->bytes_data)))
+	if (bpf_probe_read_user(t->data, read_size(n, LINETABLE_MAX), (const void *)(table + l->bytes_data)))
 		return;
 	t->len = n;
 	t->full_len = size;
@@ -267,6 +323,12 @@ static __always_inline int name_code(__u32 tgid, __u64 code)
 	return 0;
 }
 
+/* name_code for programs without bpf_loop: checked once per program. */
+__noinline int name_code_bounded(__u32 tgid, __u64 code)
+{
+	return name_code(tgid, code);
+}
+
 /* Names frame i of the scratch stack if it needs it. */
 static long name_step(__u32 i, void *arg)
 {
@@ -280,11 +342,23 @@ static long name_step(__u32 i, void *arg)
 }
 
 /* Reads the names of the scratch stack's code objects that need them. */
-static __always_inline void name_codes(__u32 tgid)
+static __always_inline void name_codes(__u32 tgid, const int loops)
 {
 	struct name_walk w = { .tgid = tgid };
+	__u32 zero = 0;
+	struct pystack *s;
 
-	bpf_loop(PYSTACK_MAX_FRAMES, name_step, &w, 0);
+	if (loops) {
+		bpf_loop(PYSTACK_MAX_FRAMES, name_step, &w, 0);
+		return;
+	}
+	for (__u32 i = 0; i < PYSTACK_MAX_FRAMES; i++) {
+		s = bpf_map_lookup_elem(&pystack_scratch, &zero);
+		if (!s || i >= s->len)
+			break;
+		if (name_code_bounded(tgid, s->frames[i & (PYSTACK_MAX_FRAMES - 1)]))
+			break;
+	}
 }
 
 /* Keeps the current thread's name in `comms`. */
@@ -366,6 +440,13 @@ struct frame_walk {
 	int err;
 };
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame_walk);
+} frame_walk_scratch SEC(".maps");
+
 /* One frame of the chain into the scratch stack; stops at the end, on a
  * failed read, or when the stack is full (marking it truncated). */
 static long frame_step(__u32 i, void *arg)
@@ -382,11 +463,14 @@ static long frame_step(__u32 i, void *arg)
 	/* One read for the fields of a frame that the walk needs. */
 	n &= (FRAME_CHUNK - 1) | FRAME_CHUNK;
 	if (n < 8 || n > FRAME_CHUNK ||
-	    bpf_probe_read_user(c->b, n, (const void *)w->frame)) {
+	    bpf_probe_read_user(c->b, read_size(n, FRAME_CHUNK), (const void *)w->frame)) {
 		w->err = 1;
 		return 1;
 	}
-	code = chunk_u64(c, w->frame_code);
+	/* 3.14's f_executable is a _PyStackRef, a pointer with tag bits below
+	 * its alignment: masked off (a code object is at least 8-aligned, so
+	 * 3.11-3.13's plain pointers lose nothing). */
+	code = chunk_u64(c, w->frame_code) & ~7ULL;
 	owner = (__u8)chunk_u64(c, w->frame_owner);
 	/* Skip the interpreter's shim frames and anything not code (3.13's
 	 * f_executable may be None; 3.11's and 3.12's f_code is code). */
@@ -414,11 +498,14 @@ static long frame_step(__u32 i, void *arg)
 	return 0;
 }
 
+BOUNDED_CHUNK_FN(frame_walk_bounded, frame_walk_scratch, frame_step)
+
 /*
- * The current thread's Python stack, stored in `pystacks`; returns its id,
- * or PYSTACK_NONE (and counts why).
+ * Thread `tid`'s Python stack, stored in `pystacks`; returns its id, or
+ * PYSTACK_NONE (and counts why). `current`: the thread is the one running
+ * (its name is noted too).
  */
-static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
+static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int current)
 {
 	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
 	struct frame_walk fw = {};
@@ -427,6 +514,10 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	__u64 t, frame, id;
 	int err = 0;
 
+	/* Every thread's name, Python's or not: pyusdt's poll thread is
+	 * known by it, even in a child that exits before /proc is read. */
+	if (current)
+		note_comm(tid);
 	if (!l) {
 		pystack_error(PYSTACK_ERR_NO_LAYOUT);
 		return PYSTACK_NONE;
@@ -434,7 +525,7 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	if (!s)
 		return PYSTACK_NONE;
-	t = py_thread_state(l, tid);
+	t = py_thread_state(l, tid, loops);
 	if (!t) {
 		pystack_error(PYSTACK_ERR_NO_THREAD);
 		return PYSTACK_NONE;
@@ -471,14 +562,26 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 	 * read per process: a forked child runs code at its parent's
 	 * addresses, and another program may put other code there. */
 	fw.h = (0xcbf29ce484222325ULL ^ tgid) * 0x100000001b3ULL;
-	bpf_loop(PYSTACK_MAX_FRAMES * 2, frame_step, &fw, 0);
+	/* Twice the frames kept: shim frames are walked, not kept. */
+	if (loops) {
+		bpf_loop(PYSTACK_MAX_FRAMES * 2, frame_step, &fw, 0);
+	} else {
+		struct frame_walk *sw = bpf_map_lookup_elem(&frame_walk_scratch, &zero);
+
+		if (!sw)
+			return PYSTACK_NONE;
+		*sw = fw;
+		for (__u32 k = 0; k < PYSTACK_MAX_FRAMES * 2 / BOUNDED_CHUNK; k++)
+			if (frame_walk_bounded())
+				break;
+		fw = *sw;
+	}
 	if (fw.err && s->len == 0) {
 		pystack_error(PYSTACK_ERR_READ);
 		return PYSTACK_NONE;
 	}
 	if (fw.frame && !s->truncated && !fw.err)
 		s->truncated = 1;
-	note_comm(tid);
 	id = fw.h ^ s->truncated;
 	if (id == PYSTACK_NONE)
 		id = 1;
@@ -488,8 +591,32 @@ static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid)
 		return PYSTACK_NONE;
 	}
 	if (err == 0)
-		name_codes(tgid); /* a stack not seen before */
+		name_codes(tgid, loops); /* a stack not seen before */
 	return id;
+}
+
+/* py_walk for programs without bpf_loop: checked once per program. */
+__noinline __u64 py_stack_id_bounded(__u32 tgid, __u32 tid, int current)
+{
+	return py_walk(tgid, tid, 0, current);
+}
+
+/* The current thread's Python stack id (see py_walk), the way `loops`
+ * says. */
+static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid, const int loops)
+{
+	if (loops)
+		return py_walk(tgid, tid, 1, 1);
+	return py_stack_id_bounded(tgid, tid, 1);
+}
+
+/* The Python stack id of another thread `tid` of process `tgid` (one
+ * that is not running this program: its frames as they are now). */
+static __always_inline __u64 py_stack_id_of(__u32 tgid, __u32 tid, const int loops)
+{
+	if (loops)
+		return py_walk(tgid, tid, 1, 0);
+	return py_stack_id_bounded(tgid, tid, 0);
 }
 
 #endif /* PYUSDT_PYFRAME_BPF_H */

@@ -6,7 +6,7 @@
  * The pyusdt extension fills this struct from the interpreter's own headers
  * (pyext/csrc/layout.c, compiled with Py_BUILD_CORE) and fires
  * `pyusdt:layout(address, size)` while a tracer is attached to that probe.
- * Its Rust twin is `pyext/src/layout.rs`; tests/layout_twin.rs proves that
+ * Its Rust twin is `pyext/contract/src/layout.rs`; tests/contract_twin.rs proves that
  * both have the same size and every field the same offset.
  *
  * Only what crosses the process boundary lives here.
@@ -21,7 +21,7 @@
 /* "PYUSDTLY" read as a little-endian u64 */
 #define PYUSDT_LAYOUT_MAGIC 0x594c544453555950ULL
 /* Bumped on any change to the struct below. */
-#define PYUSDT_LAYOUT_VERSION 1
+#define PYUSDT_LAYOUT_VERSION 3
 /* An offset that this interpreter does not have. */
 #define PYUSDT_NO_OFFSET 0xffffffffU
 
@@ -34,6 +34,9 @@
 #define PYUSDT_F_DEBUG_OFFSETS (1U << 2)
 /* sys.monitoring exists, so the per-call probes can fire. */
 #define PYUSDT_F_PER_CALL_PROBES (1U << 3)
+/* The interpreter is a free-threaded build (no GIL, Py_GIL_DISABLED): its
+ * objects and frames differ, and pyusdt-prof does not read them yet. */
+#define PYUSDT_F_FREE_THREADED (1U << 4)
 
 struct pyusdt_layout {
 	__u64 magic;	      /* PYUSDT_LAYOUT_MAGIC */
@@ -97,8 +100,16 @@ struct pyusdt_layout {
 	__u32 gil_locked;
 	__u32 gil_last_holder;
 	__u32 gil_switch_number;
+	/* The condition a thread waits on for the GIL (a pthread_cond_t): its
+	 * offset and size. A futex wait inside it is a wait for the GIL. */
+	__u32 gil_cond;
+	__u32 gil_cond_size;
 
-	__u32 reserved; /* zero; keeps the struct free of padding */
+	/* Where the GIL is, for a profiler that finds the layout without the
+	 * extension: its offset in _PyRuntimeState (3.11, where the GIL is
+	 * the runtime's), else the offset in PyInterpreterState of the
+	 * pointer to it (interp->ceval.gil). */
+	__u32 gil_at;
 };
 
 #endif /* PYUSDT_LAYOUT_H */

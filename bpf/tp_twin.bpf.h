@@ -16,4 +16,27 @@
 	SEC("raw_tp/" #tp)                                       \
 	int BPF_PROG(name##_raw, ##args) { return call; }
 
+/*
+ * A tracepoint handler that walks Python stacks, four times: the twins of
+ * TP_TWIN with bpf_loop() (NAME_btf, NAME_raw), and again with bounded
+ * loops for kernels before 5.17 (NAME_bounded_btf, NAME_bounded_raw).
+ * CALL sees the constant `loops` (1 or 0) to pass to the walker
+ * (bpf/pyframe.bpf.h).
+ */
+#define TP_WALK(tp, name, call, args...)                                                \
+	TP_TWIN(tp, name, ({ const int loops = 1; call; }), ##args)                       \
+	TP_TWIN(tp, name##_bounded, ({ const int loops = 0; call; }), ##args)
+
+/*
+ * A program of another kind (SEC("usdt"), "uprobe", "perf_event") that
+ * walks Python stacks, twice: NAME with bpf_loop(), NAME_bounded with
+ * bounded loops. Both call `static __always_inline int NAME_body(CTX_TYPE
+ * *ctx, const int loops)`, which does the work.
+ */
+#define WALK_TWIN(sec, name, ctx_type)                                                 \
+	SEC(sec)                                                                        \
+	int name(ctx_type *ctx) { return name##_body(ctx, 1); }                           \
+	SEC(sec)                                                                        \
+	int name##_bounded(ctx_type *ctx) { return name##_body(ctx, 0); }
+
 #endif /* PYUSDT_TP_TWIN_BPF_H */

@@ -98,8 +98,7 @@ struct {
 	__type(value, struct trace_record);
 } record_scratch SEC(".maps");
 
-SEC("usdt")
-int trace_probe(struct pt_regs *ctx)
+static __always_inline int trace_probe_body(struct pt_regs *ctx, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id, zero = 0;
@@ -118,7 +117,7 @@ int trace_probe(struct pt_regs *ctx)
 	if (!conf || !e)
 		return 0;
 	e->head.ts = bpf_ktime_get_ns();
-	e->head.pystack = with_stacks ? py_stack_id(tgid, tid) : 0;
+	e->head.pystack = with_stacks ? py_stack_id(tgid, tid, loops) : 0;
 	e->head.duration_ns = 0;
 	e->head.ret = 0;
 	e->head.nr = 0;
@@ -171,7 +170,9 @@ int trace_probe(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int on_enter(long nr)
+WALK_TWIN("usdt", trace_probe, struct pt_regs)
+
+static __always_inline int on_enter(long nr, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id, k;
@@ -191,7 +192,7 @@ static __always_inline int on_enter(long nr)
 	in.ts = bpf_ktime_get_ns();
 	in.nr = nr;
 	if (with_stacks)
-		in.pystack = py_stack_id(tgid, tid);
+		in.pystack = py_stack_id(tgid, tid, loops);
 	if (bpf_map_update_elem(&trace_in_syscall, &tid, &in, BPF_ANY))
 		__sync_fetch_and_add(&lost, 1);
 	return 0;
@@ -224,7 +225,7 @@ static __always_inline int on_exit(long ret)
 	return 0;
 }
 
-TP_TWIN(sys_enter, trace_enter, on_enter(id), struct pt_regs *regs, long id)
+TP_WALK(sys_enter, trace_enter, on_enter(id, loops), struct pt_regs *regs, long id)
 
 TP_TWIN(sys_exit, trace_exit, on_exit(ret), struct pt_regs *regs, long ret)
 

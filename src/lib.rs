@@ -13,19 +13,12 @@
 
 pub mod bpf;
 pub mod errors;
-pub mod export;
-pub mod flame;
-pub mod ksym;
-pub mod layout;
 pub mod profile;
-pub mod pyname;
+pub mod readers;
 pub mod record;
-pub mod report;
-pub mod syscalls;
 pub mod target;
-pub mod top;
 pub mod trace;
-pub mod usdt;
+pub(crate) mod views;
 
 /// The result type of this crate.
 pub type Result<T, E = anyhow::Error> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::RingBufferBuilder;
-use pyusdt_prof::{layout, usdt};
+use pyusdt_prof::target::{layout, usdt};
 
 const CHILD: &str = r#"
 import sys, time

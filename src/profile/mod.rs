@@ -1,5 +1,6 @@
-//! The profile file: what `record` writes and `fold`, `flame` (and later
-//! `report` and the exports) read.
+//! The profile: the file `record` writes and the readers read, and the
+//! names of its frames ([`pyname`] for Python code objects, [`ksym`] for
+//! kernel frames, [`syscalls`] for syscall numbers).
 //!
 //! JSON, self-describing and versioned: a header naming the format and its
 //! version, the process (pid, command line, interpreter), when and how
@@ -20,6 +21,35 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+
+pub mod frame;
+pub mod ksym;
+pub mod pyname;
+pub mod syscalls;
+
+/// A thread as frames, reports and exports name it: `NAME (TID)`, NAME
+/// its Python name (`threading`'s) where it has one, else its kernel name
+/// (`comm`); with the kernel name beside the id where the two differ,
+/// `NAME (TID, KERNEL)`. A kernel name that is the Python name cut to the
+/// kernel's 15 bytes (CPython 3.14 sets it so) does not differ. Characters
+/// that would break a folded line (`;`, line breaks, control characters)
+/// become spaces or colons.
+pub fn thread_label(tid: u32, kernel: Option<&str>, python: Option<&str>) -> String {
+    let clean = |n: &str| -> String { frame::printable(n).replace(';', ":") };
+    match (python, kernel) {
+        (Some(py), Some(k)) if !same_thread_name(py, k) => {
+            format!("{} ({tid}, {})", clean(py), clean(k))
+        }
+        (Some(n), _) | (None, Some(n)) => format!("{} ({tid})", clean(n)),
+        (None, None) => format!("? ({tid})"),
+    }
+}
+
+/// Whether kernel name `k` is Python name `py`, or its first bytes as the
+/// kernel keeps them (15, cut at a character's boundary).
+fn same_thread_name(py: &str, k: &str) -> bool {
+    py == k || (py.len() > 15 && k.len() >= 12 && py.starts_with(k))
+}
 
 /// The `format` field of every profile file.
 pub const FORMAT: &str = "pyusdt-prof profile";
@@ -92,6 +122,25 @@ impl ViewKind {
     /// A view by name.
     pub fn parse(name: &str) -> Option<ViewKind> {
         ViewKind::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// A view by name, or what the views are.
+    pub fn named(name: &str) -> std::result::Result<ViewKind, String> {
+        ViewKind::parse(name).ok_or_else(|| {
+            let names: Vec<_> = ViewKind::ALL.iter().map(|v| v.name()).collect();
+            format!("`{name}` is not a view; the views are {}", names.join(", "))
+        })
+    }
+
+    /// The views `name` asks for: one by name, or `all` (every sampled
+    /// view, as `record --views all`: not calls).
+    pub fn named_or_all(name: &str) -> std::result::Result<Vec<ViewKind>, String> {
+        if name == "all" {
+            return Ok(ViewKind::SAMPLED.to_vec());
+        }
+        ViewKind::named(name)
+            .map(|v| vec![v])
+            .map_err(|e| format!("{e}, or all"))
     }
 }
 
@@ -203,7 +252,7 @@ pub fn short_command(argv: &[String]) -> String {
         });
         i += 1;
     }
-    let joined = parts.join(" ");
+    let joined = frame::printable(&parts.join(" ")).into_owned();
     if joined.chars().count() <= 60 {
         return joined;
     }
@@ -227,6 +276,11 @@ pub struct View {
     /// interpreter without the symbols the gil view probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// How the view was measured where that differs from the usual way,
+    /// one sentence each (say, GIL waits seen at the futex syscalls of an
+    /// interpreter without the symbols to probe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The stacks.
     pub samples: Vec<Sample>,
 }
@@ -250,8 +304,13 @@ pub struct Profile {
     pub duration_ns: u64,
     /// The CPU sampling rate, in Hz.
     pub sample_hz: u64,
-    /// Thread names by thread id.
+    /// Thread names by thread id, as the kernel knows them (`comm`).
     pub threads: BTreeMap<u32, String>,
+    /// Python thread names by thread id (`threading.Thread.name`, whole),
+    /// as the process told them while it was recorded; frames and reports
+    /// name a thread by it where it has one (see [`Profile::thread_label`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub python_threads: BTreeMap<u32, String>,
     /// Every process recorded, by pid, when children were followed
     /// (`record --subprocesses`); empty otherwise. Stacks then have a
     /// process root above the thread.
@@ -274,6 +333,9 @@ pub struct Profile {
     /// and how long the spans lasted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span: Option<SpanSummary>,
+    /// The kernel it was recorded on, as `uname -r` prints it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel: String,
 }
 
 /// The span a recording kept to (`record --span NAME`).
@@ -291,7 +353,26 @@ pub struct SpanSummary {
     pub hist: Vec<u64>,
 }
 
+/// The profile file `record` writes and the other commands read by default.
+pub const DEFAULT_FILE: &str = "pyusdt-profile.json";
+
+/// A file named after profile `input`: its stem, then `suffix`
+/// (`-cpu.svg`, `.pb.gz`), in the current folder.
+pub fn derived_path(input: &Path, suffix: &str) -> std::path::PathBuf {
+    let stem = input
+        .file_stem()
+        .map_or("pyusdt-profile".into(), |s| s.to_string_lossy());
+    std::path::PathBuf::from(format!("{stem}{suffix}"))
+}
+
 impl Profile {
+    /// Reads a profile, with its Python frames named by function (not
+    /// line) if `functions` says so.
+    pub fn read_as(path: &Path, functions: bool) -> Result<Profile> {
+        let p = Profile::read(path)?;
+        Ok(if functions { p.by_function() } else { p })
+    }
+
     /// The view `kind`, if it was recorded.
     pub fn view(&self, kind: ViewKind) -> Option<&View> {
         self.views.iter().find(|v| v.kind == kind)
@@ -341,10 +422,36 @@ impl Profile {
         format!("process {command} ({pid})")
     }
 
-    /// `thread NAME (TID)`, the root frame of a thread.
+    /// `thread NAME (TID)`, the root frame of a thread (see
+    /// [`Profile::thread_label`]).
     pub fn thread_frame(&self, tid: u32) -> String {
-        let name = self.threads.get(&tid).map(String::as_str).unwrap_or("?");
-        format!("thread {name} ({tid})")
+        format!("thread {}", self.thread_label(tid))
+    }
+
+    /// A thread as people read it: `NAME (TID)`, or `NAME (TID, KERNEL)`
+    /// where its Python name and its kernel name differ ([`thread_label`]).
+    pub fn thread_label(&self, tid: u32) -> String {
+        thread_label(
+            tid,
+            self.threads.get(&tid).map(String::as_str),
+            self.python_threads.get(&tid).map(String::as_str),
+        )
+    }
+
+    /// A thread's name: its Python name, else its kernel name, else `?`.
+    pub fn thread_name(&self, tid: u32) -> &str {
+        self.python_threads
+            .get(&tid)
+            .or_else(|| self.threads.get(&tid))
+            .map_or("?", String::as_str)
+    }
+
+    /// Whether `t` names thread `tid`: its id, its Python name or its
+    /// kernel name.
+    pub fn thread_is(&self, tid: u32, t: &str) -> bool {
+        tid.to_string() == t
+            || self.python_threads.get(&tid).is_some_and(|n| n == t)
+            || self.threads.get(&tid).is_some_and(|n| n == t)
     }
 
     /// The folded lines of a view (`root;...;leaf value`), merged where
@@ -461,6 +568,7 @@ mod tests {
             duration_ns: 2,
             sample_hz: 99,
             threads: BTreeMap::from([(7, "python".to_string()), (8, "worker".to_string())]),
+            python_threads: BTreeMap::new(),
             processes: BTreeMap::new(),
             function_of: Vec::new(),
             frames: vec![
@@ -474,6 +582,7 @@ mod tests {
                 events: 3,
                 lost: 0,
                 unavailable: None,
+                notes: Vec::new(),
                 samples: vec![
                     Sample {
                         pid: 0,
@@ -503,7 +612,39 @@ mod tests {
             }],
             walk_errors: BTreeMap::new(),
             span: None,
+            kernel: String::new(),
         }
+    }
+
+    #[test]
+    fn threads_are_named_by_python_with_the_kernel_name_where_it_differs() {
+        assert_eq!(
+            thread_label(5, Some("python"), Some("napper")),
+            "napper (5, python)"
+        );
+        assert_eq!(
+            thread_label(5, Some("napper"), Some("napper")),
+            "napper (5)"
+        );
+        assert_eq!(thread_label(5, Some("python"), None), "python (5)");
+        assert_eq!(thread_label(5, None, None), "? (5)");
+        // 3.14 gives the kernel the Python name's first 15 bytes.
+        let long = "a-rather-long-worker-name";
+        assert_eq!(
+            thread_label(5, Some(&long[..15]), Some(long)),
+            format!("{long} (5)")
+        );
+        assert_eq!(
+            thread_label(5, Some("py"), Some("a;b\nc")),
+            "a:b\\nc (5, py)"
+        );
+        let mut p = sample_profile();
+        p.python_threads.insert(8, "napper".into());
+        assert_eq!(p.thread_frame(8), "thread napper (8, worker)");
+        assert_eq!(p.thread_name(8), "napper");
+        assert_eq!(p.thread_name(7), "python");
+        assert!(p.thread_is(8, "napper") && p.thread_is(8, "worker") && p.thread_is(8, "8"));
+        assert!(!p.thread_is(7, "napper"));
     }
 
     #[test]

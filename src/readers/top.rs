@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::export::short;
+use crate::profile::frame::PyFrame;
 use crate::profile::{Profile, ViewKind};
-use crate::report::{duration, python_frames, NO_PYTHON};
-use crate::Result;
+use crate::readers::report::{duration, python_frames, NO_PYTHON};
+use crate::{errors, record, target, Result};
 
 /// What a row of `top` weighs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -214,7 +215,7 @@ impl Top {
                 time(w.offcpu),
                 time(w.syscall),
                 w.calls,
-                short(f)
+                PyFrame::short(f)
             ));
         }
         out.truncate(height);
@@ -365,6 +366,59 @@ impl Driver {
     }
 }
 
+/// `pyusdt-prof top -p PID`: records process `pid`'s cpu, offcpu and
+/// syscall views and draws them in place every `interval` until `q`,
+/// `stop`, or the process exits.
+pub fn run(pid: u32, freq: u64, interval: Duration, stop: &AtomicBool) -> Result<()> {
+    errors::check_can_trace()?;
+    let t = target::find(pid)?;
+    let screen = Screen::open()?;
+    let opts = record::Options {
+        views: [ViewKind::Cpu, ViewKind::Offcpu, ViewKind::Syscall]
+            .into_iter()
+            .collect(),
+        freq,
+        duration: None,
+        subprocesses: false,
+        lines: false,
+        span: None,
+        attached: true,
+        gil_probes: false,
+    };
+    let title = format!(
+        "pyusdt-prof top: process {} ({})",
+        t.pid,
+        crate::profile::short_command(
+            &target::command_line(t.pid).unwrap_or_else(|| vec![t.comm.clone()])
+        )
+    );
+    let mut driver = Driver::new(Top::new(title, freq), screen, interval);
+    let mut failed = None;
+    let result = record::record(
+        &t,
+        &opts,
+        stop,
+        || {},
+        |_, snapshot| match driver.tick(snapshot) {
+            Ok(true) => {}
+            Ok(false) => stop.store(true, Ordering::Relaxed),
+            Err(e) => {
+                failed = Some(e);
+                stop.store(true, Ordering::Relaxed);
+            }
+        },
+    );
+    drop(driver);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    result?;
+    if !t.alive() {
+        eprintln!("pyusdt-prof: process {} exited", t.pid);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +444,7 @@ mod tests {
             duration_ns: 2_000_000_000,
             sample_hz: 100,
             threads: BTreeMap::new(),
+            python_threads: BTreeMap::new(),
             processes: BTreeMap::new(),
             function_of: Vec::new(),
             frames: vec![
@@ -405,6 +460,7 @@ mod tests {
                     events: 0,
                     lost: 0,
                     unavailable: None,
+                    notes: Vec::new(),
                     samples: vec![s(vec![0, 1], heavy), s(vec![0, 2], light)],
                 },
                 View {
@@ -413,11 +469,13 @@ mod tests {
                     events: 0,
                     lost: 0,
                     unavailable: None,
+                    notes: Vec::new(),
                     samples: vec![s(vec![0, 3], slept)],
                 },
             ],
             walk_errors: BTreeMap::new(),
             span: None,
+            kernel: String::new(),
         }
     }
 

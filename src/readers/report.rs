@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::export::{python_frame, short};
+use crate::profile::frame::PyFrame;
 use crate::profile::{add_hist, Profile, Unit, View, ViewKind};
 use crate::Result;
 
@@ -91,6 +91,9 @@ pub struct Section {
     /// Why the view could not be measured, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// How it was measured where that differs from the usual way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Time the threads waited for the GIL while one thread held it, at one
@@ -174,7 +177,7 @@ pub(crate) fn python_frames<'p>(p: &'p Profile, stack: &[u32]) -> Vec<&'p str> {
         if name.starts_with("waker ") || name.starts_with(GIL_HOLDER_PREFIX) {
             break;
         }
-        if python_frame(name).is_some() && !name.ends_with("_[k]") {
+        if PyFrame::split(name).is_some() && !name.ends_with("_[k]") {
             out.push(name);
         }
     }
@@ -235,122 +238,164 @@ fn bucket(k: usize) -> (u64, u64) {
     }
 }
 
-fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit: usize) -> Section {
-    let mut self_w: HashMap<&str, u64> = HashMap::new();
-    let mut calls_of: HashMap<&str, u64> = HashMap::new();
-    let mut total_w: HashMap<&str, u64> = HashMap::new();
-    let mut sys: BTreeMap<&str, BTreeMap<&str, Acc>> = BTreeMap::new();
-    let mut hists: HashMap<&str, Acc> = HashMap::new();
-    let mut holders: HashMap<(String, &str), Acc> = HashMap::new();
-    let (mut total, mut events) = (0, 0);
-    for s in v.samples.iter().filter(|s| threads.contains(&s.tid)) {
-        total += s.value;
-        events += s.count;
-        let py = python_frames(p, &s.stack);
-        let leaf = py.last().copied().unwrap_or(NO_PYTHON);
-        *self_w.entry(leaf).or_default() += s.value;
-        *calls_of.entry(leaf).or_default() += s.count;
-        let mut seen = BTreeSet::new();
-        for f in py.iter().copied().chain(py.is_empty().then_some(NO_PYTHON)) {
-            if seen.insert(f) {
-                *total_w.entry(f).or_default() += s.value;
+/// What a view's stacks add up to, by innermost Python function.
+#[derive(Default)]
+struct Tally<'p> {
+    self_w: HashMap<&'p str, u64>,
+    calls_of: HashMap<&'p str, u64>,
+    total_w: HashMap<&'p str, u64>,
+    sys: BTreeMap<&'p str, BTreeMap<&'p str, Acc>>,
+    hists: HashMap<&'p str, Acc>,
+    holders: HashMap<(String, &'p str), Acc>,
+    total: u64,
+    events: u64,
+}
+
+impl<'p> Tally<'p> {
+    /// The stacks of view `v` of the threads `threads`, added up.
+    fn of(p: &'p Profile, v: &View, threads: &BTreeSet<u32>) -> Tally<'p> {
+        let mut t = Tally::default();
+        for s in v.samples.iter().filter(|s| threads.contains(&s.tid)) {
+            t.total += s.value;
+            t.events += s.count;
+            let py = python_frames(p, &s.stack);
+            let leaf = py.last().copied().unwrap_or(NO_PYTHON);
+            *t.self_w.entry(leaf).or_default() += s.value;
+            *t.calls_of.entry(leaf).or_default() += s.count;
+            let mut seen = BTreeSet::new();
+            for f in py.iter().copied().chain(py.is_empty().then_some(NO_PYTHON)) {
+                if seen.insert(f) {
+                    *t.total_w.entry(f).or_default() += s.value;
+                }
+            }
+            if v.kind == ViewKind::Syscall {
+                t.sys
+                    .entry(leaf)
+                    .or_default()
+                    .entry(syscall_of(p, &s.stack))
+                    .or_default()
+                    .add(s.count, s.value, &s.hist);
+            }
+            if v.kind == ViewKind::Gil {
+                t.holders
+                    .entry(gil_holder(p, &s.stack))
+                    .or_default()
+                    .add(s.count, s.value, &[]);
+            }
+            if matches!(
+                v.kind,
+                ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil | ViewKind::Calls
+            ) {
+                t.hists
+                    .entry(leaf)
+                    .or_default()
+                    .add(s.count, s.value, &s.hist);
             }
         }
-        if v.kind == ViewKind::Syscall {
-            sys.entry(leaf)
-                .or_default()
-                .entry(syscall_of(p, &s.stack))
-                .or_default()
-                .add(s.count, s.value, &s.hist);
-        }
-        if v.kind == ViewKind::Gil {
-            holders
-                .entry(gil_holder(p, &s.stack))
-                .or_default()
-                .add(s.count, s.value, &[]);
-        }
-        if matches!(
-            v.kind,
-            ViewKind::Syscall | ViewKind::Offcpu | ViewKind::Gil | ViewKind::Calls
-        ) {
-            hists
-                .entry(leaf)
-                .or_default()
-                .add(s.count, s.value, &s.hist);
-        }
+        t
     }
-    let functions: Vec<FunctionRow> = total_w
-        .iter()
-        .map(|(&f, &t)| FunctionRow {
-            function: f.to_string(),
-            self_value: self_w.get(f).copied().unwrap_or(0),
-            total_value: t,
-            calls: (v.kind == ViewKind::Calls).then(|| calls_of.get(f).copied().unwrap_or(0)),
-        })
-        .collect();
-    let mut by_self = functions.clone();
-    by_self.sort_by(|a, b| {
-        (b.self_value, b.total_value, &a.function).cmp(&(a.self_value, a.total_value, &b.function))
-    });
-    by_self.truncate(limit);
-    let mut by_total = functions;
-    by_total.sort_by(|a, b| {
-        (b.total_value, b.self_value, &a.function).cmp(&(a.total_value, a.self_value, &b.function))
-    });
-    by_total.truncate(limit);
 
-    let mut syscalls: Vec<SyscallTable> = sys
-        .into_iter()
-        .map(|(f, rows)| {
-            let mut rows: Vec<SyscallRow> = rows
-                .into_iter()
-                .map(|(name, a)| SyscallRow {
-                    syscall: name.to_string(),
-                    calls: a.count,
-                    total_ns: a.ns,
-                    mean_ns: a.ns / a.count.max(1),
-                    p50_ns: quantile(&a.hist, 0.5),
-                    p99_ns: quantile(&a.hist, 0.99),
-                })
-                .collect();
-            rows.sort_by(|a, b| (b.total_ns, &a.syscall).cmp(&(a.total_ns, &b.syscall)));
-            SyscallTable {
+    /// The functions with the most self weight, and with the most total.
+    fn functions(&self, calls: bool, limit: usize) -> (Vec<FunctionRow>, Vec<FunctionRow>) {
+        let functions: Vec<FunctionRow> = self
+            .total_w
+            .iter()
+            .map(|(&f, &t)| FunctionRow {
                 function: f.to_string(),
-                total_ns: rows.iter().map(|r| r.total_ns).sum(),
-                calls: rows.iter().map(|r| r.calls).sum(),
-                rows,
-            }
-        })
-        .collect();
-    syscalls.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
-    syscalls.truncate(limit);
+                self_value: self.self_w.get(f).copied().unwrap_or(0),
+                total_value: t,
+                calls: calls.then(|| self.calls_of.get(f).copied().unwrap_or(0)),
+            })
+            .collect();
+        let mut by_self = functions.clone();
+        by_self.sort_by(|a, b| {
+            (b.self_value, b.total_value, &a.function).cmp(&(
+                a.self_value,
+                a.total_value,
+                &b.function,
+            ))
+        });
+        by_self.truncate(limit);
+        let mut by_total = functions;
+        by_total.sort_by(|a, b| {
+            (b.total_value, b.self_value, &a.function).cmp(&(
+                a.total_value,
+                a.self_value,
+                &b.function,
+            ))
+        });
+        by_total.truncate(limit);
+        (by_self, by_total)
+    }
 
-    let mut histograms: Vec<Histogram> = hists
-        .into_iter()
-        .map(|(f, a)| Histogram {
-            function: f.to_string(),
-            count: a.count,
-            total_ns: a.ns,
-            buckets: a.hist,
-        })
-        .collect();
-    histograms.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
-    histograms.truncate(limit.min(5));
+    /// Per function, its syscalls.
+    fn syscalls(sys: BTreeMap<&str, BTreeMap<&str, Acc>>, limit: usize) -> Vec<SyscallTable> {
+        let mut syscalls: Vec<SyscallTable> = sys
+            .into_iter()
+            .map(|(f, rows)| {
+                let mut rows: Vec<SyscallRow> = rows
+                    .into_iter()
+                    .map(|(name, a)| SyscallRow {
+                        syscall: name.to_string(),
+                        calls: a.count,
+                        total_ns: a.ns,
+                        mean_ns: a.ns / a.count.max(1),
+                        p50_ns: quantile(&a.hist, 0.5),
+                        p99_ns: quantile(&a.hist, 0.99),
+                    })
+                    .collect();
+                rows.sort_by(|a, b| (b.total_ns, &a.syscall).cmp(&(a.total_ns, &b.syscall)));
+                SyscallTable {
+                    function: f.to_string(),
+                    total_ns: rows.iter().map(|r| r.total_ns).sum(),
+                    calls: rows.iter().map(|r| r.calls).sum(),
+                    rows,
+                }
+            })
+            .collect();
+        syscalls.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
+        syscalls.truncate(limit);
+        syscalls
+    }
 
-    let mut gil_holders: Vec<HolderRow> = holders
-        .into_iter()
-        .map(|((holder, f), a)| HolderRow {
-            holder,
-            function: f.to_string(),
-            waits: a.count,
-            total_ns: a.ns,
-        })
-        .collect();
-    gil_holders.sort_by(|a, b| {
-        (b.total_ns, &a.holder, &a.function).cmp(&(a.total_ns, &b.holder, &b.function))
-    });
-    gil_holders.truncate(limit);
+    /// The histograms of the functions with the most time.
+    fn histograms(hists: HashMap<&str, Acc>, limit: usize) -> Vec<Histogram> {
+        let mut histograms: Vec<Histogram> = hists
+            .into_iter()
+            .map(|(f, a)| Histogram {
+                function: f.to_string(),
+                count: a.count,
+                total_ns: a.ns,
+                buckets: a.hist,
+            })
+            .collect();
+        histograms.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
+        histograms.truncate(limit.min(5));
+        histograms
+    }
 
+    /// Who held the GIL, where, while others waited.
+    fn holders(holders: HashMap<(String, &str), Acc>, limit: usize) -> Vec<HolderRow> {
+        let mut gil_holders: Vec<HolderRow> = holders
+            .into_iter()
+            .map(|((holder, f), a)| HolderRow {
+                holder,
+                function: f.to_string(),
+                waits: a.count,
+                total_ns: a.ns,
+            })
+            .collect();
+        gil_holders.sort_by(|a, b| {
+            (b.total_ns, &a.holder, &a.function).cmp(&(a.total_ns, &b.holder, &b.function))
+        });
+        gil_holders.truncate(limit);
+        gil_holders
+    }
+}
+
+fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit: usize) -> Section {
+    let t = Tally::of(p, v, threads);
+    let (by_self, by_total) = t.functions(v.kind == ViewKind::Calls, limit);
     Section {
         view: v.kind.name(),
         unit: match v.unit {
@@ -358,14 +403,15 @@ fn section(p: &Profile, v: &View, threads: &BTreeSet<u32>, label: String, limit:
             Unit::Nanoseconds => "nanoseconds",
         },
         threads: label,
-        total,
-        events,
+        total: t.total,
+        events: t.events,
         by_self,
         by_total,
-        syscalls,
-        histograms,
-        gil_holders,
+        syscalls: Tally::syscalls(t.sys, limit),
+        histograms: Tally::histograms(t.hists, limit),
+        gil_holders: Tally::holders(t.holders, limit),
         unavailable: v.unavailable.clone(),
+        notes: v.notes.clone(),
     }
 }
 
@@ -382,7 +428,7 @@ fn gil_holder<'p>(p: &'p Profile, stack: &[u32]) -> (String, &'p str) {
     let f = names[at + 1..]
         .iter()
         .rev()
-        .find(|n| python_frame(n).is_some() && !n.ends_with("_[k]"))
+        .find(|n| PyFrame::split(n).is_some() && !n.ends_with("_[k]"))
         .copied()
         .unwrap_or(NO_PYTHON);
     (holder, f)
@@ -393,20 +439,14 @@ fn gil_holder<'p>(p: &'p Profile, stack: &[u32]) -> (String, &'p str) {
 /// when none is.
 pub fn select_threads(p: &Profile, thread: Option<&str>) -> Result<BTreeSet<u32>> {
     let mut all: BTreeSet<u32> = p.threads.keys().copied().collect();
+    all.extend(p.python_threads.keys().copied());
     all.extend(p.views.iter().flat_map(|v| v.samples.iter().map(|s| s.tid)));
     let Some(t) = thread else {
         return Ok(all);
     };
-    let picked: BTreeSet<u32> = all
-        .into_iter()
-        .filter(|tid| tid.to_string() == t || p.threads.get(tid).is_some_and(|n| n == t))
-        .collect();
+    let picked: BTreeSet<u32> = all.into_iter().filter(|&tid| p.thread_is(tid, t)).collect();
     if picked.is_empty() {
-        let names: BTreeSet<String> = p
-            .threads
-            .iter()
-            .map(|(tid, n)| format!("{n} ({tid})"))
-            .collect();
+        let names: BTreeSet<String> = p.threads.keys().map(|&tid| p.thread_label(tid)).collect();
         let names: Vec<String> = names.into_iter().collect();
         bail!(
             "no thread named or numbered `{t}` in this profile; its threads are {}",
@@ -600,122 +640,158 @@ pub fn text(r: &Report) -> String {
         o.push_str(&histogram_text(&sp.hist));
     }
     for s in &r.sections {
-        let time = s.unit == "nanoseconds";
-        let val = |v: u64| if time { duration(v) } else { v.to_string() };
-        let what = match s.view {
-            "cpu" => "samples",
-            "offcpu" => "off the CPU",
-            "syscall" => "in syscalls",
-            "gil" => "waiting for the GIL",
-            "calls" => "in calls",
-            _ => "waited",
-        };
         let _ = writeln!(o);
         if let Some(why) = &s.unavailable {
             let _ = writeln!(o, "{} view: not measured: {why}", s.view);
             continue;
         }
-        let _ = writeln!(
-            o,
-            "{} view, {}: {} {what} ({} events)",
-            s.view,
-            s.threads,
-            val(s.total),
-            s.events
-        );
-        for (title, rows) in [("most self", &s.by_self), ("most total", &s.by_total)] {
-            let (calls, width) = if s.view == "calls" {
-                ("    calls", 32)
-            } else {
-                ("", 41)
-            };
-            let _ = writeln!(
-                o,
-                "  {:>9} {:>6} {:>9} {:>6}{calls}  function ({title})",
-                "self", "self%", "total", "total%"
-            );
-            for f in rows {
-                let calls = f.calls.map_or(String::new(), |n| format!(" {n:>8}"));
-                let _ = writeln!(
-                    o,
-                    "  {:>9} {:>6} {:>9} {:>6}{calls}  {}",
-                    val(f.self_value),
-                    pct(f.self_value, s.total),
-                    val(f.total_value),
-                    pct(f.total_value, s.total),
-                    fit(&short(&f.function), width)
-                );
-            }
-        }
-        if !s.syscalls.is_empty() {
-            let _ = writeln!(o);
-            let _ = writeln!(o, "  syscalls by the function that made them:");
-            for t in &s.syscalls {
-                let _ = writeln!(
-                    o,
-                    "  {}: {} calls, {}",
-                    fit(&short(&t.function), 50),
-                    t.calls,
-                    duration(t.total_ns)
-                );
-                let _ = writeln!(
-                    o,
-                    "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
-                    "syscall", "calls", "total", "mean", "p50", "p99"
-                );
-                for row in &t.rows {
-                    let _ = writeln!(
-                        o,
-                        "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
-                        fit(&row.syscall, 16),
-                        row.calls,
-                        duration(row.total_ns),
-                        duration(row.mean_ns),
-                        duration(row.p50_ns),
-                        duration(row.p99_ns)
-                    );
-                }
-            }
-        }
-        if !s.gil_holders.is_empty() {
-            let _ = writeln!(o);
-            let _ = writeln!(
-                o,
-                "  who held the GIL during the waits, and where it let go:"
-            );
-            let _ = writeln!(o, "  {:>9} {:>7}  holder: function", "waited", "waits");
-            for h in &s.gil_holders {
-                let _ = writeln!(
-                    o,
-                    "  {:>9} {:>7}  {}",
-                    duration(h.total_ns),
-                    h.waits,
-                    fit(&format!("{}: {}", h.holder, short(&h.function)), 60)
-                );
-            }
-        }
-        for h in &s.histograms {
-            let _ = writeln!(o);
-            let what = match s.view {
-                "syscall" => "syscalls",
-                "gil" => "waits for the GIL",
-                "calls" => "calls",
-                _ => "waits off the CPU",
-            };
-            // A call's bucket is its inclusive time; the figure after the
-            // count is the function's self time.
-            let total = if s.view == "calls" { ", self" } else { " in" };
-            let _ = writeln!(
-                o,
-                "  {what} of {}: {}{total} {}",
-                fit(&short(&h.function), 40),
-                h.count,
-                duration(h.total_ns)
-            );
-            o.push_str(&histogram_text(&h.buckets));
-        }
+        section_text(&mut o, s);
     }
     o
+}
+
+/// A value of section `s` for people: a duration, or a count.
+fn value_text(s: &Section, v: u64) -> String {
+    if s.unit == "nanoseconds" {
+        duration(v)
+    } else {
+        v.to_string()
+    }
+}
+
+/// One view's section: its total, its functions, and the tables and
+/// histograms it has.
+fn section_text(o: &mut String, s: &Section) {
+    let what = match s.view {
+        "cpu" => "samples",
+        "offcpu" => "off the CPU",
+        "syscall" => "in syscalls",
+        "gil" => "waiting for the GIL",
+        "calls" => "in calls",
+        _ => "waited",
+    };
+    let _ = writeln!(
+        o,
+        "{} view, {}: {} {what} ({} events)",
+        s.view,
+        s.threads,
+        value_text(s, s.total),
+        s.events
+    );
+    for note in &s.notes {
+        let _ = writeln!(o, "  ({note})");
+    }
+    for (title, rows) in [("most self", &s.by_self), ("most total", &s.by_total)] {
+        let (calls, width) = if s.view == "calls" {
+            ("    calls", 32)
+        } else {
+            ("", 41)
+        };
+        let _ = writeln!(
+            o,
+            "  {:>9} {:>6} {:>9} {:>6}{calls}  function ({title})",
+            "self", "self%", "total", "total%"
+        );
+        for f in rows {
+            let calls = f.calls.map_or(String::new(), |n| format!(" {n:>8}"));
+            let _ = writeln!(
+                o,
+                "  {:>9} {:>6} {:>9} {:>6}{calls}  {}",
+                value_text(s, f.self_value),
+                pct(f.self_value, s.total),
+                value_text(s, f.total_value),
+                pct(f.total_value, s.total),
+                fit(&PyFrame::short(&f.function), width)
+            );
+        }
+    }
+    syscalls_text(o, s);
+    holders_text(o, s);
+    histograms_text(o, s);
+}
+
+/// Section `s`'s syscalls by the function that made them.
+fn syscalls_text(o: &mut String, s: &Section) {
+    if s.syscalls.is_empty() {
+        return;
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "  syscalls by the function that made them:");
+    for t in &s.syscalls {
+        let _ = writeln!(
+            o,
+            "  {}: {} calls, {}",
+            fit(&PyFrame::short(&t.function), 50),
+            t.calls,
+            duration(t.total_ns)
+        );
+        let _ = writeln!(
+            o,
+            "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "syscall", "calls", "total", "mean", "p50", "p99"
+        );
+        for row in &t.rows {
+            let _ = writeln!(
+                o,
+                "    {:<16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                fit(&row.syscall, 16),
+                row.calls,
+                duration(row.total_ns),
+                duration(row.mean_ns),
+                duration(row.p50_ns),
+                duration(row.p99_ns)
+            );
+        }
+    }
+}
+
+/// Section `s`'s GIL holders.
+fn holders_text(o: &mut String, s: &Section) {
+    if s.gil_holders.is_empty() {
+        return;
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "  who held the GIL during the waits, and where it let go:"
+    );
+    let _ = writeln!(o, "  {:>9} {:>7}  holder: function", "waited", "waits");
+    for h in &s.gil_holders {
+        let _ = writeln!(
+            o,
+            "  {:>9} {:>7}  {}",
+            duration(h.total_ns),
+            h.waits,
+            fit(
+                &format!("{}: {}", h.holder, PyFrame::short(&h.function)),
+                60
+            )
+        );
+    }
+}
+
+/// Section `s`'s histograms of durations, per function.
+fn histograms_text(o: &mut String, s: &Section) {
+    for h in &s.histograms {
+        let _ = writeln!(o);
+        let what = match s.view {
+            "syscall" => "syscalls",
+            "gil" => "waits for the GIL",
+            "calls" => "calls",
+            _ => "waits off the CPU",
+        };
+        // A call's bucket is its inclusive time; the figure after the
+        // count is the function's self time.
+        let total = if s.view == "calls" { ", self" } else { " in" };
+        let _ = writeln!(
+            o,
+            "  {what} of {}: {}{total} {}",
+            fit(&PyFrame::short(&h.function), 40),
+            h.count,
+            duration(h.total_ns)
+        );
+        o.push_str(&histogram_text(&h.buckets));
+    }
 }
 
 /// A bcc-style log2 histogram: one row per bucket from the first used to
@@ -768,6 +844,7 @@ mod tests {
             duration_ns: 1,
             sample_hz: 99,
             threads: BTreeMap::from([(7, "main".to_string()), (8, "worker".to_string())]),
+            python_threads: BTreeMap::new(),
             processes: BTreeMap::new(),
             frames: vec![
                 "main (a.py:1)".into(),
@@ -782,6 +859,7 @@ mod tests {
                 events: 6,
                 lost: 0,
                 unavailable: None,
+                notes: Vec::new(),
                 samples: vec![
                     sample(7, vec![0, 1, 2], 3, 30, vec![0, 0, 0, 3]),
                     sample(8, vec![0, 1, 2], 2, 40, vec![0, 0, 0, 0, 0, 2]),
@@ -791,6 +869,7 @@ mod tests {
             }],
             walk_errors: BTreeMap::new(),
             span: None,
+            kernel: String::new(),
         }
     }
 

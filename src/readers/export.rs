@@ -13,6 +13,7 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::profile::frame::PyFrame;
 use crate::profile::{Profile, Unit, View, ViewKind};
 use crate::Result;
 
@@ -129,25 +130,6 @@ fn named_stack(p: &Profile, pid: u32, tid: u32, stack: &[u32]) -> Vec<String> {
     names
 }
 
-/// `qualname (file:line)` split into its parts, if it has that shape.
-pub fn python_frame(name: &str) -> Option<(&str, &str, i64)> {
-    // A qualname has no " (" in it; a file name may.
-    let (qualname, rest) = name.split_once(" (")?;
-    let (file, line) = rest.strip_suffix(')')?.rsplit_once(':')?;
-    Some((qualname, file, line.parse().ok()?))
-}
-
-/// `qualname (file.py:line)` with the file's directories left out, for
-/// people; other frame names as they are.
-pub fn short(function: &str) -> String {
-    match python_frame(function) {
-        Some((q, file, line)) => {
-            format!("{q} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
-        }
-        None => function.to_string(),
-    }
-}
-
 /// What one sample's value weighs in speedscope's and Chrome's terms.
 fn unit_name(u: Unit) -> &'static str {
     match u {
@@ -181,7 +163,7 @@ fn speedscope(p: &Profile, views: &[&View]) -> Value {
             return i;
         }
         let mut f = json!({ "name": name });
-        if let Some((_, file, line)) = python_frame(name) {
+        if let Some((_, file, line)) = PyFrame::split(name) {
             f["file"] = json!(file);
             f["line"] = json!(line);
         }
@@ -412,7 +394,7 @@ fn pprof(p: &Profile, views: &[&View]) -> Vec<u8> {
             );
             let mut label = Pb::default();
             label.int(1, k_thread);
-            let name = p.threads.get(&s.tid).map_or("?", String::as_str);
+            let name = p.thread_name(s.tid);
             label.int(2, st.id(name));
             sample.message(3, label);
             let mut label = Pb::default();
@@ -439,7 +421,7 @@ fn pprof(p: &Profile, views: &[&View]) -> Vec<u8> {
         line.int(1, id);
         let mut func = Pb::default();
         func.int(1, id);
-        if let Some((qualname, file, at)) = python_frame(name) {
+        if let Some((qualname, file, at)) = PyFrame::split(name) {
             // With --lines the frame names its line; its function, the
             // first line.
             let function = p
@@ -447,7 +429,7 @@ fn pprof(p: &Profile, views: &[&View]) -> Vec<u8> {
                 .get(i)
                 .and_then(|&f| p.frames.get(f as usize))
                 .unwrap_or(name);
-            let first = python_frame(function).map_or(at, |(_, _, l)| l);
+            let first = PyFrame::split(function).map_or(at, |(_, _, l)| l);
             line.int(2, at as u64);
             func.int(2, st.id(qualname));
             func.int(3, st.id(function));
@@ -482,23 +464,34 @@ fn pprof(p: &Profile, views: &[&View]) -> Vec<u8> {
     out.0
 }
 
+/// `pyusdt-prof export`: the profile at `input` (frames by function with
+/// `functions`) as `format`, into `output` (default: the profile's name
+/// with the format's extension); the views `views` (default: all; folded:
+/// cpu). Refuses what cannot be exported before creating any file.
+pub fn export_file(
+    input: &std::path::Path,
+    format: Format,
+    output: Option<std::path::PathBuf>,
+    views: Vec<ViewKind>,
+    functions: bool,
+) -> Result<std::path::PathBuf> {
+    let p = Profile::read_as(input, functions)?;
+    let views = if views.is_empty() && format == Format::Folded {
+        vec![ViewKind::Cpu]
+    } else {
+        views
+    };
+    let out = output.unwrap_or_else(|| {
+        crate::profile::derived_path(input, &format!(".{}", format.extension()))
+    });
+    check(&p, format, &views)?;
+    crate::profile::write_atomic(&out, |w| export(&p, format, &views, w))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_python_frames() {
-        assert_eq!(
-            python_frame("C.f (/a/b.py:12)"),
-            Some(("C.f", "/a/b.py", 12))
-        );
-        assert_eq!(
-            python_frame("<lambda> (x (1).py:3)"),
-            Some(("<lambda>", "x (1).py", 3))
-        );
-        assert_eq!(python_frame("schedule_[k]"), None);
-        assert_eq!(python_frame("syscall:read"), None);
-    }
 
     #[test]
     fn varints_encode_as_protobuf_does() {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::io;
 
-use crate::layout::Layout;
+use crate::bpf::procs::types::code_name;
+use crate::profile::frame::PyFrame;
+use crate::target::layout::Layout;
 
 /// Reads `buf.len()` bytes at `addr` in process `pid`.
 pub fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -26,6 +28,34 @@ pub fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
     }
     Ok(())
+}
+
+/// Plain values read out of a process's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory(pub u32);
+
+impl Memory {
+    fn bytes<const N: usize>(self, addr: u64) -> io::Result<[u8; N]> {
+        let mut b = [0u8; N];
+        read_memory(self.0, addr, &mut b)?;
+        Ok(b)
+    }
+
+    pub fn u64_at(self, addr: u64) -> io::Result<u64> {
+        self.bytes(addr).map(u64::from_ne_bytes)
+    }
+
+    pub fn u32_at(self, addr: u64) -> io::Result<u32> {
+        self.bytes(addr).map(u32::from_ne_bytes)
+    }
+
+    pub fn i32_at(self, addr: u64) -> io::Result<i32> {
+        self.bytes(addr).map(i32::from_ne_bytes)
+    }
+
+    pub fn u8_at(self, addr: u64) -> io::Result<u8> {
+        self.bytes::<1>(addr).map(|b| b[0])
+    }
 }
 
 /// Names the code objects of one process, caching each address.
@@ -62,15 +92,11 @@ impl Namer {
     }
 
     fn u64_at(&self, addr: u64) -> io::Result<u64> {
-        let mut b = [0u8; 8];
-        read_memory(self.pid, addr, &mut b)?;
-        Ok(u64::from_ne_bytes(b))
+        Memory(self.pid).u64_at(addr)
     }
 
     fn u32_at(&self, addr: u64) -> io::Result<u32> {
-        let mut b = [0u8; 4];
-        read_memory(self.pid, addr, &mut b)?;
-        Ok(u32::from_ne_bytes(b))
+        Memory(self.pid).u32_at(addr)
     }
 
     /// The text of the str object at `addr`.
@@ -101,7 +127,8 @@ impl Namer {
         Ok(decode(&b, kind as u8))
     }
 
-    fn layout(&self) -> io::Result<&Layout> {
+    /// The layout the process announced.
+    pub fn layout(&self) -> io::Result<&Layout> {
         self.layout
             .as_ref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no layout"))
@@ -112,7 +139,7 @@ impl Namer {
         let qualname = self.str_at(self.u64_at(code + u64::from(l.code_qualname))?)?;
         let file = self.str_at(self.u64_at(code + u64::from(l.code_filename))?)?;
         let first = self.u32_at(code + u64::from(l.code_firstlineno))? as i32;
-        Ok(format!("{qualname} ({file}:{first})"))
+        Ok(PyFrame::name(&qualname, &file, first))
     }
 
     /// Takes a name read elsewhere (by the BPF side, at first sight) as
@@ -146,7 +173,7 @@ impl Namer {
         }
         let function = self.name(code).to_string();
         let mut name = function.clone();
-        if let Some((q, file, first)) = crate::export::python_frame(&function) {
+        if let Some((q, file, first)) = PyFrame::split(&function) {
             let learned = self.tables.get(&code);
             let complete = learned.filter(|(d, full)| d.len() as u32 >= *full);
             let line = match complete {
@@ -159,7 +186,7 @@ impl Namer {
                 },
             };
             if let (Some(line), true) = (line, lasti != LASTI_NONE) {
-                name = format!("{q} ({file}:{line})");
+                name = PyFrame::name(q, file, line);
             }
         }
         self.lines.insert((code, lasti), name.clone());
@@ -249,6 +276,19 @@ pub fn decode(bytes: &[u8], kind: u8) -> String {
             .collect(),
         _ => bytes.iter().map(|&c| char::from(c)).collect(),
     }
+}
+
+/// A code object's names as the BPF side read them (`struct code_name`),
+/// as profiles name a Python frame: `qualname (file:firstline)`.
+pub fn code_name(n: &code_name) -> String {
+    let q = &n.qualname[..(n.qualname_len as usize).min(n.qualname.len())];
+    let f = &n.filename[..(n.filename_len as usize).min(n.filename.len())];
+    let bytes = |s: &[i8]| s.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+    PyFrame::name(
+        &decode(&bytes(q), n.qualname_kind),
+        &decode(&bytes(f), n.filename_kind),
+        n.firstlineno,
+    )
 }
 
 #[cfg(test)]

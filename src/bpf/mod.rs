@@ -1,0 +1,12 @@
+//! Loading and attaching the BPF programs: the skeletons libbpf-cargo
+//! builds from `bpf/*.bpf.c` ([`skel`]), what the running kernel offers
+//! and which variant of each program fits it ([`kernel`]), and the steps
+//! every object shares ([`load`]): tp_btf or raw_tp, the maps every view
+//! shares with the process table, the CPU sampler's perf events.
+
+pub mod kernel;
+pub mod load;
+pub mod maps;
+pub mod skel;
+
+pub use skel::*;

@@ -1,0 +1,249 @@
+//! The gil view (`bpf/gil.bpf.c`): each wait for the GIL under the
+//! waiter's stack and the thread that held the GIL last. By default a wait
+//! is seen where it blocks, at the futex syscalls: its blocks on the GIL's
+//! condition, whose address the process's layout gives (cheap: nothing
+//! runs per take of the GIL). With `--gil-probes`, uprobes on the
+//! interpreter's `take_gil` (entry and return) and `drop_gil` see every
+//! take, also those that did not block, at a uprobe's price each; they
+//! live in each process's interpreter and are attached per process as the
+//! recording finds them ([`Recorder::watch`]), and where an interpreter
+//! has no such symbols (a stripped build, as distributions ship) its waits
+//! are seen at the futex syscalls all the same.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags};
+
+use crate::bpf::gil::{types, GilSkel, GilSkelBuilder};
+use crate::bpf::kernel;
+use crate::bpf::kernel::Variant;
+use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
+use crate::bpf::maps::{entries, live, python_stack, trimmed};
+use crate::bpf::procs::types::time_hist;
+use crate::profile::ViewKind;
+use crate::target;
+use crate::views::{
+    view, walker, Process, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker,
+};
+use crate::Result;
+
+// SAFETY: plain C data, no padding (explicit reserved word), any bit
+// pattern valid.
+unsafe impl plain::Plain for types::gil_key {}
+
+struct Gil<'o> {
+    skel: GilSkel<'o>,
+    variant: Variant,
+    /// Uprobes asked for (--gil-probes), not the futex syscalls.
+    by_probes: bool,
+    /// Each process's probes, and the program (generation) they are in.
+    probes: HashMap<u32, (u32, Vec<Link>)>,
+    /// The futex syscall programs, once a process needs them.
+    futex: Vec<Link>,
+    /// How processes' waits were measured, where not by the probes.
+    notes: Vec<String>,
+    /// Why the first process's waits could not be measured at all.
+    unmeasured: Option<String>,
+}
+
+/// Loads the GIL probes; they are attached per process by `watch`.
+pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder + 'o>> {
+    let (skel, variant) = btf_or_raw(slots, |st, v| open(st, s.shared, v))?;
+    Ok(Box::new(Gil {
+        skel,
+        variant,
+        by_probes: s.gil_probes || forced(PROBES),
+        probes: HashMap::new(),
+        futex: Vec::new(),
+        notes: Vec::new(),
+        unmeasured: None,
+    }))
+}
+
+fn open<'o>(
+    storage: &'o mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
+    shared: Shared<'_>,
+    v: Variant,
+) -> Result<(GilSkel<'o>, Variant)> {
+    let mut open = GilSkelBuilder::default()
+        .open(storage)
+        .context("open the GIL probes")?;
+    open.maps
+        .kstacks
+        .set_max_entries(1)
+        .context("shrink the unused kernel stack map")?;
+    share!(open, shared, "the GIL probes");
+    kernel::choose_programs(open.open_object_mut(), v, |_| true);
+    let skel = crate::errors::loaded("load the GIL probes", || open.load())?;
+    Ok((skel, v))
+}
+
+/// Set (to anything but 0): every process's waits are seen at the futex
+/// syscalls, even with --gil-probes (to compare the two ways).
+const FORCE_FUTEX: &str = "PYUSDT_PROF_GIL_FUTEX";
+/// Set (to anything but 0): as --gil-probes (for the tests, which run each
+/// way through the environment).
+const PROBES: &str = "PYUSDT_PROF_GIL_PROBES";
+
+fn forced(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| v != "0")
+}
+
+/// Attaches the GIL probes to process `pid`'s interpreter, or says why
+/// they cannot be (no interpreter file, or one without the symbols).
+fn attach(skel: &GilSkel<'_>, pid: u32, v: Variant) -> Result<Vec<Link>> {
+    let file = target::interpreter_file(pid)
+        .with_context(|| format!("process {pid} maps no python or libpython file"))?;
+    let probe = |prog: &libbpf_rs::ProgramMut<'_>, func: &str, ret: bool| {
+        let opts = libbpf_rs::UprobeOpts {
+            func_name: Some(func.to_string()),
+            retprobe: ret,
+            ..Default::default()
+        };
+        prog.attach_uprobe_with_opts(pid as i32, &file, 0, opts)
+            .with_context(|| {
+                format!(
+                    "{} has no symbol {func} (a stripped interpreter): the GIL cannot be \
+                     watched there",
+                    file.display()
+                )
+            })
+    };
+    let o = skel.object();
+    Ok(vec![
+        probe(&kernel::program(o, "take_gil_enter", v)?, "take_gil", false)?,
+        probe(&kernel::program(o, "take_gil_return", v)?, "take_gil", true)?,
+        probe(&kernel::program(o, "drop_gil_enter", v)?, "drop_gil", false)?,
+    ])
+}
+
+impl Gil<'_> {
+    /// Watches process `pid`'s GIL waits at the futex syscalls (where its
+    /// interpreter cannot be probed, `why`); says so in the view.
+    fn by_futex(&mut self, pid: u32, first: u32, why: Option<&anyhow::Error>) {
+        let how = match self.futex_on(pid) {
+            Ok(()) => "its waits are its blocks on the GIL's condition, seen at the futex \
+                       syscalls"
+                .to_string(),
+            Err(e) => {
+                if pid == first {
+                    self.unmeasured = Some(match why {
+                        Some(why) => format!("{why:#}, and {e:#}"),
+                        None => format!("{e:#}"),
+                    });
+                }
+                format!("its waits are not measured: {e:#}")
+            }
+        };
+        let who = if pid == first {
+            String::new()
+        } else {
+            format!("process {pid}: ")
+        };
+        let note = match why {
+            Some(why) => format!("{who}{why:#}; {how}"),
+            None => format!("{who}{how}"),
+        };
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
+    fn futex_on(&mut self, pid: u32) -> Result<()> {
+        self.skel
+            .maps
+            .gil_by_futex
+            .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
+            .context("watch the process's futex waits")?;
+        if self.futex.is_empty() {
+            let o = self.skel.object();
+            let v = self.variant;
+            self.futex = vec![
+                attach_tp(o, "gil_futex_enter", v, "raw_syscalls:sys_enter")?,
+                attach_tp(o, "gil_futex_exit", v, "raw_syscalls:sys_exit")?,
+            ];
+        }
+        Ok(())
+    }
+}
+
+impl Recorder for Gil<'_> {
+    fn counters(&self) -> Vec<(ViewKind, u64, u64)> {
+        let Some(b) = self.skel.maps.bss_data.as_deref() else {
+            return Vec::new();
+        };
+        vec![(ViewKind::Gil, live(&b.gil_waited), live(&b.lost_gil))]
+    }
+
+    fn walker(&self) -> Walker<'_> {
+        walker!(self.skel)
+    }
+
+    fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
+        let m = &self.skel.maps;
+        let mut out = Vec::new();
+        for (k, v) in entries::<types::gil_key, time_hist>(&m.gil)? {
+            let holder = if k.holder_tid == 0 {
+                "GIL held by [unknown]".to_string()
+            } else if k.holder_tid == k.tid {
+                "GIL held by nobody (free)".to_string()
+            } else {
+                format!("GIL held by thread {}", r.thread_label(k.holder_tid, None))
+            };
+            out.push(RawSample {
+                pid: k.tgid,
+                tid: k.tid,
+                python: python_stack(&m.pystacks, k.pystack)?,
+                tail: Tail::Waker(holder, k.tgid, python_stack(&m.pystacks, k.holder_pystack)?),
+                value: v.ns,
+                count: v.count,
+                hist: trimmed(&v.hist),
+                gil_wait: false,
+            });
+        }
+        let mut v = view(ViewKind::Gil, &self.counters(), out);
+        v.notes = self.notes.clone();
+        v.unavailable = self.unmeasured.clone();
+        Ok(vec![v])
+    }
+
+    fn detach(&mut self) {
+        self.probes.clear();
+        self.futex.clear();
+    }
+
+    /// Attaches the probes to each live Python process that has not had
+    /// them yet in the program it runs now (or, where its interpreter has
+    /// no symbols to probe, watches its futex waits); forgets processes
+    /// gone or turned into another program.
+    fn watch(&mut self, live: &[Process], first: u32) {
+        self.probes.retain(|pid, (generation, _)| {
+            live.contains(&Process {
+                pid: *pid,
+                generation: *generation,
+            })
+        });
+        for p in live {
+            if self.probes.contains_key(&p.pid) {
+                continue;
+            }
+            let how = if !self.by_probes {
+                Err(None)
+            } else if forced(FORCE_FUTEX) {
+                Err(Some(anyhow::anyhow!("{FORCE_FUTEX} is set")))
+            } else {
+                attach(&self.skel, p.pid, self.variant).map_err(Some)
+            };
+            let links = match how {
+                Ok(links) => links,
+                Err(why) => {
+                    self.by_futex(p.pid, first, why.as_ref());
+                    Vec::new()
+                }
+            };
+            self.probes.insert(p.pid, (p.generation, links));
+        }
+    }
+}

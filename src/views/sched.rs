@@ -1,0 +1,289 @@
+//! The offcpu and wakeup views (`bpf/sched.bpf.c`): at `sched_switch` a
+//! target thread that leaves the CPU notes its stacks and the time; when
+//! it comes back, the time away is counted under those stacks (offcpu),
+//! and under the thread that woke it, with that thread's Python stack
+//! (wakeup, from `sched_waking` and `sched_wakeup_new`). A return to the
+//! CPU the kernel did not report is counted at the thread's next
+//! departure, ending at its last `sched_waking`, and said in a note.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use anyhow::Context;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags};
+use pyusdt_contract::walk as walk_contract;
+
+use crate::bpf::kernel::{self, Variant};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
+use crate::bpf::maps::{
+    comm_str, entries, histogram_of, kernel_stack, live, python_stack, trimmed,
+};
+use crate::bpf::procs::types::{pystack, time_hist};
+use crate::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
+use crate::profile::pyname::{Namer, LASTI_NONE};
+use crate::profile::ViewKind;
+use crate::record::POLL_THREAD;
+use crate::target::layout::Layout;
+use crate::target::walk;
+use crate::views::{view, walker, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker};
+use crate::Result;
+
+// SAFETY: plain C data, no padding, any bit pattern valid.
+unsafe impl plain::Plain for types::offcpu_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::wakeup_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::time_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::switch_out {}
+
+struct Sched<'o> {
+    skel: SchedSkel<'o>,
+    links: Vec<Link>,
+    offcpu: bool,
+    wakeups: bool,
+    /// Names of the code objects of the waits open at the start.
+    names: RefCell<Vec<(u32, u64, String)>>,
+}
+
+/// Loads the scheduler programs (`sched_wakeup_new` only for the wakeup
+/// view) and attaches them.
+pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder + 'o>> {
+    let offcpu = s.views.contains(&ViewKind::Offcpu);
+    let wakeups = s.views.contains(&ViewKind::Wakeup);
+    let (skel, links) = btf_or_raw(slots, |st, v| open(st, s.shared, v, wakeups))?;
+    Ok(Box::new(Sched {
+        skel,
+        links,
+        offcpu,
+        wakeups,
+        names: RefCell::new(Vec::new()),
+    }))
+}
+
+fn open<'o>(
+    storage: &'o mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
+    shared: Shared<'_>,
+    v: Variant,
+    wakeups: bool,
+) -> Result<(SchedSkel<'o>, Vec<Link>)> {
+    let mut open = SchedSkelBuilder::default()
+        .open(storage)
+        .context("open the scheduler programs")?;
+    share!(open, shared, "the scheduler programs");
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the scheduler programs have no rodata")?
+        .wakeup_view = u8::from(wakeups);
+    // sched_waking also times the wake-ups that end returns the kernel
+    // does not report.
+    kernel::choose_programs(open.open_object_mut(), v, |h| {
+        h == "switch" || h == "wakeup" || wakeups
+    });
+    let skel = crate::errors::loaded("load the scheduler programs", || open.load())?;
+    let o = skel.object();
+    let mut links = vec![
+        attach_tp(o, "switch", v, "sched_switch")?,
+        attach_tp(o, "wakeup", v, "sched_waking")?,
+    ];
+    if wakeups {
+        links.push(attach_tp(o, "wakeup_new", v, "sched_wakeup_new")?);
+    }
+    Ok((skel, links))
+}
+
+impl Sched<'_> {
+    fn offcpu_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
+        let m = &self.skel.maps;
+        let mut out = Vec::new();
+        // Waits still open at the end count up to it, under the stacks the
+        // thread left with (a thread that is gone left for good).
+        for (tid, o) in entries::<u32, types::switch_out>(&m.off_now)? {
+            let alive = Path::new(&format!("/proc/{}/task/{tid}", o.tgid)).exists();
+            if !alive || o.ts >= r.end_monotonic_ns || !r.recorded.contains(&o.tgid) {
+                continue;
+            }
+            let ns = r.end_monotonic_ns - o.ts;
+            out.push(RawSample {
+                pid: o.tgid,
+                tid,
+                python: python_stack(&m.pystacks, o.pystack)?,
+                tail: Tail::Kernel(kernel_stack(&m.kstacks, o.kstack)?),
+                value: ns,
+                count: 1,
+                hist: histogram_of(ns),
+                gil_wait: false,
+            });
+        }
+        for (k, v) in entries::<types::offcpu_key, time_hist>(&m.offcpu)? {
+            out.push(RawSample {
+                pid: k.tgid,
+                tid: k.tid,
+                python: python_stack(&m.pystacks, k.pystack)?,
+                tail: Tail::Kernel(kernel_stack(&m.kstacks, k.kstack)?),
+                value: v.ns,
+                count: v.count,
+                hist: trimmed(&v.hist),
+                gil_wait: false,
+            });
+        }
+        Ok(out)
+    }
+
+    fn wakeup_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
+        let m = &self.skel.maps;
+        let mut out = Vec::new();
+        for (k, v) in entries::<types::wakeup_key, types::time_value>(&m.wakeups)? {
+            // pyusdt's poll thread is instrumentation: a wait it ends (the
+            // join at exit) is not the program's.
+            if r.recorded.contains(&k.waker_tgid) && comm_str(&k.waker_comm) == POLL_THREAD {
+                continue;
+            }
+            let waker = if k.waker_tgid == 0 {
+                "waker [kernel]".to_string()
+            } else if r.recorded.contains(&k.waker_tgid) {
+                let name = r.thread_label(k.waker_tid, Some(&comm_str(&k.waker_comm)));
+                if k.waker_tgid == k.tgid {
+                    format!("waker thread {name}")
+                } else {
+                    format!("waker thread {name} of process {}", k.waker_tgid)
+                }
+            } else {
+                format!(
+                    "waker {} ({}) of process {}",
+                    comm_str(&k.waker_comm),
+                    k.waker_tid,
+                    k.waker_tgid
+                )
+            };
+            out.push(RawSample {
+                pid: k.tgid,
+                tid: k.tid,
+                python: python_stack(&m.pystacks, k.pystack)?,
+                tail: Tail::Waker(
+                    waker,
+                    k.waker_tgid,
+                    python_stack(&m.pystacks, k.waker_pystack)?,
+                ),
+                value: v.ns,
+                count: v.count,
+                hist: Vec::new(),
+                gil_wait: false,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Recorder for Sched<'_> {
+    fn counters(&self) -> Vec<(ViewKind, u64, u64)> {
+        let Some(b) = self.skel.maps.bss_data.as_deref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if self.offcpu {
+            out.push((ViewKind::Offcpu, live(&b.switches), live(&b.lost_offcpu)));
+        }
+        if self.wakeups {
+            let (events, lost) = (live(&b.wakeups_joined), live(&b.lost_wakeups));
+            out.push((ViewKind::Wakeup, events, lost));
+        }
+        out
+    }
+
+    fn walker(&self) -> Walker<'_> {
+        walker!(self.skel)
+    }
+
+    fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
+        let counters = self.counters();
+        let mut out = Vec::new();
+        if self.offcpu {
+            let mut v = view(ViewKind::Offcpu, &counters, self.offcpu_samples(r)?);
+            let unseen = self
+                .skel
+                .maps
+                .bss_data
+                .as_deref()
+                .map_or(0, |b| live(&b.returns_unreported));
+            if unseen > 0 {
+                v.notes.push(format!(
+                    "{unseen} returns to the CPU the kernel did not report: \
+                     each wait counted up to the thread's wake-up"
+                ));
+            }
+            out.push(v);
+        }
+        if self.wakeups {
+            out.push(view(ViewKind::Wakeup, &counters, self.wakeup_samples(r)?));
+        }
+        Ok(out)
+    }
+
+    fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    fn open_waits(&self, pid: u32, layout: &Layout, start_ns: u64, lines: bool) {
+        if !self.offcpu {
+            return;
+        }
+        // A process it cannot read is recorded from its threads' next
+        // departures, as before.
+        let Ok(snapshot) = walk::snapshot(pid, layout) else {
+            return;
+        };
+        let m = &self.skel.maps;
+        let mut namer = Namer::new(pid, Some(*layout));
+        for t in snapshot
+            .threads
+            .iter()
+            .filter(|t| walk::blocked(pid, t.tid))
+        {
+            let n = t.frames.len().min(walk_contract::MAX_FRAMES);
+            let frames: Vec<(u64, u32)> = t.frames[..n]
+                .iter()
+                .map(|&(c, i)| (c, if lines { i } else { LASTI_NONE }))
+                .collect();
+            let truncated = t.truncated || t.frames.len() > n;
+            let mut s = pystack {
+                len: n as u32,
+                truncated: u32::from(truncated),
+                ..Default::default()
+            };
+            for (k, &(c, i)) in frames.iter().enumerate() {
+                s.frames[k] = c;
+                s.lasti[k] = i;
+            }
+            let id = walk::stack_id(pid, &frames, lines, truncated);
+            let out = types::switch_out {
+                ts: start_ns,
+                pystack: id,
+                kstack: walk_contract::KSTACK_NONE,
+                tgid: pid,
+            };
+            // SAFETY: plain C data without padding.
+            let (stack, out) = unsafe { (plain::as_bytes(&s), plain::as_bytes(&out)) };
+            // A stack the kernel side has already is the same stack; a
+            // departure it noted meanwhile is the truer one.
+            let _ = m
+                .pystacks
+                .update(&id.to_ne_bytes(), stack, MapFlags::NO_EXIST);
+            if m.off_now
+                .update(&t.tid.to_ne_bytes(), out, MapFlags::NO_EXIST)
+                .is_ok()
+            {
+                let mut names = self.names.borrow_mut();
+                for &(c, _) in &frames {
+                    names.push((pid, c, namer.name(c).to_string()));
+                }
+            }
+        }
+    }
+
+    fn names(&self) -> Vec<(u32, u64, String)> {
+        self.names.borrow().clone()
+    }
+}
