@@ -67,7 +67,9 @@ def test_a_recording_counts_syscalls_exactly():
     assert list(writes.values()) == [1000], writes
     assert [fn(f) for f in next(iter(writes)).split(";")[:-1]] == ["<module>", "main", "api_writer"]
     per_thread = p.folded("syscall", count=True)
-    assert all(s.startswith(f"thread python ({t.pid});") for s in per_thread)
+    main = p.thread_label(t.pid)
+    assert main in (f"python ({t.pid})", f"MainThread ({t.pid}, python)"), main
+    assert all(s.startswith(f"thread {main};") for s in per_thread)
     top = {fn(r["function"]): r for r in p.top("syscall", by="self")}
     assert top["api_writer"]["self_value"] == top["api_writer"]["total_value"] > 0
     assert list(top["api_writer"]) == ["function", "self_value", "total_value"]
@@ -150,16 +152,21 @@ def test_a_missing_process_is_a_process_lookup_error():
         pyusdt_prof.Recording(4000000).start()
 
 
-def test_python_without_pyusdt_is_a_runtime_error_with_the_recorders_message():
+def test_what_needs_pyusdt_is_a_runtime_error_with_the_recorders_message():
     need_bpf()
     with Child([PY, "-c", "import sys; print('ready', flush=True); sys.stdin.readline()"]) as c:
         c.expect("^ready$")
-        rec = pyusdt_prof.Recording(c.pid)
-        with pytest.raises(RuntimeError, match="runs Python without pyusdt"):
+        rec = pyusdt_prof.Recording(c.pid, exact=True)
+        needs = r"^record --exact needs pyusdt in process \d+ \(python\), which runs without it"
+        with pytest.raises(RuntimeError, match=needs):
             rec.start()
         # Nothing was recorded: it may be started again (and fails again).
-        with pytest.raises(RuntimeError, match="runs Python without pyusdt"):
+        with pytest.raises(RuntimeError, match=needs):
             rec.start()
+        # Without --exact, a Python without pyusdt is recorded.
+        with pyusdt_prof.Recording(c.pid, views="cpu") as plain:
+            pass
+        assert plain.profile.python == "%d.%d.%d" % sys.version_info[:3]
 
 
 def test_without_privileges_start_is_a_permission_error():

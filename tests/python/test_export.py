@@ -7,6 +7,7 @@ import gzip
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,7 +64,9 @@ def test_speedscope_export_has_a_profile_per_view_and_thread(cpu_profile):
     names = [p["name"] for p in doc["profiles"]]
     assert {n.split(":")[0] for n in names} == {"cpu", "offcpu", "syscall", "wakeup"}
     cpu = [p for p in doc["profiles"] if p["name"].startswith("cpu: ")]
-    assert {int(p["name"].rsplit("(", 1)[1].rstrip(")")) for p in cpu} <= threads
+    # `cpu: thread NAME (TID)`, or `(TID, KERNEL NAME)` beside a Python name.
+    tids = {int(re.search(r"\((\d+)(, [^()]*)?\)$", p["name"]).group(1)) for p in cpu}
+    assert tids <= threads
     stacks = []
     for p in cpu:
         assert p["type"] == "sampled" and p["unit"] == "none"
@@ -80,6 +83,10 @@ def test_speedscope_opens_it(cpu_profile):
     """The real speedscope, in headless Chromium, shows our frames."""
     script = ROOT / "tests" / "web" / "speedscope_frames.mjs"
     ready = (ROOT / "tests" / "web" / "node_modules").is_dir() and os.path.exists("/usr/bin/chromium")
+    if not ready and os.environ.get("PYUSDT_IN_SID"):
+        # The export is the recorder's, whatever the target's Python: the
+        # suite checks it in the browser under the machine's interpreters.
+        pytest.skip("speedscope and chromium live on the machine, not in the sid chroot")
     if not ready:
         if os.environ.get("CI") == "true":
             pytest.fail("speedscope is not installed: make deps-web")
@@ -158,7 +165,9 @@ def test_pprof_export_reads_back_with_protobuf(cpu_profile, tmp_path):
     funcs = {f.id: f for f in prof.function}
     locs = {l.id: l for l in prof.location}
     profile = json.loads(cpu_profile.read_text())
+    # A thread's pprof name is its Python name where it has one.
     threads = {int(t): n for t, n in profile["threads"].items()}
+    threads.update({int(t): n for t, n in profile.get("python_threads", {}).items()})
     stacks = []
     cpu = kinds.index("cpu")
     for s in prof.sample:

@@ -72,3 +72,25 @@ def test_readers_fold_lines_back_into_functions(tmp_path):
     frames = {f["name"]: f for f in json.loads(ss.read_text())["shared"]["frames"]}
     assert frames[at("line_writes", "write-a")]["line"] == line_of("write-a")
     assert frames[at("line_writes", "write-b")]["line"] == line_of("write-b")
+
+
+def test_lines_in_every_view_drop_no_names_and_never_fall_back_to_the_def_line(tmp_path):
+    # The scheduler views name code objects where allocating may fail: the
+    # line tables are preallocated under --lines, so none is dropped (it
+    # was 29-45 a recording of this shape) and no frame falls back to the
+    # line of its `def`.
+    code, path = record(tmp_path, "threads", views="cpu,offcpu,syscall,wakeup",
+                        extra=("--lines",))
+    assert code == 0
+    profile = json.loads(path.read_text())
+    assert profile["walk_errors"]["code name map full"] == 0, profile["walk_errors"]
+    source = SHAPES.read_text().splitlines()
+    seen = 0
+    for view in ("cpu", "offcpu", "syscall", "wakeup"):
+        for stack in fold(path, view, merge=True):
+            for frame in stack:
+                if f" ({SHAPES}:" in frame:
+                    line = int(frame.rsplit(":", 1)[1].rstrip(")"))
+                    assert not source[line - 1].lstrip().startswith("def "), (view, frame)
+                    seen += 1
+    assert seen > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, TIMEOUT
+from conftest import PY, TIMEOUT, wait_in_syscall
 
 CLOCK_NANOSLEEP = 230  # x86_64
 
@@ -140,13 +140,7 @@ def test_same_as_plain_python(tree, case):
 def wait_in_sleep(pid):
     """Returns once the main thread of `pid` is inside clock_nanosleep, so
     that SIGINT lands in time.sleep and not a line before it."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/syscall") as f:
-            if f.read().split()[0] == str(CLOCK_NANOSLEEP):
-                return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} never slept")
+    wait_in_syscall(pid, CLOCK_NANOSLEEP)
 
 
 def test_ctrl_c_while_blocked(tree):
@@ -252,6 +246,22 @@ def test_start_handshake_holds_the_program_until_the_recorder_says_go(tree):
         p.kill()
         p.wait()
     assert (p.returncode, out) == (0, "started None\n")
+
+
+def test_start_handshake_is_for_the_process_the_recorder_started(tree):
+    """A Python that a launched program runs (a shell's, a plain Python's)
+    inherits PYUSDT_START_FD but is not the recorder's child: it starts at
+    once, silently, and passes neither variable on."""
+    r, w = os.pipe()
+    env = dict(os.environ, PYUSDT_START_FD=str(r), PYUSDT_RECORDER="1")
+    code = "import os; print('ran', os.environ.get('PYUSDT_START_FD'), os.environ.get('PYUSDT_RECORDER'))"
+    try:
+        p = subprocess.run([PY, "-m", "pyusdt", "-c", code], env=env, pass_fds=(r,),
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "ran None None\n", "")
 
 
 def test_start_handshake_survives_a_recorder_that_died(tree):

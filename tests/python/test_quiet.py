@@ -39,15 +39,26 @@ def test_no_file_or_socket_and_only_the_poll_thread():
 
 FORKS = textwrap.dedent(
     """\
-    import multiprocessing as mp, os
+    import multiprocessing as mp, os, threading, time
 
     def square(x):
         return x * x
 
     if __name__ == "__main__":
         mp.set_start_method("fork")
-        with mp.Pool(3) as pool:
-            print(sum(pool.map(square, range(100))))
+        pool = mp.Pool(3)
+        print(sum(pool.map(square, range(100))))
+        helpers = [t.native_id for t in threading.enumerate()
+                   if t is not threading.main_thread()]
+        pool.close()
+        pool.join()
+        # The pool's own threads are joined, but the kernel may count them
+        # a moment longer, and CPython would warn of them at the fork,
+        # with or without pyusdt: wait until they are gone.
+        deadline = time.monotonic() + 10
+        while (any(os.path.exists(f"/proc/self/task/{t}") for t in helpers)
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
         pid = os.fork()
         if pid == 0:
             import pyusdt

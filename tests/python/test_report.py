@@ -55,13 +55,15 @@ def test_offcpu_and_sleep_histograms_put_25ms_sleeps_in_their_bucket(tmp_path):
     off = {fn(h["function"]): h for h in by_view["offcpu"]["histograms"]}["sleeper"]
     # 20 sleeps of 25 ms: [2^24, 2^25) ns is [16.8 ms, 33.6 ms). On a busy
     # machine the scheduler may also preempt the thread: short waits, in
-    # lower buckets.
-    assert off["buckets"][24] == 20 and len(off["buckets"]) == 25
+    # lower buckets; and a woken sleeper may wait for a CPU more than
+    # 8.6 ms (CI saw it once in 20): at most one in the next bucket.
+    late = off["buckets"][25] if len(off["buckets"]) > 25 else 0
+    assert off["buckets"][24] + late == 20 and late <= 1 and len(off["buckets"]) <= 26, off
     assert sum(off["buckets"]) == off["count"] >= 20
     table = {fn(t["function"]): t for t in by_view["syscall"]["syscalls"]}["sleeper"]
     [row] = [r for r in table["rows"] if r["syscall"] == "clock_nanosleep"]
     assert row["calls"] == 20
-    assert 25_000_000 <= row["p50_ns"] <= row["p99_ns"] < 1 << 25
+    assert 25_000_000 <= row["p50_ns"] < 1 << 25 and row["p50_ns"] <= row["p99_ns"] < 1 << (25 + late)
     text = report(path, "--view", "offcpu")
     assert "waits off the CPU of sleeper (shapes.py:" in text
     bar = [l for l in text.splitlines() if "16.8 ms -> 33.6 ms" in l]
@@ -86,7 +88,7 @@ def test_text_report_shows_the_cpu_shares_in_80_columns(tmp_path):
     profile = json.loads(path.read_text())
     main = next(t for t, n in profile["threads"].items() if int(t) == profile["pid"])
     [one] = sections(path, "--thread", main)
-    assert one["threads"].endswith(f"({main})")
+    assert one["threads"].endswith((f"({main})", f"({main}, python)")), one["threads"]
     assert one["total"] == s["total"]  # one thread does all the work
 
 

@@ -13,7 +13,7 @@ ALL = ["PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE", "PY_UNW
 def assert_idle(s):
     assert s["enabled"] is True
     assert s["semaphores"] == {**{p: 0 for p in ALL}, "layout": 0, "calls": 0,
-                               "span_begin": 0, "span_end": 0}
+                               "span_begin": 0, "span_end": 0, "thread": 0}
     assert s["active"] == []
     assert s["tool_id"] is None
     assert all(v == 0 for v in s["events"].values())

@@ -1,5 +1,6 @@
 """pyusdt-prof top, driven in tmux (send-keys, capture-pane) against a
-program of known shape: heavy does three times light's work, nap sleeps."""
+program of known shape, with and without pyusdt: heavy does three times
+light's work, nap sleeps."""
 
 import re
 import shutil
@@ -53,11 +54,12 @@ def rows(screen):
     return out
 
 
-def test_top_shows_the_work_sorts_and_quits(tmp_path):
+@pytest.mark.parametrize("pyusdt", [["-m", "pyusdt"], []], ids=["pyusdt", "without-pyusdt"])
+def test_top_shows_the_work_sorts_and_quits(tmp_path, pyusdt):
     need_bpf(prof_binary(), "tmux")
     done = tmp_path / "exit"
     raw = tmp_path / "raw"
-    with Child([PY, "-m", "pyusdt", SHAPES, "busy"]) as app:
+    with Child([PY, *pyusdt, SHAPES, "busy"]) as app:
         app.expect("^ready$")
         cmd = f"{prof_binary()} top -p {app.pid} -F 499 -i 0.5; echo $? > {done}"
         tmux = Tmux(f"pyusdt-top-{app.pid}", cmd)
@@ -90,7 +92,9 @@ def test_top_shows_the_work_sorts_and_quits(tmp_path):
                               and rows(s) and rows(s)[0][0] == "nap", "nap first")
             tmux.keys("q")
             deadline = time.monotonic() + TIMEOUT
-            while not done.exists() and time.monotonic() < deadline:
+            # The shell makes the file, then writes the status into it.
+            while not (done.exists() and done.read_text().endswith("\n")) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert done.read_text().strip() == "0"
             # Frames are drawn in place: the screen is cleared at most once.

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import PER_CALL, TIMEOUT, Child, need_bpf, prof_binary, pyusdt_child
+from conftest import PER_CALL, TIMEOUT, VARIANTS, Child, need_bpf, prof_binary, pyusdt_child
 
 # One event line: time, thread NAME (TID), what, the rest.
 LINE = re.compile(r"^(-?\d+\.\d{6}) (.+) \((\d+)\) (\S+)(.*)$")
@@ -116,11 +116,11 @@ def test_without_sys_monitoring_per_call_probes_are_said_to_never_fire():
                      r"probes \(PY_START\) never fire there$", err, re.M), err
 
 
-@pytest.mark.parametrize("raw_tp", ["0", "1"])
-def test_syscall_writes_carry_their_stacks(raw_tp):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_syscall_writes_carry_their_stacks(variant):
     n = 30
     info, out, err = run_trace(lambda t: t.do(f"write {n}"), "--syscalls", "write", "--stacks",
-                               env={"PYUSDT_PROF_RAW_TP": raw_tp})
+                               env=variant)
     evs = events(out)
     assert all(m.group(4) == "syscall:write" for m, _ in evs)
     mine = [(m, s) for m, s in evs if any(f.startswith("writer (") for f in s)]
@@ -211,22 +211,29 @@ sys.stdin.readline()
 """
 
 
-def test_a_process_without_pyusdt_has_syscalls_but_no_stacks():
+def test_a_process_without_pyusdt_has_syscalls_with_stacks():
+    """Its layout found from outside: each write under its frame."""
     n = 25
     with Child([sys.executable, "-c", PLAIN]) as target:
         assert target.readline() == "ready"
-        p = subprocess.run([prof_binary(), "trace", "-p", str(target.pid), "--syscalls=write",
-                            "--stacks"], capture_output=True, text=True, timeout=TIMEOUT)
-        assert p.returncode == 1
-        assert p.stderr.startswith(f"pyusdt-prof: process {target.pid} (python")
-        assert "does not run pyusdt: Python stacks need it" in p.stderr
-        with start_trace(target.pid, "--syscalls=write", "--json") as t:
+        with start_trace(target.pid, "--syscalls=write", "--json", "--stacks") as t:
             target.send(str(n))
             target.send("")
             code, out, err = t.finish()
             assert code == 0, err
     evs = [json.loads(line) for line in out.splitlines()]
-    assert [(e["name"], e["ret"], e["stack"]) for e in evs] == [("write", 2, [])] * n
+    # A frame is named by its code's first line.
+    assert [(e["name"], e["ret"], e["stack"]) for e in evs] == \
+        [("write", 2, ["<module> (<string>:1)"])] * n, evs[:2]
+
+
+def test_stacks_of_a_process_that_is_not_python_are_refused():
+    with Child(["sleep", "60"]) as target:
+        p = subprocess.run([prof_binary(), "trace", "-p", str(target.pid), "--syscalls=write",
+                            "--stacks"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 1
+    assert p.stderr == (f"pyusdt-prof: process {target.pid} (sleep) does not run Python: Python "
+                        "stacks need it; trace without --stacks\n"), p.stderr
 
 
 def loaded_programs():

@@ -19,6 +19,10 @@ libc = ctypes.CDLL(None)
 
 
 def set_thread_name(name):
+    """Names the calling thread for the kernel and for threading alike (the
+    threads below are also born with that name, so that no recording can
+    see another)."""
+    threading.current_thread().name = name
     libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
 
 
@@ -50,6 +54,18 @@ def shape_sleep():
     sleeper(20, 0.025)
 
 
+def long_sleeper(t):
+    time.sleep(t)
+
+
+def shape_longsleep():
+    """One sleep of 60 s under long_sleeper: longer than any recording of
+    it (record -d), which ends with the wait still open. Prints "sleeping"
+    first (an attached recording then begins inside the wait)."""
+    print("sleeping", flush=True)
+    long_sleeper(60)
+
+
 def holder(lock, held, release):
     with lock:
         held.set()
@@ -70,7 +86,8 @@ def waiter(lock):
 def shape_lock():
     """waiter blocks about 200 ms in acquire; holder's thread wakes it."""
     lock, held, release = threading.Lock(), threading.Event(), threading.Event()
-    h = threading.Thread(target=lambda: (set_thread_name("holder"), holder(lock, held, release)))
+    h = threading.Thread(target=lambda: (set_thread_name("holder"), holder(lock, held, release)),
+                         name="holder")
     h.start()
     held.wait()
     set_thread_name("waiter")
@@ -117,7 +134,7 @@ def shape_threads():
     """A thread that lives well under 50 ms, named short, does CPU work and
     a syscall; the main thread keeps busy around it."""
     busy_until(time.monotonic() + 0.3)
-    t = threading.Thread(target=short_lived)
+    t = threading.Thread(target=short_lived, name="short")
     t.start()
     t.join()
     busy_until(time.monotonic() + 0.3)
@@ -296,12 +313,30 @@ def shape_fork():
 
 
 def shape_exec_child():
-    """Waits until a recorder asks for its layout, then spins."""
+    """Waits until a recorder asks for its layout, then spins. (A child
+    that a recorder follows, PYUSDT_FOLLOWED_BY, has waited for that in
+    `python -m pyusdt` already.)"""
     from pyusdt import _native
 
+    if os.environ.get("PYUSDT_FOLLOWED_BY"):
+        exec_spin()
+        return
     deadline = time.monotonic() + 10
     while not _native.status()["semaphores"]["layout"] and time.monotonic() < deadline:
         time.sleep(0.001)
+    exec_spin()
+
+
+def shape_exec_after_line():
+    """For a Python without pyusdt that a shell started before the
+    recorder attached: reads a line from stdin (the recorder is there),
+    then spins 0.6 s in exec_spin."""
+    sys.stdin.readline()
+    exec_spin()
+
+
+def shape_exec_plain():
+    """For a Python without pyusdt: spins 0.6 s in exec_spin at once."""
     exec_spin()
 
 
@@ -315,18 +350,25 @@ def shape_exit():
     sys.exit(7)
 
 
-def nap():
-    time.sleep(0.02)
+def nap(seconds=0.02):
+    time.sleep(seconds)
 
 
 def shape_busy():
-    """Until killed: heavy (three times light's work), light, and nap
-    (sleeps 20 ms), in a loop; prints `ready` first."""
+    """Until killed: heavy (three times light's work) and light, ten times
+    each, and nap (sleeps about 20 ms), in a loop; prints `ready` first.
+    The sleep varies, so that the rounds do not lock in phase with a
+    sampler (see shape_cpu)."""
+    rng = random.Random(7)
     print("ready", flush=True)
     while True:
-        heavy()
-        light()
-        nap()
+        # Ten of each a round: enough samples in each of top's half-second
+        # refreshes for a share within 0.15 (about 70 at 499 Hz on 3.14,
+        # whose spin is quick; two rounds' worth would be a dozen).
+        for _ in range(10):
+            heavy()
+            light()
+        nap(rng.uniform(0.015, 0.025))
 
 
 def burn_for(seconds):
@@ -335,19 +377,32 @@ def burn_for(seconds):
         spin(2_000)
 
 
-def gil_spinner(name, seconds):
+def gil_spinner(name, seconds, clocks=None, until=None):
+    """Burns the CPU in Python for `seconds` as thread `name`, and then on
+    until `until()` holds, if given; with `clocks`, appends (name, start,
+    end) to it."""
+    start = time.monotonic()
     set_thread_name(name)
     burn_for(seconds)
+    while until is not None and not until():
+        spin(2_000)
+    if clocks is not None:
+        clocks.append((name, start, time.monotonic()))
 
 
 def shape_gil_pair():
     """Two threads, spin-a and spin-b, each burn the CPU in Python for 2 s:
-    each holds the GIL about half the time and waits the other half."""
-    ts = [threading.Thread(target=gil_spinner, args=(n, 2.0)) for n in ("spin-a", "spin-b")]
+    each holds the GIL about half the time and waits the other half.
+    Prints when each one began and ended: `NAME START END` (seconds of the
+    monotonic clock)."""
+    clocks = []
+    ts = [threading.Thread(target=gil_spinner, args=(n, 2.0, clocks), name=n) for n in ("spin-a", "spin-b")]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
+    for name, start, end in clocks:
+        print(name, start, end, flush=True)
 
 
 def io_call(fd):
@@ -357,25 +412,28 @@ def io_call(fd):
 
 def io_loop(fd, stop, made):
     set_thread_name("io")
+    cpu = time.thread_time()
     while not stop.is_set():
         io_call(fd)
         made[0] += 1
+    made[1] = time.thread_time() - cpu
 
 
 def shape_gil_io():
     """Thread cpu burns in Python for 1.5 s; thread io meanwhile does short
     blocking reads (one byte of /dev/zero each, in io_call), and each time
-    waits for the GIL after the read; prints how many reads it made."""
+    waits for the GIL after the read; prints how many reads it made and
+    the CPU time io used (seconds): `reads N cpu S`."""
     fd = os.open("/dev/zero", os.O_RDONLY)
-    stop, made = threading.Event(), [0]
-    io = threading.Thread(target=io_loop, args=(fd, stop, made))
-    cpu = threading.Thread(target=gil_spinner, args=("cpu", 1.5))
+    stop, made = threading.Event(), [0, 0.0]
+    io = threading.Thread(target=io_loop, args=(fd, stop, made), name="io")
+    cpu = threading.Thread(target=gil_spinner, args=("cpu", 1.5), name="cpu")
     cpu.start()
     io.start()
     cpu.join()
     stop.set()
     io.join()
-    print("reads", made[0], flush=True)
+    print("reads", made[0], "cpu", made[1], flush=True)
 
 
 WORDS = [str(i * 7919 % 1000) for i in range(2000)]
@@ -429,6 +487,42 @@ def shape_hot():
             first()
         second()
 
+
+def plain_nap():
+    time.sleep(0.3)
+
+
+def plain_write():
+    os.write(DEVNULL, b"p")
+
+
+def shape_plain():
+    """For a process that runs without pyusdt: prints "waiting" and waits
+    for a line on stdin (the recorder has attached); then threads spin-a
+    and spin-b burn the CPU in Python (each waits for the GIL while the
+    other holds it) while the main thread sleeps 0.3 s in plain_nap, writes
+    three times in plain_write and joins them (woken by their exits). The
+    spinners burn for 1.5 s, and on until 0.5 s after the main thread came to
+    join them: however long it waited for the GIL before, it waits 0.5 s
+    in Thread.join."""
+    sys.stdout.write("waiting\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    joining = []
+
+    def joined_long_enough():
+        return bool(joining) and time.monotonic() >= joining[0] + 0.5
+
+    ts = [threading.Thread(target=gil_spinner, args=(n, 1.5, None, joined_long_enough), name=n)
+          for n in ("spin-a", "spin-b")]
+    for t in ts:
+        t.start()
+    plain_nap()
+    for _ in range(3):
+        plain_write()
+    joining.append(time.monotonic())
+    for t in ts:
+        t.join()
 
 if __name__ == "__main__":
     globals()["shape_" + sys.argv[1]]()
