@@ -171,7 +171,8 @@ class BpfStats:
 HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf": "thread exit", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
-            "drop_gil_enter": "drop_gil entry"}
+            "drop_gil_enter": "drop_gil entry", "gil_futex_enter_btf": "sys_enter (gil)",
+            "gil_futex_exit_btf": "sys_exit (gil)"}
 
 
 def workload_cmd(w):
@@ -194,7 +195,9 @@ def measure(column, w):
             if views == "--exact":
                 cmd.append("--exact")
             elif views:
-                cmd += ["--views", views]
+                # "gil --gil-probes": the view, then its options.
+                first, *rest = views.split()
+                cmd += ["--views", first, *rest]
             p = run(cmd + ["--", PY, "-m", "pyusdt"] + args)
             m = re.search(r"recorder ([\d.]+) s CPU, ([\d.]+) MiB peak", p.stderr)
             if m:
@@ -359,7 +362,7 @@ def main():
 
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
     columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
-               + ["record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
+               + ["record gil --gil-probes", "record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
                   "bpftrace (seed)", "bpftrace (seed, trap)", "floor"])
     if args.quick:
         workloads = workloads[:4] + workloads[4:5]

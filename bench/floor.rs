@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         p.floor_switch.attach()?,
         p.floor_waking.attach()?,
     ];
-    let _samplers = pyusdt_prof::record::attach_sampler(&p.floor_sample, 99)?;
+    let _samplers = pyusdt_prof::bpf::load::attach_sampler(&p.floor_sample, 99)?;
     println!("attached");
     std::io::stdout().flush()?;
     for line in std::io::stdin().lock().lines() {

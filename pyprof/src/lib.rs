@@ -26,10 +26,11 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use pyusdt_prof::errors;
 use pyusdt_prof::profile::{Profile, ViewKind};
+use pyusdt_prof::readers::report;
 use pyusdt_prof::record::{self, Progress};
 use pyusdt_prof::target::{self, Lookup, Target};
-use pyusdt_prof::{errors, report};
 
 mod trace;
 
@@ -115,13 +116,7 @@ fn ser_to_py<'py>(py: Python<'py>, v: &impl serde::Serialize) -> PyResult<Bound<
 
 /// A view by name, or ValueError naming the views.
 fn view_kind(name: &str) -> PyResult<ViewKind> {
-    ViewKind::parse(name).ok_or_else(|| {
-        let names: Vec<_> = ViewKind::ALL.iter().map(|v| v.name()).collect();
-        PyValueError::new_err(format!(
-            "`{name}` is not a view; the views are {}",
-            names.join(", ")
-        ))
-    })
+    ViewKind::named(name).map_err(PyValueError::new_err)
 }
 
 /// Views given as one string (`"cpu,syscall"`, `"all"`) or an iterable of
@@ -140,12 +135,8 @@ fn view_list(views: &Bound<'_, PyAny>) -> PyResult<Vec<ViewKind>> {
     };
     let mut out = Vec::new();
     for n in &names {
-        if n == "all" {
-            // As `record --views all`: every sampled view, not calls.
-            out.extend(ViewKind::SAMPLED);
-        } else {
-            out.push(view_kind(n)?);
-        }
+        // As `record --views`: a view, or all (every sampled view).
+        out.extend(ViewKind::named_or_all(n).map_err(PyValueError::new_err)?);
     }
     Ok(out)
 }
@@ -168,13 +159,15 @@ fn thread_arg(thread: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
 
 /// Seconds as a Duration, refusing what is not a positive number.
 pub(crate) fn seconds(what: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
-    match s {
-        None => Ok(None),
-        Some(t) if t > 0.0 && t <= 86_400.0 => Ok(Some(Duration::from_secs_f64(t))),
-        Some(t) => Err(PyValueError::new_err(format!(
-            "{what} must be a number of seconds from 0 to 86400, not {t}"
-        ))),
-    }
+    s.map(|t| {
+        record::seconds(t).map_err(|_| {
+            PyValueError::new_err(format!(
+                "{what} must be a number of seconds from 0 to {}, not {t}",
+                record::MAX_SECONDS
+            ))
+        })
+    })
+    .transpose()
 }
 
 /// Where a recording is.
@@ -199,16 +192,18 @@ struct Live {
 }
 
 /// A recording of a running Python process (with pyusdt loaded, as
-/// `python -m pyusdt app.py` or `pyusdt.enable()`), needing root.
+/// `python -m pyusdt app.py` or `pyusdt.enable()`, or any CPython
+/// 3.11-3.15 without it), needing root.
 ///
 /// `Recording(pid, views=("cpu",), freq=99, lines=False,
-/// subprocesses=False, duration=None, exact=False, span=None)`, as `record
-/// -p` takes them: the views as names or one string (`"cpu,syscall"`,
-/// `"all"`); freq the CPU samples per second; lines names Python frames by
-/// line; subprocesses records the processes the target starts too;
-/// duration (seconds) stops the recording by itself; exact adds the calls
-/// view (every Python call, 3.12+); span keeps to what threads do inside
-/// `pyusdt.span(span)`.
+/// subprocesses=False, duration=None, exact=False, span=None,
+/// gil_probes=False)`, as `record -p` takes them: the views as names or
+/// one string (`"cpu,syscall"`, `"all"`); freq the CPU samples per second;
+/// lines names Python frames by line; subprocesses records the processes
+/// the target starts too; duration (seconds) stops the recording by
+/// itself; exact adds the calls view (every Python call, 3.12+); span
+/// keeps to what threads do inside `pyusdt.span(span)`; gil_probes
+/// measures the gil view by uprobes on every take of the GIL.
 ///
 /// `start()` returns once every probe and sampler is attached; `stop()`
 /// returns the Profile. As a context manager it starts on enter and stops
@@ -274,7 +269,7 @@ impl Drop for Recording {
 #[pymethods]
 impl Recording {
     #[new]
-    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None))]
+    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None, gil_probes=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pid: u32,
@@ -285,6 +280,7 @@ impl Recording {
         duration: Option<f64>,
         exact: bool,
         span: Option<String>,
+        gil_probes: bool,
     ) -> PyResult<Self> {
         let mut views: BTreeSet<ViewKind> = match views {
             None => [ViewKind::Cpu].into_iter().collect(),
@@ -293,24 +289,20 @@ impl Recording {
         if exact {
             views.insert(ViewKind::Calls);
         }
-        if views.is_empty() {
-            return Err(PyValueError::new_err("no view to record"));
-        }
-        if !(1..=10_000).contains(&freq) {
-            return Err(PyValueError::new_err(format!(
-                "freq is CPU samples per second from 1 to 10000, not {freq}"
-            )));
-        }
+        let opts = record::Options {
+            views,
+            freq,
+            duration: seconds("duration", duration)?,
+            subprocesses,
+            lines,
+            span,
+            attached: true,
+            gil_probes,
+        };
+        opts.check().map_err(value_error)?;
         Ok(Recording {
             pid,
-            opts: record::Options {
-                views,
-                freq,
-                duration: seconds("duration", duration)?,
-                subprocesses,
-                lines,
-                span,
-            },
+            opts,
             state: Mutex::new(State::New),
             stop: Arc::new(AtomicBool::new(false)),
             live: Arc::default(),
@@ -349,8 +341,8 @@ impl Recording {
     /// Attaches to the process: returns once every probe and sampler is
     /// attached. Raises PermissionError without root (or CAP_BPF and
     /// CAP_PERFMON), ProcessLookupError for no such process, RuntimeError
-    /// with the recorder's message otherwise (e.g. a process without
-    /// pyusdt), and RuntimeError when called twice.
+    /// with the recorder's message otherwise (e.g. exact=True on a process
+    /// without pyusdt), and RuntimeError when called twice.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         {
             let mut st = lock(&self.state);
@@ -598,10 +590,24 @@ impl PyProfile {
         self.view_names()
     }
 
-    /// Thread names by thread id.
+    /// Thread names by thread id, as the kernel knows them.
     #[getter]
     fn threads(&self) -> std::collections::BTreeMap<u32, String> {
         self.p.threads.clone()
+    }
+
+    /// Python thread names (`threading.Thread.name`) by thread id, of the
+    /// threads that had one while they were recorded.
+    #[getter]
+    fn python_threads(&self) -> std::collections::BTreeMap<u32, String> {
+        self.p.python_threads.clone()
+    }
+
+    /// A thread as frames and reports name it: `NAME (TID)`, its Python
+    /// name where it has one, with its kernel name beside the id where the
+    /// two differ (`NAME (TID, KERNEL)`).
+    fn thread_label(&self, tid: u32) -> String {
+        self.p.thread_label(tid)
     }
 
     /// Events counted per view.
