@@ -48,7 +48,7 @@ pub fn load_span<'o>(
         .reuse_fd(shared.span_threads)
         .context("share the threads inside the span")?;
     let skel = crate::errors::loaded("load the span follower", || open.load())?;
-    let path = target.extension_path();
+    let path = target.extension_path("record --span")?;
     let p = &skel.progs;
     let mut links = Vec::new();
     for (prog, probe) in [(&p.span_begin, "span_begin"), (&p.span_end, "span_end")] {

@@ -83,7 +83,7 @@ pub fn attach(skel: &LayoutSkel<'_>, target: &Target) -> Result<Link> {
 
 /// Attaches `prog` to probe `pyusdt:name` in `target`'s extension.
 fn attach_pyusdt(prog: &libbpf_rs::ProgramMut<'_>, target: &Target, name: &str) -> Result<Link> {
-    let path = target.extension_path();
+    let path = target.extension_path(&format!("the probe pyusdt:{name}"))?;
     prog.attach_usdt(target.pid as i32, &path, "pyusdt", name)
         .with_context(|| format!("attach to pyusdt:{name} in {}", path.display()))
 }

@@ -19,15 +19,17 @@ pub mod layout;
 pub mod usdt;
 pub mod walk;
 
-/// A process that runs Python with the pyusdt extension loaded.
+/// A process to record: a Python with the pyusdt extension loaded, a
+/// Python without it, or (the root of a recording that follows its
+/// children) any other program.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The process id.
     pub pid: u32,
     /// The process's command name (`/proc/PID/comm`).
     pub comm: String,
-    /// The extension's file as the process mapped it.
-    pub extension: PathBuf,
+    /// The extension's file as the process mapped it, if it runs pyusdt.
+    pub extension: Option<PathBuf>,
 }
 
 impl Target {
@@ -36,21 +38,25 @@ impl Target {
         Target {
             pid,
             comm,
-            extension: PathBuf::new(),
+            extension: None,
         }
     }
 
     /// Whether it runs pyusdt (a recording with `--subprocesses` may start
     /// from a process that does not: a shell, whose Python children do).
     pub fn has_pyusdt(&self) -> bool {
-        !self.extension.as_os_str().is_empty()
+        self.extension.is_some()
     }
 
     /// The extension's path as seen from here, through the target's root,
     /// so that it resolves even when the target runs in another mount
-    /// namespace.
-    pub fn extension_path(&self) -> PathBuf {
-        through_root(self.pid, &self.extension.to_string_lossy())
+    /// namespace; what is asked of it (`what`) needs pyusdt where it has
+    /// none.
+    pub fn extension_path(&self, what: &str) -> Result<PathBuf> {
+        match &self.extension {
+            Some(e) => Ok(through_root(self.pid, &e.to_string_lossy())),
+            None => Err(needs_pyusdt(what, self)),
+        }
     }
 
     /// Whether the process still runs (an exited child that its parent
@@ -189,7 +195,7 @@ pub fn lookup(pid: u32) -> Result<Lookup> {
             return Ok(Lookup::Ready(Target {
                 pid,
                 comm,
-                extension: PathBuf::from(path),
+                extension: Some(PathBuf::from(path)),
             }));
         }
         python |= is_python(path);

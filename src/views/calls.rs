@@ -78,7 +78,7 @@ fn open<'o>(
         attach_tp(o, "thread_exit", v, "sched_process_exit")?,
         attach_tp(o, "switch", v, "sched_switch")?,
     ];
-    let path = target.extension_path();
+    let path = target.extension_path("record --exact")?;
     links.push(
         kernel::program(o, "on_calls", v)?
             .attach_usdt(target.pid as i32, &path, "pyusdt", "calls")
