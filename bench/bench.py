@@ -8,7 +8,7 @@ within a round, so a noisy moment hits them alike), with the spread
 workloads. Needs root (BPF), pyusdt-prof built, and in this interpreter's
 environment pyusdt, pyperf, pyperformance and py-spy; bpftrace on PATH.
 
-usage: python bench/bench.py [--rounds N] [--quick] [--out bench/RESULTS.md]
+usage: python bench/bench.py [--rounds N (5)] [--quick] [--out bench/RESULTS.md]
 """
 
 import argparse
@@ -352,7 +352,7 @@ def profile_size():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer workloads and columns")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args()
@@ -368,6 +368,7 @@ def main():
         workloads = workloads[:4] + workloads[4:5]
         columns = ["plain", "pyusdt", "record all", "record syscall", "record --exact",
                    "cProfile", "py-spy", "bpftrace (seed)", "bpftrace (seed, trap)", "floor"]
+    started = time.monotonic()
     results = {w: {c: [] for c in columns} for w in workloads}
     stats = {}
     for r in range(args.rounds):
@@ -392,7 +393,8 @@ def main():
                       f"{res['seconds'] if res else float('nan'):.4f} s", file=sys.stderr)
 
     lines = ["# Benchmark results", "",
-             "Regenerate with `sudo make bench` (about 20 minutes at the default 2 rounds). Every figure is a ratio to "
+             f"Regenerate with `sudo make bench` (the {args.rounds} rounds of this run took "
+             f"{(time.monotonic() - started) / 60:.0f} minutes). Every figure is a ratio to "
              "the plain run of the same workload in the same invocation: the median of "
              f"{args.rounds} rounds, with the lowest and highest ratio in brackets. Time "
              "ratios: above 1 is slower. http: requests a second, ratio of plain to the "
