@@ -3,8 +3,8 @@
  * The gil view, two ways. By default, at the futex syscalls (see
  * gil_futex_enter below): a wait is seen where it blocks on the GIL's
  * condition, and nothing runs per take of the GIL; 1-byte writes, which
- * drop and take the GIL each, ran 1.76x plain this way against 24.8x with
- * the uprobes (5 interleaved rounds of bench.py's writes).
+ * drop and take the GIL each, ran 1.93x plain this way against 16.8x with
+ * the uprobes (make bench, 5 interleaved rounds).
  *
  * With --gil-probes: uprobes on the interpreter's take_gil (entry and
  * return) and drop_gil (entry), which CPython builds keep as local

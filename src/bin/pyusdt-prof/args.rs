@@ -80,22 +80,20 @@ pub enum Command {
     /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
     /// frames per event, a few microseconds):
     ///
-    ///   cpu      samples at -F Hz; ~10 us per sample: unmeasurable on
+    ///   cpu      samples at -F Hz; ~8 us per sample: unmeasurable on
     ///            pyperformance, http.server 1.06x. The default.
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
-    ///            ~5 us per context switch: http.server 1.27x slower.
+    ///            ~2.6 us per context switch: http.server 1.25x slower.
     ///   wakeup   time waited, under the thread and frames that woke it;
-    ///            ~3 us per wake-up: http.server 1.35x.
-    ///   syscall  time inside each syscall, and calls; ~3 us per syscall:
-    ///            1-byte writes 10x, http.server 1.46x.
+    ///            ~1.4 us per wake-up: http.server 1.30x.
+    ///   syscall  time inside each syscall, and calls; ~1 us per syscall:
+    ///            1-byte writes 6.8x, http.server 1.37x.
     ///   gil      time waiting for the GIL, under the thread that held it;
     ///            seen where a wait blocks, at the futex syscalls: 1-byte
-    ///            writes 1.76x, http.server 1.08x. With --gil-probes,
+    ///            writes 1.93x, http.server 1.20x. With --gil-probes,
     ///            uprobes on every take and drop of the GIL: 1-byte writes
-    ///            24.8x, http.server 1.38x; and cpu samples of threads
-    ///            waiting for it end in `[waiting for the GIL]`. (These
-    ///            from 5 rounds of bench.py's writes and http, not yet in
-    ///            bench/RESULTS.md.)
+    ///            16.8x, http.server 1.43x; and cpu samples of threads
+    ///            waiting for it end in `[waiting for the GIL]`.
     ///   all      every view above.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
