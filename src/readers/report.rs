@@ -358,7 +358,8 @@ impl<'p> Tally<'p> {
         syscalls
     }
 
-    /// The histograms of the functions with the most time.
+    /// The histograms of the `limit` functions with the most time (the
+    /// text shows the first [`TEXT_HISTOGRAMS`]).
     fn histograms(hists: HashMap<&str, Acc>, limit: usize) -> Vec<Histogram> {
         let mut histograms: Vec<Histogram> = hists
             .into_iter()
@@ -370,7 +371,7 @@ impl<'p> Tally<'p> {
             })
             .collect();
         histograms.sort_by(|a, b| (b.total_ns, &a.function).cmp(&(a.total_ns, &b.function)));
-        histograms.truncate(limit.min(5));
+        histograms.truncate(limit);
         histograms
     }
 
@@ -770,9 +771,12 @@ fn holders_text(o: &mut String, s: &Section) {
     }
 }
 
+/// Histograms a text report draws, at most: each takes a dozen lines.
+const TEXT_HISTOGRAMS: usize = 5;
+
 /// Section `s`'s histograms of durations, per function.
 fn histograms_text(o: &mut String, s: &Section) {
-    for h in &s.histograms {
+    for h in s.histograms.iter().take(TEXT_HISTOGRAMS) {
         let _ = writeln!(o);
         let what = match s.view {
             "syscall" => "syscalls",

@@ -232,7 +232,7 @@ pub enum Command {
         /// One section per thread instead of all threads merged.
         #[arg(long)]
         per_thread: bool,
-        /// Rows per table (histograms: at most 5).
+        /// Rows per table (the text draws at most 5 histograms).
         #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         limit: u64,
         /// text or json.
