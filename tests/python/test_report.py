@@ -56,10 +56,14 @@ def test_offcpu_and_sleep_histograms_put_25ms_sleeps_in_their_bucket(tmp_path):
     # 20 sleeps of 25 ms: [2^24, 2^25) ns is [16.8 ms, 33.6 ms). On a busy
     # machine the scheduler may also preempt the thread: short waits, in
     # lower buckets; and a woken sleeper may wait for a CPU more than
-    # 8.6 ms (CI saw it once in 20): at most one in the next bucket.
+    # 8.6 ms (CI saw it once in 20): at most one in the next bucket. The
+    # kernel does not report every return to the CPU (on 6.18 about one
+    # sleep in 1600 comes back with no sched_switch reaching any BPF
+    # program, README); the last sleep's, with no departure after it to
+    # count it at, is lost (CI saw it once): 19 then, never fewer.
     late = off["buckets"][25] if len(off["buckets"]) > 25 else 0
-    assert off["buckets"][24] + late == 20 and late <= 1 and len(off["buckets"]) <= 26, off
-    assert sum(off["buckets"]) == off["count"] >= 20
+    assert off["buckets"][24] + late in (19, 20) and late <= 1 and len(off["buckets"]) <= 26, off
+    assert sum(off["buckets"]) == off["count"] >= 19
     table = {fn(t["function"]): t for t in by_view["syscall"]["syscalls"]}["sleeper"]
     [row] = [r for r in table["rows"] if r["syscall"] == "clock_nanosleep"]
     assert row["calls"] == 20
