@@ -116,8 +116,8 @@ FLOOR = str(ROOT / "target" / "release" / "examples" / "floor")
 class Floor:
     """bench/floor.rs: empty handlers at the recorder's attach points."""
 
-    def __init__(self):
-        self.p = subprocess.Popen([FLOOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def __init__(self, points=()):
+        self.p = subprocess.Popen([FLOOR, *points], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
         if self.p.stdout.readline().strip() != "attached":
             raise RuntimeError("the floor's handlers did not attach")
@@ -220,10 +220,11 @@ def measure(column, w):
                 p = run([PY, "-m", "pyusdt"] + args, env=env)
             finally:
                 tr.stop()
-        elif column in ("bpftrace (seed)", "floor"):
-            tr = Tracer(seed_program()) if column != "floor" else Floor()
+        elif column == "bpftrace (seed)" or column.startswith("floor"):
+            floor = column.startswith("floor")
+            tr = Floor(column.split()[1:]) if floor else Tracer(seed_program())
             try:
-                p = run([PY, "-m", "pyusdt"] + args if column != "floor" else [PY] + args)
+                p = run([PY] + args if floor else [PY, "-m", "pyusdt"] + args)
             finally:
                 tr.stop()
         else:

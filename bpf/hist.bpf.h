@@ -57,19 +57,18 @@ static __always_inline __u64 read_size(__u64 n, __u64 cap)
 	return i + 1;
 }
 
-/* Adds `ns` to the time_hist at `key` in `map`, creating it, as `events`
- * events (0 or 1: the time of one event may arrive in parts) of which
- * the histogram counts the whole; counts it in *lost if the map is full. */
-static __always_inline void add_time_part(void *map, const void *key, __u64 ns, __u64 events,
-					  __u64 *lost)
+/* Adds `ns` to the time_hist at `key` in `map`, creating it: `events`
+ * events, `in_slot` of them in histogram slot `slot`; counts it in *lost
+ * if the map is full. */
+static __always_inline void add_time_at(void *map, const void *key, __u64 ns, __u32 slot,
+					__u64 events, __u64 in_slot, __u64 *lost)
 {
 	struct time_hist *v = bpf_map_lookup_elem(map, key);
-	__u32 slot = hist_slot(ns);
 
 	if (!v) {
 		struct time_hist init = { .ns = ns, .count = events };
 
-		init.hist[hist_index(slot)] = 1;
+		init.hist[hist_index(slot)] = in_slot;
 		if (!bpf_map_update_elem(map, key, &init, BPF_NOEXIST))
 			return;
 		/* Lost a race to create it, or the map is full. */
@@ -81,14 +80,31 @@ static __always_inline void add_time_part(void *map, const void *key, __u64 ns, 
 	}
 	__sync_fetch_and_add(&v->ns, ns);
 	__sync_fetch_and_add(&v->count, events);
-	__sync_fetch_and_add(&v->hist[hist_index(slot)], 1);
+	__sync_fetch_and_add(&v->hist[hist_index(slot)], in_slot);
 }
 
-/* Adds one event of `ns` to the time_hist at `key` in `map`, creating it;
- * counts it in *lost if the map is full. */
+/* Adds `ns` to the time_hist at `key` in `map` as `events` events (0 or
+ * 1: the time of one event may arrive in parts) of which the histogram
+ * counts the whole. */
+static __always_inline void add_time_part(void *map, const void *key, __u64 ns, __u64 events,
+					  __u64 *lost)
+{
+	add_time_at(map, key, ns, hist_slot(ns), events, 1, lost);
+}
+
+/* Adds one event of `ns` to the time_hist at `key` in `map`. */
 static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, __u64 *lost)
 {
-	add_time_part(map, key, ns, 1, lost);
+	add_time_at(map, key, ns, hist_slot(ns), 1, 1, lost);
+}
+
+/* Adds one kept event of `ns` that stands for `weight` events like it (a
+ * sampled event kept with probability 1/weight): the expected sums are
+ * the true ones. */
+static __always_inline void add_time_weighted(void *map, const void *key, __u64 ns,
+					      __u64 weight, __u64 *lost)
+{
+	add_time_at(map, key, ns * weight, hist_slot(ns), weight, weight, lost);
 }
 
 #endif /* PYUSDT_HIST_BPF_H */

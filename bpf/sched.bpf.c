@@ -1,13 +1,29 @@
 // SPDX-License-Identifier: MIT
 /*
  * The off-CPU and wake-up views: at sched_switch a target thread that
- * leaves the CPU notes its Python and kernel stacks and the time; when it
- * comes back, the time it was away is counted under those stacks, and
- * under the thread that woke it (sched_waking, sched_wakeup_new) with that
- * thread's Python stack. A return the kernel did not report is counted
- * at the thread's next departure, ending at its last wake-up. Each
- * tracepoint has a tp_btf and a raw_tp program; userspace loads the kind
- * the kernel offers.
+ * leaves the CPU notes its Python stack and the time; when it comes back,
+ * the time it was away is counted under that stack and its kernel stack,
+ * and under the thread that woke it (sched_waking, sched_wakeup_new) with
+ * that thread's Python stack. A return the kernel did not report is
+ * counted at the thread's next departure, ending at its last wake-up.
+ * Each tracepoint has a tp_btf and a raw_tp program; userspace loads the
+ * kind the kernel offers.
+ *
+ * What it costs is the stacks, and most waits are microseconds long. A
+ * wait of L ns shorter than `sample_below_ns` (τ) is kept with
+ * probability 1/k, k = floor(τ/L), and then counts as k such waits: the
+ * expected time, count and histogram of every stack are the true ones,
+ * and a wait of τ/2 or more is always kept, whole. The kernel stack is
+ * taken only for kept waits: as the thread comes back, with
+ * bpf_get_task_stack on its saved stack, which leaves out the scheduler's
+ * own functions (those marked __sched: schedule, do_nanosleep, ...); on
+ * raw_tp, whose plain task pointers cannot be passed to it, it is taken
+ * at departure. The waker's Python stack is taken only for wake-ups kept
+ * the same way, by the time the wakee had waited when it was woken.
+ *
+ * τ = 0 keeps every wait, each kernel stack taken whole at departure.
+ * Waits noted by userspace (open when an attach began) have no departure
+ * stack: theirs is taken at the return either way.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -43,7 +59,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, struct wakeup_key);
+	__type(value, struct waker);
 } wakers SEC(".maps");
 
 /*
@@ -63,6 +79,36 @@ struct {
 /* Whether the wakeup view is recorded (else sched_waking notes only the
  * time of the wake-up, for woken_at). */
 const volatile __u8 wakeup_view = 0;
+
+/* τ of the sampling above; 0 keeps every wait. */
+const volatile __u64 sample_below_ns = 0;
+
+/* A kernel stack taken as its thread comes back, leaf first, 0 after its
+ * end. */
+struct kstack_ips {
+	__u64 ips[KSTACK_DEPTH];
+};
+
+/* Kernel stacks taken at the return, by their hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct kstack_ips);
+} kstacks_back SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kstack_ips);
+} kstack_scratch SEC(".maps");
+
+/* A waker noted for its wakee, and the wakes it stands for. */
+struct waker {
+	struct wakeup_key key;
+	__u64 weight;
+};
 
 /* With a histogram of each key's waits; 65536 keys keep the preallocated
  * map near 14 MB. */
@@ -89,51 +135,111 @@ __u64 lost_wakeups = 0;
 /* Returns to the CPU the kernel did not report, counted at the thread's
  * next departure (see woken_at). */
 __u64 returns_unreported = 0;
+/* Waits shorter than τ, and those of them kept (the rest are counted by
+ * the kept ones' weights). */
+__u64 short_waits = 0;
+__u64 short_waits_kept = 0;
+/* Kernel stacks lost at the return (map full). */
+__u64 lost_kstacks = 0;
 
-static __always_inline void add_time(void *map, const void *key, __u64 ns, __u64 *lost)
+/* Adds `ns` and `count` to the time_value at `key` in `map`. */
+static __always_inline void add_time(void *map, const void *key, __u64 ns, __u64 count,
+				     __u64 *lost)
 {
 	struct time_value *v = bpf_map_lookup_elem(map, key);
-	struct time_value init = { .ns = ns, .count = 1 };
+	struct time_value init = { .ns = ns, .count = count };
 
 	if (v) {
 		__sync_fetch_and_add(&v->ns, ns);
-		__sync_fetch_and_add(&v->count, 1);
+		__sync_fetch_and_add(&v->count, count);
 	} else if (bpf_map_update_elem(map, key, &init, BPF_NOEXIST)) {
 		/* Lost a race to create it, or the map is full. */
 		v = bpf_map_lookup_elem(map, key);
 		if (v) {
 			__sync_fetch_and_add(&v->ns, ns);
-			__sync_fetch_and_add(&v->count, 1);
+			__sync_fetch_and_add(&v->count, count);
 		} else {
 			__sync_fetch_and_add(lost, 1);
 		}
 	}
 }
 
+/* The weight of a wait of `ns`: 1 for a wait kept whole, k if it is kept
+ * for k like it (probability 1/k), 0 if it is not kept. */
+static __always_inline __u64 wait_weight(__u64 ns)
+{
+	__u64 k;
+
+	if (ns >= sample_below_ns)
+		return 1;
+	k = sample_below_ns / (ns ? ns : 1);
+	if (k <= 1)
+		return 1;
+	if (k > 0xffffffffULL)
+		k = 0xffffffffULL;
+	return bpf_get_prandom_u32() % k == 0 ? k : 0;
+}
+
+/* Thread `t`'s kernel stack as it was when it left (it is not running):
+ * stored in kstacks_back; returns its hash, or 0. */
+static __always_inline __u64 kstack_back(struct task_struct *t)
+{
+	__u32 zero = 0;
+	struct kstack_ips *k = bpf_map_lookup_elem(&kstack_scratch, &zero);
+	__u64 h = 0xcbf29ce484222325ULL;
+	long n;
+
+	if (!k)
+		return 0;
+	n = bpf_get_task_stack(t, k->ips, sizeof(k->ips), 0);
+	if (n <= 0)
+		return 0;
+	n /= 8;
+	for (__u32 i = 0; i < KSTACK_DEPTH; i++) {
+		if (i >= n)
+			break;
+		h = (h ^ k->ips[i]) * 0x100000001b3ULL;
+	}
+	if (h == 0)
+		h = 1;
+	if (bpf_map_update_elem(&kstacks_back, &h, k, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&kstacks_back, &h)) {
+		__sync_fetch_and_add(&lost_kstacks, 1);
+		return 0;
+	}
+	return h;
+}
+
 /* Thread `tid` of `tgid`, which left as `out` says, was away `ns`:
- * counts it, joins it to its waker, and forgets the departure. */
-static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_out *out, __u64 ns)
+ * counts it as `weight` waits (0: not at all; see wait_weight) with the
+ * kernel stack `kback` if it has none from its departure, joins it to its
+ * waker, and forgets the departure. */
+static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_out *out, __u64 ns,
+					 __u64 weight, __u64 kback)
 {
 	struct offcpu_key key = {};
-	struct wakeup_key *w;
+	struct waker *w;
 
-	key.tgid = tgid;
-	key.tid = tid;
-	key.pystack = out->pystack;
-	key.kstack = out->kstack;
-	add_time_hist(&offcpu, &key, ns, &lost_offcpu);
+	if (weight) {
+		key.tgid = tgid;
+		key.tid = tid;
+		key.pystack = out->pystack;
+		key.kstack = out->kstack;
+		key.kstack_back = kback;
+		add_time_weighted(&offcpu, &key, ns, weight, &lost_offcpu);
+	}
 	w = bpf_map_lookup_elem(&wakers, &tid);
 	if (w) {
-		w->pystack = out->pystack;
+		w->key.pystack = out->pystack;
 		__sync_fetch_and_add(&wakeups_joined, 1);
-		add_time(&wakeups, w, ns, &lost_wakeups);
+		add_time(&wakeups, &w->key, ns * w->weight, w->weight, &lost_wakeups);
 		bpf_map_delete_elem(&wakers, &tid);
 	}
 	bpf_map_delete_elem(&off_now, &tid);
 }
 
 static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct task_struct *next,
-				     const int loops)
+				     const int loops, const int btf_args)
 {
 	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
 	__u32 next_tgid = BPF_CORE_READ(next, tgid), next_tid = BPF_CORE_READ(next, pid);
@@ -156,8 +262,10 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 			__u64 *woke = bpf_map_lookup_elem(&woken_at, &prev_tid);
 
 			if (woke && *woke > unseen->ts && *woke <= now) {
+				__u64 ns = *woke - unseen->ts;
+
 				__sync_fetch_and_add(&returns_unreported, 1);
-				count_return(prev_tgid, prev_tid, unseen, *woke - unseen->ts);
+				count_return(prev_tgid, prev_tid, unseen, ns, wait_weight(ns), 0);
 			} else {
 				/* Preempted, not woken: when it came back is unknown. */
 				__sync_fetch_and_add(&lost_offcpu, 1);
@@ -166,7 +274,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		}
 		__sync_fetch_and_add(&switches, 1);
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
-		out.kstack = kernel_stack_id(ctx);
+		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
 		if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
 			__sync_fetch_and_add(&lost_offcpu, 1);
 	}
@@ -175,9 +283,20 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 	if (next_ours) {
 		struct switch_out *out = bpf_map_lookup_elem(&off_now, &next_tid);
 
+		__u64 ns, weight, kback = 0;
+
 		if (!out)
 			return 0; /* it left before the recording began */
-		count_return(next_tgid, next_tid, out, now - out->ts);
+		ns = now - out->ts;
+		weight = wait_weight(ns);
+		if (ns < sample_below_ns) {
+			__sync_fetch_and_add(&short_waits, 1);
+			if (weight)
+				__sync_fetch_and_add(&short_waits_kept, 1);
+		}
+		if (btf_args && weight && out->kstack == KSTACK_NONE)
+			kback = kstack_back(next);
+		count_return(next_tgid, next_tid, out, ns, weight, kback);
 	}
 	return 0;
 }
@@ -187,7 +306,8 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
 	__u64 id = bpf_get_current_pid_tgid();
-	struct wakeup_key w = {};
+	struct switch_out *out;
+	struct waker w = {};
 	__u64 now;
 
 	if (!is_target(tgid))
@@ -196,19 +316,27 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	bpf_map_update_elem(&woken_at, &tid, &now, BPF_ANY);
 	if (!wakeup_view)
 		return 0;
-	w.tgid = tgid;
-	w.tid = tid;
-	w.waker_tgid = id >> 32;
-	w.waker_tid = (__u32)id;
-	if (is_target(w.waker_tgid))
-		w.waker_pystack = py_stack_id(w.waker_tgid, w.waker_tid, loops);
-	bpf_get_current_comm(w.waker_comm, sizeof(w.waker_comm));
+	/* Kept by the time waited so far (a wake-up of a thread not known to
+	 * be off the CPU is never joined to a wait: kept as it costs nothing). */
+	out = bpf_map_lookup_elem(&off_now, &tid);
+	w.weight = out && now > out->ts ? wait_weight(now - out->ts) : 1;
+	if (!w.weight) {
+		bpf_map_delete_elem(&wakers, &tid);
+		return 0;
+	}
+	w.key.tgid = tgid;
+	w.key.tid = tid;
+	w.key.waker_tgid = id >> 32;
+	w.key.waker_tid = (__u32)id;
+	if (is_target(w.key.waker_tgid))
+		w.key.waker_pystack = py_stack_id(w.key.waker_tgid, w.key.waker_tid, loops);
+	bpf_get_current_comm(w.key.waker_comm, sizeof(w.key.waker_comm));
 	if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))
 		__sync_fetch_and_add(&lost_wakeups, 1);
 	return 0;
 }
 
-TP_WALK(sched_switch, switch, on_switch(ctx, prev, next, loops),
+TP_WALK(sched_switch, switch, on_switch(ctx, prev, next, loops, btf_args),
 	bool preempt, struct task_struct *prev, struct task_struct *next)
 
 /*
@@ -224,6 +352,8 @@ TP_WALK(sched_wakeup_new, wakeup_new, on_wakeup(p, loops), struct task_struct *p
 struct offcpu_key _offcpu_key = {};
 struct switch_out _switch_out = {};
 struct wakeup_key _wakeup_key = {};
+struct waker _waker = {};
+struct kstack_ips _kstack_ips = {};
 struct time_value _time_value = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};

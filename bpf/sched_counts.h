@@ -12,8 +12,11 @@ struct offcpu_key {
 	__u32 tgid;
 	__u32 tid;
 	__u64 pystack; /* the thread's Python stack at switch-out */
-	__s32 kstack;  /* its kernel stack at switch-out */
+	__s32 kstack;  /* its kernel stack at switch-out, id in `kstacks` */
 	__u32 reserved;
+	/* Or, taken as it came back (tp_btf): its hash in `kstacks_back`;
+	 * 0: none. */
+	__u64 kstack_back;
 };
 
 /* Time a thread waited, by who woke it and where the waker was. */

@@ -8,13 +8,23 @@
 /*
  * A tracepoint handler twice: NAME_btf as tp_btf, and NAME_raw as raw_tp
  * for kernels without tp_btf; userspace loads the one the kernel offers.
- * Both take the tracepoint's arguments ARGS and return CALL.
+ * Both take the tracepoint's arguments ARGS and return CALL, which sees
+ * the constant `btf_args`: 1 where the arguments are BTF pointers that
+ * helpers taking a task accept (tp_btf), 0 where they are plain numbers.
  */
-#define TP_TWIN(tp, name, call, args...)                         \
-	SEC("tp_btf/" #tp)                                       \
-	int BPF_PROG(name##_btf, ##args) { return call; }        \
-	SEC("raw_tp/" #tp)                                       \
-	int BPF_PROG(name##_raw, ##args) { return call; }
+#define TP_TWIN(tp, name, call, args...)                                            \
+	SEC("tp_btf/" #tp)                                                          \
+	int BPF_PROG(name##_btf, ##args)                                            \
+	{                                                                           \
+		const int btf_args __attribute__((unused)) = 1;                     \
+		return call;                                                        \
+	}                                                                           \
+	SEC("raw_tp/" #tp)                                                          \
+	int BPF_PROG(name##_raw, ##args)                                            \
+	{                                                                           \
+		const int btf_args __attribute__((unused)) = 0;                     \
+		return call;                                                        \
+	}
 
 /*
  * A tracepoint handler that walks Python stacks, four times: the twins of

@@ -197,13 +197,15 @@ struct Live {
 ///
 /// `Recording(pid, views=("cpu",), freq=99, lines=False,
 /// subprocesses=False, duration=None, exact=False, span=None,
-/// gil_probes=False)`, as `record -p` takes them: the views as names or
+/// gil_probes=False, sample_waits_below=0.001)`, as `record -p` takes
+/// them: the views as names or
 /// one string (`"cpu,syscall"`, `"all"`); freq the CPU samples per second;
 /// lines names Python frames by line; subprocesses records the processes
 /// the target starts too; duration (seconds) stops the recording by
 /// itself; exact adds the calls view (every Python call, 3.12+); span
 /// keeps to what threads do inside `pyusdt.span(span)`; gil_probes
-/// measures the gil view by uprobes on every take of the GIL.
+/// measures the gil view by uprobes on every take of the GIL;
+/// sample_waits_below (seconds) is `--sample-waits-below` (0: every wait).
 ///
 /// `start()` returns once every probe and sampler is attached; `stop()`
 /// returns the Profile. As a context manager it starts on enter and stops
@@ -269,7 +271,7 @@ impl Drop for Recording {
 #[pymethods]
 impl Recording {
     #[new]
-    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None, gil_probes=false))]
+    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None, gil_probes=false, sample_waits_below=0.001))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pid: u32,
@@ -281,7 +283,13 @@ impl Recording {
         exact: bool,
         span: Option<String>,
         gil_probes: bool,
+        sample_waits_below: f64,
     ) -> PyResult<Self> {
+        if !(0.0..=1.0).contains(&sample_waits_below) {
+            return Err(value_error(anyhow::anyhow!(
+                "sample_waits_below is in seconds, from 0 (every wait) to 1"
+            )));
+        }
         let mut views: BTreeSet<ViewKind> = match views {
             None => [ViewKind::Cpu].into_iter().collect(),
             Some(v) => view_list(v)?.into_iter().collect(),
@@ -298,6 +306,7 @@ impl Recording {
             span,
             attached: true,
             gil_probes,
+            sample_waits_below_ns: (sample_waits_below * 1e9).round() as u64,
         };
         opts.check().map_err(value_error)?;
         Ok(Recording {

@@ -6,6 +6,52 @@ use std::collections::HashMap;
 use blazesym::symbolize::source::{Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 
+/// The kernel stack of thread `tid` of `pid`, which is not running: root
+/// first, as addresses (from `/proc/PID/task/TID/stack`, whose
+/// `function+offset` lines are turned back into addresses by
+/// `/proc/kallsyms`). Empty where either is unreadable (not root).
+pub fn task_stack(pid: u32, tid: u32) -> Vec<u64> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
+        return Vec::new();
+    };
+    let syms = kallsyms();
+    let mut ips: Vec<u64> = text
+        .lines()
+        .filter_map(|line| {
+            // "[<0>] do_sys_poll+0x1c2/0x4f0"
+            let at = line.split_once("] ")?.1.split('/').next()?;
+            let (name, off) = at.split_once("+0x")?;
+            let base = syms.get(name)?;
+            Some(base + u64::from_str_radix(off, 16).ok()?)
+        })
+        .collect();
+    ips.reverse();
+    ips
+}
+
+/// Text symbols of the running kernel by name (the first of each name),
+/// read once; empty where the addresses are hidden.
+fn kallsyms() -> &'static HashMap<String, u64> {
+    static SYMS: std::sync::OnceLock<HashMap<String, u64>> = std::sync::OnceLock::new();
+    SYMS.get_or_init(|| {
+        let mut syms = HashMap::new();
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            if addr != 0 && matches!(kind, "t" | "T") {
+                syms.entry(name.to_string()).or_insert(addr);
+            }
+        }
+        syms
+    })
+}
+
 /// Resolves kernel addresses to function names, caching each address.
 ///
 /// It uses blazesym's kernel source: a `vmlinux` image if blazesym finds one

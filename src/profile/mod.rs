@@ -281,6 +281,12 @@ pub struct View {
     /// interpreter without the symbols to probe).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Events shorter than this many nanoseconds were sampled: one of L ns
+    /// was kept with probability 1/k, k = floor(this / L), and counts as k
+    /// (its value, count and histogram): expected totals are the true
+    /// ones. Absent: every event was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_below_ns: Option<u64>,
     /// The stacks.
     pub samples: Vec<Sample>,
 }
@@ -583,6 +589,7 @@ mod tests {
                 lost: 0,
                 unavailable: None,
                 notes: Vec::new(),
+                sampled_below_ns: None,
                 samples: vec![
                     Sample {
                         pid: 0,

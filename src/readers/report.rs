@@ -864,6 +864,7 @@ mod tests {
                 lost: 0,
                 unavailable: None,
                 notes: Vec::new(),
+                sampled_below_ns: None,
                 samples: vec![
                     sample(7, vec![0, 1, 2], 3, 30, vec![0, 0, 0, 3]),
                     sample(8, vec![0, 1, 2], 2, 40, vec![0, 0, 0, 0, 0, 2]),

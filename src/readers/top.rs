@@ -384,6 +384,7 @@ pub fn run(pid: u32, freq: u64, interval: Duration, stop: &AtomicBool) -> Result
         span: None,
         attached: true,
         gil_probes: false,
+        sample_waits_below_ns: 0,
     };
     let title = format!(
         "pyusdt-prof top: process {} ({})",
@@ -461,6 +462,7 @@ mod tests {
                     lost: 0,
                     unavailable: None,
                     notes: Vec::new(),
+                    sampled_below_ns: None,
                     samples: vec![s(vec![0, 1], heavy), s(vec![0, 2], light)],
                 },
                 View {
@@ -470,6 +472,7 @@ mod tests {
                     lost: 0,
                     unavailable: None,
                     notes: Vec::new(),
+                    sampled_below_ns: None,
                     samples: vec![s(vec![0, 3], slept)],
                 },
             ],

@@ -68,6 +68,9 @@ pub struct Options {
     /// counts of waits, at a uprobe's price per take), not at the futex
     /// syscalls where a wait blocks.
     pub gil_probes: bool,
+    /// Waits off the CPU shorter than this (offcpu and wakeup views) are
+    /// sampled, each kept one weighted by 1/p; 0 keeps every wait.
+    pub sample_waits_below_ns: u64,
 }
 
 /// Live figures, for a progress line.

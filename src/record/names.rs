@@ -117,6 +117,7 @@ pub fn name_views(
             lost: v.lost,
             unavailable: v.unavailable,
             notes: v.notes,
+            sampled_below_ns: v.sampled_below_ns,
             samples: v
                 .samples
                 .into_iter()

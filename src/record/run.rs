@@ -167,6 +167,12 @@ pub fn summary(profile: &Profile, output: &Path) -> String {
     }
     for v in &profile.views {
         summary.push_str(&format!(", {} {}", v.kind.name(), v.events));
+        if let Some(ns) = v.sampled_below_ns {
+            summary.push_str(&format!(
+                " (waits under {} sampled)",
+                crate::readers::report::duration(ns)
+            ));
+        }
     }
     let lost: u64 = profile.views.iter().map(|v| v.lost).sum();
     summary.push_str(&format!(", lost {lost}"));

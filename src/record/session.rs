@@ -79,6 +79,7 @@ fn load<'o>(
         freq: opts.freq,
         variant: kernel::kernel().variant(),
         gil_probes: opts.gil_probes,
+        sample_waits_below_ns: opts.sample_waits_below_ns,
     };
     let mut views = Vec::new();
     for entry in REGISTRY {

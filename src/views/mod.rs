@@ -73,6 +73,8 @@ pub struct Setup<'a> {
     pub variant: Variant,
     /// The gil view by uprobes on take_gil and drop_gil.
     pub gil_probes: bool,
+    /// Waits off the CPU shorter than this are sampled; 0: none.
+    pub sample_waits_below_ns: u64,
 }
 
 /// What a view needs to turn its maps into rows.
@@ -175,6 +177,7 @@ pub fn view(kind: ViewKind, counters: &[(ViewKind, u64, u64)], samples: Vec<RawS
         lost,
         unavailable: None,
         notes: Vec::new(),
+        sampled_below_ns: None,
         samples,
     }
 }
@@ -214,5 +217,7 @@ pub struct RawView {
     pub lost: u64,
     pub unavailable: Option<String>,
     pub notes: Vec<String>,
+    /// Events shorter than this were sampled (see `View`).
+    pub sampled_below_ns: Option<u64>,
     pub samples: Vec<RawSample>,
 }

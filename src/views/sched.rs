@@ -1,9 +1,11 @@
 //! The offcpu and wakeup views (`bpf/sched.bpf.c`): at `sched_switch` a
-//! target thread that leaves the CPU notes its stacks and the time; when
-//! it comes back, the time away is counted under those stacks (offcpu),
-//! and under the thread that woke it, with that thread's Python stack
-//! (wakeup, from `sched_waking` and `sched_wakeup_new`). A return to the
-//! CPU the kernel did not report is counted at the thread's next
+//! target thread that leaves the CPU notes its Python stack and the time;
+//! when it comes back, the time away is counted under that stack and its
+//! kernel stack (offcpu), and under the thread that woke it, with that
+//! thread's Python stack (wakeup, from `sched_waking` and
+//! `sched_wakeup_new`). Waits shorter than `--sample-waits-below` are
+//! sampled, each kept one weighted by 1/p (the profile says so). A return
+//! to the CPU the kernel did not report is counted at the thread's next
 //! departure, ending at its last `sched_waking`, and said in a note.
 
 use std::cell::RefCell;
@@ -21,6 +23,7 @@ use crate::bpf::maps::{
 };
 use crate::bpf::procs::types::{pystack, time_hist};
 use crate::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
+use crate::profile::ksym;
 use crate::profile::pyname::{Namer, LASTI_NONE};
 use crate::profile::ViewKind;
 use crate::record::POLL_THREAD;
@@ -37,12 +40,16 @@ unsafe impl plain::Plain for types::wakeup_key {}
 unsafe impl plain::Plain for types::time_value {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::switch_out {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::kstack_ips {}
 
 struct Sched<'o> {
     skel: SchedSkel<'o>,
     links: Vec<Link>,
     offcpu: bool,
     wakeups: bool,
+    /// Waits shorter than this are sampled; 0: none.
+    sample_below_ns: u64,
     /// Names of the code objects of the waits open at the start.
     names: RefCell<Vec<(u32, u64, String)>>,
 }
@@ -52,12 +59,16 @@ struct Sched<'o> {
 pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder + 'o>> {
     let offcpu = s.views.contains(&ViewKind::Offcpu);
     let wakeups = s.views.contains(&ViewKind::Wakeup);
-    let (skel, links) = btf_or_raw(slots, |st, v| open(st, s.shared, v, wakeups))?;
+    let sample_below_ns = s.sample_waits_below_ns;
+    let (skel, links) = btf_or_raw(slots, |st, v| {
+        open(st, s.shared, v, wakeups, sample_below_ns)
+    })?;
     Ok(Box::new(Sched {
         skel,
         links,
         offcpu,
         wakeups,
+        sample_below_ns,
         names: RefCell::new(Vec::new()),
     }))
 }
@@ -67,16 +78,19 @@ fn open<'o>(
     shared: Shared<'_>,
     v: Variant,
     wakeups: bool,
+    sample_below_ns: u64,
 ) -> Result<(SchedSkel<'o>, Vec<Link>)> {
     let mut open = SchedSkelBuilder::default()
         .open(storage)
         .context("open the scheduler programs")?;
     share!(open, shared, "the scheduler programs");
-    open.maps
+    let rodata = open
+        .maps
         .rodata_data
         .as_deref_mut()
-        .context("the scheduler programs have no rodata")?
-        .wakeup_view = u8::from(wakeups);
+        .context("the scheduler programs have no rodata")?;
+    rodata.wakeup_view = u8::from(wakeups);
+    rodata.sample_below_ns = sample_below_ns;
     // sched_waking also times the wake-ups that end returns the kernel
     // does not report.
     kernel::choose_programs(open.open_object_mut(), v, |h| {
@@ -95,6 +109,28 @@ fn open<'o>(
 }
 
 impl Sched<'_> {
+    /// The kernel stack of a wait: taken at departure (an id in
+    /// `kstacks`) or as the thread came back (a hash in `kstacks_back`).
+    fn kernel_frames(&self, id: i32, back: u64) -> Result<Vec<u64>> {
+        let m = &self.skel.maps;
+        if back == 0 {
+            return kernel_stack(&m.kstacks, id);
+        }
+        let Some(bytes) = m
+            .kstacks_back
+            .lookup(&back.to_ne_bytes(), MapFlags::ANY)
+            .context("read a kernel stack")?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut ips = types::kstack_ips::default();
+        plain::copy_from_bytes(&mut ips, &bytes)
+            .map_err(|_| anyhow::anyhow!("a kernel stack of the wrong size"))?;
+        let mut ips: Vec<u64> = ips.ips.into_iter().take_while(|&ip| ip != 0).collect();
+        ips.reverse();
+        Ok(ips)
+    }
+
     fn offcpu_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
@@ -106,11 +142,18 @@ impl Sched<'_> {
                 continue;
             }
             let ns = r.end_monotonic_ns - o.ts;
+            // A thread still away has its stack where it left it; the
+            // kernel shows it (taken at departure only on raw_tp).
+            let kernel = if o.kstack == walk_contract::KSTACK_NONE {
+                ksym::task_stack(o.tgid, tid)
+            } else {
+                kernel_stack(&m.kstacks, o.kstack)?
+            };
             out.push(RawSample {
                 pid: o.tgid,
                 tid,
                 python: python_stack(&m.pystacks, o.pystack)?,
-                tail: Tail::Kernel(kernel_stack(&m.kstacks, o.kstack)?),
+                tail: Tail::Kernel(kernel),
                 value: ns,
                 count: 1,
                 hist: histogram_of(ns),
@@ -122,7 +165,7 @@ impl Sched<'_> {
                 pid: k.tgid,
                 tid: k.tid,
                 python: python_stack(&m.pystacks, k.pystack)?,
-                tail: Tail::Kernel(kernel_stack(&m.kstacks, k.kstack)?),
+                tail: Tail::Kernel(self.kernel_frames(k.kstack, k.kstack_back)?),
                 value: v.ns,
                 count: v.count,
                 hist: trimmed(&v.hist),
@@ -177,6 +220,29 @@ impl Sched<'_> {
     }
 }
 
+impl Sched<'_> {
+    /// Says how `v`'s waits were sampled, with the offcpu view's figures.
+    fn note_sampling(&self, v: &mut RawView) {
+        if self.sample_below_ns == 0 {
+            return;
+        }
+        v.sampled_below_ns = Some(self.sample_below_ns);
+        let b = self.skel.maps.bss_data.as_deref();
+        let (short, kept) = b.map_or((0, 0), |b| {
+            (live(&b.short_waits), live(&b.short_waits_kept))
+        });
+        let mut note = format!(
+            "waits shorter than {} sampled, each kept one weighted by 1/p \
+             (--sample-waits-below 0 keeps every wait)",
+            crate::readers::report::duration(self.sample_below_ns)
+        );
+        if v.kind == ViewKind::Offcpu {
+            note.push_str(&format!(": {kept} kept of {short}"));
+        }
+        v.notes.push(note);
+    }
+}
+
 impl Recorder for Sched<'_> {
     fn counters(&self) -> Vec<(ViewKind, u64, u64)> {
         let Some(b) = self.skel.maps.bss_data.as_deref() else {
@@ -214,10 +280,13 @@ impl Recorder for Sched<'_> {
                      each wait counted up to the thread's wake-up"
                 ));
             }
+            self.note_sampling(&mut v);
             out.push(v);
         }
         if self.wakeups {
-            out.push(view(ViewKind::Wakeup, &counters, self.wakeup_samples(r)?));
+            let mut v = view(ViewKind::Wakeup, &counters, self.wakeup_samples(r)?);
+            self.note_sampling(&mut v);
+            out.push(v);
         }
         Ok(out)
     }

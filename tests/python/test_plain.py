@@ -87,7 +87,7 @@ def test_a_python_without_pyusdt_is_recorded_in_every_view_with_exact_frames(tmp
     # offcpu: the 0.3 s sleep under plain_nap, within 5% (then it waits for
     # the GIL, at a futex, as long as a spinner keeps it).
     slept = sum(v for s, v in fold(out, "offcpu", merge=True).items()
-                if "plain_nap" in [fn(f) for f in s] and "do_nanosleep_[k]" in s) / 1e9
+                if "plain_nap" in [fn(f) for f in s] and "hrtimer_nanosleep_[k]" in s) / 1e9
     assert 0.3 * 0.95 <= slept <= 0.3 * 1.05, slept
     # cpu: each spinner burns in gil_spinner; together they hold the GIL
     # most of the 1.5 s they run.

@@ -54,6 +54,17 @@ def shape_sleep():
     sleeper(20, 0.025)
 
 
+def short_sleeper(k, t):
+    for _ in range(k):
+        time.sleep(t)
+
+
+def shape_shortsleeps():
+    """4000 sleeps of 100 us under short_sleeper: waits shorter than the
+    recorder's default --sample-waits-below (1 ms), so sampled."""
+    short_sleeper(4000, 0.0001)
+
+
 def long_sleeper(t):
     time.sleep(t)
 

@@ -474,6 +474,22 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     record::seconds(t).map(|_| t)
 }
 
+/// A time with a unit (`ns`, `us`, `ms`, `s`; 0 needs none), in ns, at
+/// most a second.
+fn parse_wait(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("`{s}` is not a time such as 1ms, 250us or 0 (at most 1s)");
+    let t = s.trim();
+    let (num, scale) = [("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9)]
+        .iter()
+        .find_map(|&(unit, scale)| t.strip_suffix(unit).map(|n| (n, scale)))
+        .unwrap_or((t, 0.0));
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v < 0.0 || (scale == 0.0 && v != 0.0) || v * scale > 1e9 {
+        return Err(bad());
+    }
+    Ok((v * scale).round() as u64)
+}
+
 fn parse_probe_spec(s: &str) -> std::result::Result<trace::ProbeSpec, String> {
     s.parse()
 }
@@ -570,7 +586,34 @@ pub struct RecordArgs {
     /// the futex syscalls.
     #[arg(long)]
     pub gil_probes: bool,
+    /// The offcpu and wakeup views sample the waits shorter than this: a
+    /// wait of L is kept with probability 1/k, k = floor(T/L), and counts
+    /// as k such waits (time, count and histogram), so every stack's
+    /// expected totals are the true ones; waits of T/2 and longer are all
+    /// kept, whole. Most context switches last microseconds, and their
+    /// stacks are most of what these views cost. 0 keeps every wait, at
+    /// the full price. A number with a unit: 1ms, 250us, 0.
+    #[arg(long, value_name = "TIME", default_value = "1ms", value_parser = parse_wait)]
+    pub sample_waits_below: u64,
     /// The command to launch and record (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wait;
+
+    #[test]
+    fn waits_read_with_their_unit() {
+        assert_eq!(parse_wait("1ms"), Ok(1_000_000));
+        assert_eq!(parse_wait("250us"), Ok(250_000));
+        assert_eq!(parse_wait("0.5 ms"), Ok(500_000));
+        assert_eq!(parse_wait("800ns"), Ok(800));
+        assert_eq!(parse_wait("1s"), Ok(1_000_000_000));
+        assert_eq!(parse_wait("0"), Ok(0));
+        for bad in ["1", "2s", "-1ms", "ms", "1 hour", "nanms"] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -57,6 +57,7 @@ fn record_command(a: RecordArgs, verbose: bool) -> Result<u8> {
         exact,
         span,
         gil_probes,
+        sample_waits_below,
         command,
     } = a;
     let mut views = views.into_iter().flatten().collect::<BTreeSet<_>>();
@@ -72,6 +73,7 @@ fn record_command(a: RecordArgs, verbose: bool) -> Result<u8> {
         span,
         attached: command.is_empty(),
         gil_probes,
+        sample_waits_below_ns: sample_waits_below,
     };
     catch_signals();
     let r = Run {
