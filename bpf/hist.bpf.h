@@ -57,6 +57,15 @@ static __always_inline __u64 read_size(__u64 n, __u64 cap)
 	return i + 1;
 }
 
+/* A new time_hist is made here, not on the BPF stack (176 bytes of the
+ * 512 a program and all it calls may use). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct time_hist);
+} time_hist_scratch SEC(".maps");
+
 /* Adds `ns` to the time_hist at `key` in `map`, creating it: `events`
  * events, `in_slot` of them in histogram slot `slot`; counts it in *lost
  * if the map is full. */
@@ -66,10 +75,18 @@ static __always_inline void add_time_at(void *map, const void *key, __u64 ns, __
 	struct time_hist *v = bpf_map_lookup_elem(map, key);
 
 	if (!v) {
-		struct time_hist init = { .ns = ns, .count = events };
+		__u32 zero = 0;
+		struct time_hist *init = bpf_map_lookup_elem(&time_hist_scratch, &zero);
 
-		init.hist[hist_index(slot)] = in_slot;
-		if (!bpf_map_update_elem(map, key, &init, BPF_NOEXIST))
+		if (!init) {
+			__sync_fetch_and_add(lost, 1);
+			return;
+		}
+		__builtin_memset(init, 0, sizeof(*init));
+		init->ns = ns;
+		init->count = events;
+		init->hist[hist_index(slot)] = in_slot;
+		if (!bpf_map_update_elem(map, key, init, BPF_NOEXIST))
 			return;
 		/* Lost a race to create it, or the map is full. */
 		v = bpf_map_lookup_elem(map, key);
@@ -96,6 +113,26 @@ static __always_inline void add_time_part(void *map, const void *key, __u64 ns, 
 static __always_inline void add_time_hist(void *map, const void *key, __u64 ns, __u64 *lost)
 {
 	add_time_at(map, key, ns, hist_slot(ns), 1, 1, lost);
+}
+
+/*
+ * The weight of an event of `ns` when those shorter than `below` are
+ * sampled: 1 for one kept whole (not shorter, or k = floor(below/ns) is
+ * 1), k for one kept with probability 1/k to stand for k like it, 0 for
+ * one not kept. Expected sums of weighted events are the true sums.
+ */
+static __always_inline __u64 sample_weight(__u64 ns, __u64 below)
+{
+	__u64 k;
+
+	if (ns >= below)
+		return 1;
+	k = below / (ns ? ns : 1);
+	if (k <= 1)
+		return 1;
+	if (k > 0xffffffffULL)
+		k = 0xffffffffULL;
+	return bpf_get_prandom_u32() % k == 0 ? k : 0;
 }
 
 /* Adds one kept event of `ns` that stands for `weight` events like it (a

@@ -168,16 +168,7 @@ static __always_inline void add_time(void *map, const void *key, __u64 ns, __u64
  * for k like it (probability 1/k), 0 if it is not kept. */
 static __always_inline __u64 wait_weight(__u64 ns)
 {
-	__u64 k;
-
-	if (ns >= sample_below_ns)
-		return 1;
-	k = sample_below_ns / (ns ? ns : 1);
-	if (k <= 1)
-		return 1;
-	if (k > 0xffffffffULL)
-		k = 0xffffffffULL;
-	return bpf_get_prandom_u32() % k == 0 ? k : 0;
+	return sample_weight(ns, sample_below_ns);
 }
 
 /* Thread `t`'s kernel stack as it was when it left (it is not running):
