@@ -127,7 +127,23 @@ WALK_TWIN("uprobe", drop_gil_enter, struct pt_regs)
  * moments between them, under the thread that held the GIL
  * (gil->last_holder) at the end of each block; its count is one.
  * A wait that takes the GIL without blocking is not seen.
+ *
+ * Nothing is walked as a wait begins: the waiter's Python stack is the
+ * same at the end of each block (the thread has been inside take_gil, in
+ * the kernel, since), so both stacks are read then, once the block's
+ * length is known. A block shorter than `sample_below_ns` is sampled as
+ * the scheduler views sample waits (bpf/sched.bpf.c, hist.bpf.h's
+ * sample_weight): kept with probability 1/k and counted k times, its
+ * wait's count with it if it is the wait's first block; only kept blocks
+ * walk the stacks.
  */
+
+/* Blocks shorter than this are sampled; 0 keeps every block. */
+const volatile __u64 sample_below_ns = 0;
+
+/* Blocks of a wait not kept by the sampling, and waits seen. */
+__u64 gil_short_blocks = 0;
+__u64 gil_short_kept = 0;
 
 /* Processes whose GIL waits are seen at the futex syscalls, by tgid. */
 struct {
@@ -144,8 +160,8 @@ struct gil_block {
 	__u64 since;
 	__u64 timed_out;
 	__u64 pystack;
-	__u32 counted; /* the wait is counted (its first block was added) */
-	__u32 reserved;
+	__u32 counted; /* the wait's first block has ended */
+	__u32 walked;  /* pystack was read */
 };
 
 struct {
@@ -185,11 +201,10 @@ static __always_inline int on_futex_enter(struct pt_regs *regs, long nr, const i
 		b->since = b->timed_out;
 		return 0;
 	}
-	/* A wait begins. The walk first: its cost is the recorder's. */
+	/* A wait begins; its stack is read when a block of it is kept. */
 	if (!in_span(tid))
 		return 0;
-	init.pystack = py_stack_id(tgid, tid, loops);
-	init.since = bpf_ktime_get_ns();
+	init.since = now;
 	bpf_map_update_elem(&gil_blocks, &tid, &init, BPF_ANY);
 	return 0;
 }
@@ -201,7 +216,7 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 	const struct pyusdt_layout *l;
 	struct gil_key key = {};
 	struct gil_block *b;
-	__u64 ns, holder, events;
+	__u64 ns, holder, first, weight;
 	int err = 0;
 
 	b = bpf_map_lookup_elem(&gil_blocks, &tid);
@@ -209,23 +224,37 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 		return 0;
 	ns = bpf_ktime_get_ns() - b->since;
 	b->since = 0;
-	key.tgid = tgid;
-	key.tid = tid;
-	key.pystack = b->pystack;
-	l = bpf_map_lookup_elem(&layouts, &tgid);
-	holder = l ? read_u64(l->gil_addr + l->gil_last_holder, &err) : 0;
-	if (l && holder && !err) {
-		key.holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
-		if (key.holder_tid == tid)
-			key.holder_pystack = PYSTACK_NONE; /* it let it go itself */
-		else if (key.holder_tid && !err)
-			key.holder_pystack = py_stack_id_of(tgid, key.holder_tid, loops);
-	}
-	events = !b->counted;
+	first = !b->counted;
 	b->counted = 1;
-	if (events)
+	if (first)
 		__sync_fetch_and_add(&gil_waited, 1);
-	add_time_part(&gil, &key, ns, events, &lost_gil);
+	weight = sample_weight(ns, sample_below_ns);
+	if (ns < sample_below_ns) {
+		__sync_fetch_and_add(&gil_short_blocks, 1);
+		if (weight)
+			__sync_fetch_and_add(&gil_short_kept, 1);
+	}
+	if (weight) {
+		if (!b->walked) {
+			b->pystack = py_stack_id(tgid, tid, loops);
+			b->walked = 1;
+		}
+		key.tgid = tgid;
+		key.tid = tid;
+		key.pystack = b->pystack;
+		l = bpf_map_lookup_elem(&layouts, &tgid);
+		holder = l ? read_u64(l->gil_addr + l->gil_last_holder, &err) : 0;
+		if (l && holder && !err) {
+			key.holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
+			if (key.holder_tid == tid)
+				key.holder_pystack = PYSTACK_NONE; /* it let it go itself */
+			else if (key.holder_tid && !err)
+				key.holder_pystack = py_stack_id_of(tgid, key.holder_tid, loops);
+		}
+		/* The histogram counts each block, as add_time_part does. */
+		add_time_at(&gil, &key, ns * weight, hist_slot(ns), first * weight, weight,
+			    &lost_gil);
+	}
 	/* Timed out: it asks the holder to drop the GIL and blocks again;
 	 * else (woken, or the condition signalled before it slept) it takes
 	 * the GIL now: the wait is over. */

@@ -46,11 +46,16 @@ struct Gil<'o> {
     notes: Vec<String>,
     /// Why the first process's waits could not be measured at all.
     unmeasured: Option<String>,
+    /// Blocks at the futex syscalls shorter than this are sampled; 0: none.
+    sample_below_ns: u64,
+    /// Some process's waits were watched at the futex syscalls.
+    futex_used: bool,
 }
 
 /// Loads the GIL probes; they are attached per process by `watch`.
 pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder + 'o>> {
-    let (skel, variant) = btf_or_raw(slots, |st, v| open(st, s.shared, v))?;
+    let below = s.sample_waits_below_ns;
+    let (skel, variant) = btf_or_raw(slots, |st, v| open(st, s.shared, v, below))?;
     Ok(Box::new(Gil {
         skel,
         variant,
@@ -59,6 +64,8 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         futex: Vec::new(),
         notes: Vec::new(),
         unmeasured: None,
+        sample_below_ns: below,
+        futex_used: false,
     }))
 }
 
@@ -66,10 +73,16 @@ fn open<'o>(
     storage: &'o mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
     shared: Shared<'_>,
     v: Variant,
+    sample_below_ns: u64,
 ) -> Result<(GilSkel<'o>, Variant)> {
     let mut open = GilSkelBuilder::default()
         .open(storage)
         .context("open the GIL probes")?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the GIL probes have no rodata")?
+        .sample_below_ns = sample_below_ns;
     open.maps
         .kstacks
         .set_max_entries(1)
@@ -157,6 +170,7 @@ impl Gil<'_> {
             .gil_by_futex
             .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
             .context("watch the process's futex waits")?;
+        self.futex_used = true;
         if self.futex.is_empty() {
             let o = self.skel.object();
             let v = self.variant;
@@ -206,6 +220,19 @@ impl Recorder for Gil<'_> {
         let mut v = view(ViewKind::Gil, &self.counters(), out);
         v.notes = self.notes.clone();
         v.unavailable = self.unmeasured.clone();
+        if self.futex_used && self.sample_below_ns > 0 {
+            let b = self.skel.maps.bss_data.as_deref();
+            let (short, kept) = b.map_or((0, 0), |b| {
+                (live(&b.gil_short_blocks), live(&b.gil_short_kept))
+            });
+            v.sampled_below_ns = Some(self.sample_below_ns);
+            v.notes.push(format!(
+                "blocks at the futex syscalls shorter than {} sampled, each kept one \
+                 weighted by 1/p (--sample-waits-below 0 keeps every block): {kept} kept of \
+                 {short}",
+                crate::readers::report::duration(self.sample_below_ns)
+            ));
+        }
         Ok(vec![v])
     }
 

@@ -186,9 +186,13 @@ def test_a_stripped_interpreter_is_measured_at_the_futex_syscalls_and_says_so(tm
     assert code == 0
     profile = json.loads(path.read_text())
     gil = next(v for v in profile["views"] if v["kind"] == "gil")
-    [note] = gil["notes"]
+    note, sampling = gil["notes"]
     assert "has no symbol take_gil (a stripped interpreter)" in note
     assert note.endswith("its waits are its blocks on the GIL's condition, seen at the futex syscalls")
+    # Blocks under 1 ms are sampled (each kept one weighted); the spinners'
+    # 5 ms blocks are all kept.
+    assert gil["sampled_below_ns"] == 1_000_000
+    assert sampling.startswith("blocks at the futex syscalls shorter than 1.00 ms sampled"), sampling
     assert "unavailable" not in gil
     # Each spinner waits while the other holds the GIL.
     stacks = fold(path, "gil")
