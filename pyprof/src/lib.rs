@@ -599,6 +599,18 @@ impl PyProfile {
         self.view_names()
     }
 
+    /// The views whose short events were sampled (each kept one weighted
+    /// by 1/p; `sample_waits_below`), with the length in ns under which
+    /// they were: `{"offcpu": 1000000, ...}`.
+    #[getter]
+    fn sampled(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.p
+            .views
+            .iter()
+            .filter_map(|v| v.sampled_below_ns.map(|ns| (v.kind.name(), ns)))
+            .collect()
+    }
+
     /// Thread names by thread id, as the kernel knows them.
     #[getter]
     fn threads(&self) -> std::collections::BTreeMap<u32, String> {

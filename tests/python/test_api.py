@@ -192,6 +192,7 @@ def test_without_privileges_start_is_a_permission_error():
     ({"views": []}, "no view to record"),
     ({"freq": 0}, "freq is CPU samples per second from 1 to 10000, not 0"),
     ({"duration": -1.0}, "duration must be a number of seconds"),
+    ({"sample_waits_below": 2.0}, "sample_waits_below is in seconds, from 0 (every wait) to 1"),
 ])
 def test_bad_arguments_are_value_errors(kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -227,6 +228,8 @@ def test_a_saved_profile_reads_the_same_in_the_cli_and_in_load(tmp_path):
     again = pyusdt_prof.load(str(path))
     assert again.report() == p.report() and again.threads == p.threads
     assert calls(again, "api_writer", "write") == 200
+    # Short waits are sampled by default, and the profile says so.
+    assert p.sampled == again.sampled == {"offcpu": 1_000_000}
 
 
 def test_lines_name_frames_by_line_and_by_function_folds_them_back():
