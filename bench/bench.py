@@ -363,8 +363,9 @@ def main():
 
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
     columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
-               + ["record gil --gil-probes", "record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
-                  "bpftrace (seed)", "bpftrace (seed, trap)", "floor"])
+               + ["record offcpu --sample-waits-below 0", "record gil --gil-probes",
+                  "record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
+                  "bpftrace (seed)", "bpftrace (seed, trap)", "floor", "floor sched"])
     if args.quick:
         workloads = workloads[:4] + workloads[4:5]
         columns = ["plain", "pyusdt", "record all", "record syscall", "record --exact",
@@ -419,7 +420,10 @@ def main():
               "views' kernel attach points (raw_syscalls enter and exit, sched_switch, "
               "sched_waking as tp_btf, the cpu-clock sampler at 99 Hz) with handlers that do "
               "nothing, under plain python: what the kernel charges for running any handler "
-              "there.", ""]
+              "there; `floor sched` the same at sched_switch and sched_waking alone, the "
+              "offcpu and wakeup views' attach points. The offcpu and wakeup columns sample "
+              "the waits under 1 ms (the default); `record offcpu --sample-waits-below 0` "
+              "counts every wait.", ""]
 
     def fib_ratio(col):
         cells = ratio_cells(results.get("fib", {}), "plain", "seconds")

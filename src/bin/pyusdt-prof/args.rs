@@ -80,29 +80,32 @@ pub enum Command {
     /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
     /// frames per event, a few microseconds):
     ///
-    ///   cpu      samples at -F Hz; ~8 us per sample: unmeasurable on
-    ///            pyperformance, http.server 1.06x. The default.
+    ///   cpu      samples at -F Hz; ~5-7 us per sample: unmeasurable on
+    ///            pyperformance, http.server 1.05x. The default.
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
-    ///            ~2.6 us per context switch: http.server 1.25x slower.
+    ///            waits under 1 ms sampled (--sample-waits-below); ~1.8 us
+    ///            per context switch: http.server 1.12x slower (every
+    ///            wait, 3.0 us per switch: 1.15x).
     ///   wakeup   time waited, under the thread and frames that woke it;
-    ///            ~1.4 us per wake-up: http.server 1.30x.
+    ///            sampled alike; ~0.8 us per wake-up: http.server 1.16x.
     ///   syscall  time inside each syscall, and calls; ~1 us per syscall:
-    ///            1-byte writes 6.8x, http.server 1.37x.
+    ///            1-byte writes 6.8x, http.server 1.23x.
     ///   gil      time waiting for the GIL, under the thread that held it;
-    ///            seen where a wait blocks, at the futex syscalls: 1-byte
-    ///            writes 1.93x, http.server 1.20x. With --gil-probes,
+    ///            seen where a wait blocks, at the futex syscalls, blocks
+    ///            under 1 ms sampled: 1-byte writes 1.81x (empty handlers
+    ///            there: 1.65x), http.server 1.10x. With --gil-probes,
     ///            uprobes on every take and drop of the GIL: 1-byte writes
-    ///            16.8x, http.server 1.43x; and cpu samples of threads
+    ///            16.6x, http.server 1.24x; and cpu samples of threads
     ///            waiting for it end in `[waiting for the GIL]`.
-    ///   all      every view above.
+    ///   all      every view above: http.server 1.47x.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
     ///            call path. ~135 ns per call (two sys.monitoring
-    ///            callbacks, batched into the kernel): fib 5.4x slower
-    ///            (cProfile 6.4x, bpftrace on PY_START/PY_RETURN 32x).
+    ///            callbacks, batched into the kernel): fib 5.6x slower
+    ///            (cProfile 6.6x, bpftrace on PY_START/PY_RETURN 31x).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
-    /// more than the 3-5% a profiler attached to a live service may take;
+    /// more than the 3% a profiler attached to a live service may take;
     /// ask for them where that price is worth paying.
     ///
     /// Examples:
