@@ -589,13 +589,15 @@ pub struct RecordArgs {
     /// the futex syscalls.
     #[arg(long)]
     pub gil_probes: bool,
-    /// The offcpu and wakeup views sample the waits shorter than this: a
-    /// wait of L is kept with probability 1/k, k = floor(T/L), and counts
-    /// as k such waits (time, count and histogram), so every stack's
-    /// expected totals are the true ones; waits of T/2 and longer are all
-    /// kept, whole. Most context switches last microseconds, and their
-    /// stacks are most of what these views cost. 0 keeps every wait, at
-    /// the full price. A number with a unit: 1ms, 250us, 0.
+    /// The offcpu and wakeup views, and the gil view's blocks at the futex
+    /// syscalls, sample the waits shorter than this: a wait of L is kept
+    /// with probability 1/k, k = floor(T/L), and counts as k such waits
+    /// (time, count and histogram), so every stack's expected totals are
+    /// the true ones; waits of T/2 and longer are all kept, whole. Most
+    /// context switches last microseconds, and their stacks are most of
+    /// what these views cost. The profile, `report` and the summary line
+    /// say so. 0 keeps every wait, at the full price. A number with a
+    /// unit: 1ms, 250us, 0.
     #[arg(long, value_name = "TIME", default_value = "1ms", value_parser = parse_wait)]
     pub sample_waits_below: u64,
     /// The command to launch and record (after `--`).
