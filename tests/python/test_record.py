@@ -614,8 +614,9 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
     prof = json.loads(path.read_text())
     assert all("sampled_below_ns" not in v for v in prof["views"])
     waits = under(fold(path, "offcpu", count=True, merge=True), "short_sleeper")
-    # Each sleep is one wait; a preemption now and then adds one. Returns
-    # the kernel did not report (README, "offcpu"; 0 to 2 of these 4000
-    # here) are counted at the thread's next departure when it was woken
-    # before, and lost when it was not or when no departure follows.
-    assert 4000 - 4 <= waits <= 4000 + 40, waits
+    # Each sleep is one wait; a preemption now and then adds one. A return
+    # to the CPU the kernel did not report (README, "offcpu") is counted
+    # at the thread's next departure if a wake-up came after its own, else
+    # lost (the view's `lost` counts it): on one 6.18 build CI saw 10 such
+    # returns in these 4000 sleeps, 9 of them lost.
+    assert 4000 * 0.98 <= waits <= 4000 + 40, waits
