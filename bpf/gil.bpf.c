@@ -141,7 +141,7 @@ WALK_TWIN("uprobe", drop_gil_enter, struct pt_regs)
 /* Blocks shorter than this are sampled; 0 keeps every block. */
 const volatile __u64 sample_below_ns = 0;
 
-/* Blocks of a wait not kept by the sampling, and waits seen. */
+/* Blocks shorter than sample_below_ns, and those of them kept. */
 __u64 gil_short_blocks = 0;
 __u64 gil_short_kept = 0;
 
@@ -228,12 +228,7 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 	b->counted = 1;
 	if (first)
 		__sync_fetch_and_add(&gil_waited, 1);
-	weight = sample_weight(ns, sample_below_ns);
-	if (ns < sample_below_ns) {
-		__sync_fetch_and_add(&gil_short_blocks, 1);
-		if (weight)
-			__sync_fetch_and_add(&gil_short_kept, 1);
-	}
+	weight = sample_weight_counted(ns, sample_below_ns, &gil_short_blocks, &gil_short_kept);
 	if (weight) {
 		if (!b->walked) {
 			b->pystack = py_stack_id(tgid, tid, loops);

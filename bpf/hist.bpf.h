@@ -135,6 +135,22 @@ static __always_inline __u64 sample_weight(__u64 ns, __u64 below)
 	return bpf_get_prandom_u32() % k == 0 ? k : 0;
 }
 
+/* sample_weight, counting the events shorter than `below` in *shorter and
+ * those of them kept in *kept (for the notes that say how much was
+ * kept). */
+static __always_inline __u64 sample_weight_counted(__u64 ns, __u64 below, __u64 *shorter,
+						   __u64 *kept)
+{
+	__u64 weight = sample_weight(ns, below);
+
+	if (ns < below) {
+		__sync_fetch_and_add(shorter, 1);
+		if (weight)
+			__sync_fetch_and_add(kept, 1);
+	}
+	return weight;
+}
+
 /* Adds one kept event of `ns` that stands for `weight` events like it (a
  * sampled event kept with probability 1/weight): the expected sums are
  * the true ones. */

@@ -139,8 +139,6 @@ __u64 returns_unreported = 0;
  * the kept ones' weights). */
 __u64 short_waits = 0;
 __u64 short_waits_kept = 0;
-/* Kernel stacks lost at the return (map full). */
-__u64 lost_kstacks = 0;
 
 /* Adds `ns` and `count` to the time_value at `key` in `map`. */
 static __always_inline void add_time(void *map, const void *key, __u64 ns, __u64 count,
@@ -162,13 +160,6 @@ static __always_inline void add_time(void *map, const void *key, __u64 ns, __u64
 			__sync_fetch_and_add(lost, 1);
 		}
 	}
-}
-
-/* The weight of a wait of `ns`: 1 for a wait kept whole, k if it is kept
- * for k like it (probability 1/k), 0 if it is not kept. */
-static __always_inline __u64 wait_weight(__u64 ns)
-{
-	return sample_weight(ns, sample_below_ns);
 }
 
 /* Thread `t`'s kernel stack as it was when it left (it is not running):
@@ -195,14 +186,14 @@ static __always_inline __u64 kstack_back(struct task_struct *t)
 		h = 1;
 	if (bpf_map_update_elem(&kstacks_back, &h, k, BPF_NOEXIST) &&
 	    !bpf_map_lookup_elem(&kstacks_back, &h)) {
-		__sync_fetch_and_add(&lost_kstacks, 1);
+		pystack_error(PYSTACK_ERR_KSTACK); /* the map is full */
 		return 0;
 	}
 	return h;
 }
 
 /* Thread `tid` of `tgid`, which left as `out` says, was away `ns`:
- * counts it as `weight` waits (0: not at all; see wait_weight) with the
+ * counts it as `weight` waits (0: not at all; see sample_weight) with the
  * kernel stack `kback` if it has none from its departure, joins it to its
  * waker, and forgets the departure. */
 static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_out *out, __u64 ns,
@@ -256,7 +247,8 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 				__u64 ns = *woke - unseen->ts;
 
 				__sync_fetch_and_add(&returns_unreported, 1);
-				count_return(prev_tgid, prev_tid, unseen, ns, wait_weight(ns), 0);
+				count_return(prev_tgid, prev_tid, unseen, ns,
+					     sample_weight(ns, sample_below_ns), 0);
 			} else {
 				/* Preempted, not woken: when it came back is unknown. */
 				__sync_fetch_and_add(&lost_offcpu, 1);
@@ -279,12 +271,8 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		if (!out)
 			return 0; /* it left before the recording began */
 		ns = now - out->ts;
-		weight = wait_weight(ns);
-		if (ns < sample_below_ns) {
-			__sync_fetch_and_add(&short_waits, 1);
-			if (weight)
-				__sync_fetch_and_add(&short_waits_kept, 1);
-		}
+		weight = sample_weight_counted(ns, sample_below_ns, &short_waits,
+					       &short_waits_kept);
 		if (btf_args && weight && out->kstack == KSTACK_NONE)
 			kback = kstack_back(next);
 		count_return(next_tgid, next_tid, out, ns, weight, kback);
@@ -310,7 +298,7 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	/* Kept by the time waited so far (a wake-up of a thread not known to
 	 * be off the CPU is never joined to a wait: kept as it costs nothing). */
 	out = bpf_map_lookup_elem(&off_now, &tid);
-	w.weight = out && now > out->ts ? wait_weight(now - out->ts) : 1;
+	w.weight = out && now > out->ts ? sample_weight(now - out->ts, sample_below_ns) : 1;
 	if (!w.weight) {
 		bpf_map_delete_elem(&wakers, &tid);
 		return 0;
@@ -344,7 +332,6 @@ struct offcpu_key _offcpu_key = {};
 struct switch_out _switch_out = {};
 struct wakeup_key _wakeup_key = {};
 struct waker _waker = {};
-struct kstack_ips _kstack_ips = {};
 struct time_value _time_value = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};

@@ -60,8 +60,14 @@ pub fn kernel_stack(map: &impl MapCore, id: i32) -> Result<Vec<u64>> {
     if id < 0 {
         return Ok(Vec::new());
     }
+    kernel_stack_at(map, &id.to_ne_bytes())
+}
+
+/// The kernel stack at `key` of `map` (instruction pointers, leaf first,
+/// 0 after the last), root first; empty if there is none.
+pub fn kernel_stack_at(map: &impl MapCore, key: &[u8]) -> Result<Vec<u64>> {
     let Some(bytes) = map
-        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+        .lookup(key, MapFlags::ANY)
         .context("read a kernel stack")?
     else {
         return Ok(Vec::new());

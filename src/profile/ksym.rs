@@ -152,22 +152,9 @@ fn placeholder(addr: u64) -> String {
 mod tests {
     use super::*;
 
-    /// The address of `name` in /proc/kallsyms, or `None` if the file shows
-    /// only zero addresses (not root) or lacks the symbol.
-    fn kallsyms_addr(name: &str) -> Option<u64> {
-        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-        text.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
-            let kind = fields.next()?;
-            let sym = fields.next()?;
-            (sym == name && kind.eq_ignore_ascii_case("t") && addr != 0).then_some(addr)
-        })
-    }
-
     #[test]
     fn resolves_schedule() {
-        let Some(addr) = kallsyms_addr("schedule") else {
+        let Some(&addr) = kallsyms().get("schedule") else {
             println!("skipped: /proc/kallsyms shows no address for schedule (not root?)");
             return;
         };

@@ -25,7 +25,7 @@ use crate::bpf::procs::types::time_hist;
 use crate::profile::ViewKind;
 use crate::target;
 use crate::views::{
-    view, walker, Process, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker,
+    note_sampled, view, walker, Process, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker,
 };
 use crate::Result;
 
@@ -221,17 +221,14 @@ impl Recorder for Gil<'_> {
         v.notes = self.notes.clone();
         v.unavailable = self.unmeasured.clone();
         if self.futex_used && self.sample_below_ns > 0 {
-            let b = self.skel.maps.bss_data.as_deref();
-            let (short, kept) = b.map_or((0, 0), |b| {
-                (live(&b.gil_short_blocks), live(&b.gil_short_kept))
-            });
-            v.sampled_below_ns = Some(self.sample_below_ns);
-            v.notes.push(format!(
-                "blocks at the futex syscalls shorter than {} sampled, each kept one \
-                 weighted by 1/p (--sample-waits-below 0 keeps every block): {kept} kept of \
-                 {short}",
-                crate::readers::report::duration(self.sample_below_ns)
-            ));
+            let counts = self
+                .skel
+                .maps
+                .bss_data
+                .as_deref()
+                .map(|b| (live(&b.gil_short_kept), live(&b.gil_short_blocks)));
+            let what = "blocks at the futex syscalls";
+            note_sampled(&mut v, self.sample_below_ns, what, counts);
         }
         Ok(vec![v])
     }

@@ -182,6 +182,22 @@ pub fn view(kind: ViewKind, counters: &[(ViewKind, u64, u64)], samples: Vec<RawS
     }
 }
 
+/// Marks `v` as sampled below `below_ns` and says so in a note: `what`
+/// was sampled, and, where the view counts them, how many of the short
+/// events (`kept`, `short`) were kept.
+pub fn note_sampled(v: &mut RawView, below_ns: u64, what: &str, counts: Option<(u64, u64)>) {
+    v.sampled_below_ns = Some(below_ns);
+    let mut note = format!(
+        "{what} shorter than {} sampled, each kept one weighted by 1/p \
+         (--sample-waits-below 0 keeps every one)",
+        crate::readers::report::duration(below_ns)
+    );
+    if let Some((kept, short)) = counts {
+        note.push_str(&format!(": {kept} kept of {short}"));
+    }
+    v.notes.push(note);
+}
+
 /// A stack as the maps hold it, before anything is named.
 pub struct RawSample {
     pub pid: u32,

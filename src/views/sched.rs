@@ -19,7 +19,7 @@ use pyusdt_contract::walk as walk_contract;
 use crate::bpf::kernel::{self, Variant};
 use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
 use crate::bpf::maps::{
-    comm_str, entries, histogram_of, kernel_stack, live, python_stack, trimmed,
+    comm_str, entries, histogram_of, kernel_stack, kernel_stack_at, live, python_stack, trimmed,
 };
 use crate::bpf::procs::types::{pystack, time_hist};
 use crate::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
@@ -29,7 +29,9 @@ use crate::profile::ViewKind;
 use crate::record::POLL_THREAD;
 use crate::target::layout::Layout;
 use crate::target::walk;
-use crate::views::{view, walker, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker};
+use crate::views::{
+    note_sampled, view, walker, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker,
+};
 use crate::Result;
 
 // SAFETY: plain C data, no padding, any bit pattern valid.
@@ -40,8 +42,6 @@ unsafe impl plain::Plain for types::wakeup_key {}
 unsafe impl plain::Plain for types::time_value {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::switch_out {}
-// SAFETY: as above.
-unsafe impl plain::Plain for types::kstack_ips {}
 
 struct Sched<'o> {
     skel: SchedSkel<'o>,
@@ -116,19 +116,7 @@ impl Sched<'_> {
         if back == 0 {
             return kernel_stack(&m.kstacks, id);
         }
-        let Some(bytes) = m
-            .kstacks_back
-            .lookup(&back.to_ne_bytes(), MapFlags::ANY)
-            .context("read a kernel stack")?
-        else {
-            return Ok(Vec::new());
-        };
-        let mut ips = types::kstack_ips::default();
-        plain::copy_from_bytes(&mut ips, &bytes)
-            .map_err(|_| anyhow::anyhow!("a kernel stack of the wrong size"))?;
-        let mut ips: Vec<u64> = ips.ips.into_iter().take_while(|&ip| ip != 0).collect();
-        ips.reverse();
-        Ok(ips)
+        kernel_stack_at(&m.kstacks_back, &back.to_ne_bytes())
     }
 
     fn offcpu_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
@@ -226,20 +214,14 @@ impl Sched<'_> {
         if self.sample_below_ns == 0 {
             return;
         }
-        v.sampled_below_ns = Some(self.sample_below_ns);
-        let b = self.skel.maps.bss_data.as_deref();
-        let (short, kept) = b.map_or((0, 0), |b| {
-            (live(&b.short_waits), live(&b.short_waits_kept))
-        });
-        let mut note = format!(
-            "waits shorter than {} sampled, each kept one weighted by 1/p \
-             (--sample-waits-below 0 keeps every wait)",
-            crate::readers::report::duration(self.sample_below_ns)
-        );
-        if v.kind == ViewKind::Offcpu {
-            note.push_str(&format!(": {kept} kept of {short}"));
-        }
-        v.notes.push(note);
+        let counts = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref()
+            .filter(|_| v.kind == ViewKind::Offcpu)
+            .map(|b| (live(&b.short_waits_kept), live(&b.short_waits)));
+        note_sampled(v, self.sample_below_ns, "waits", counts);
     }
 }
 
