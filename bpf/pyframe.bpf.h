@@ -401,12 +401,27 @@ static __always_inline __s32 kernel_stack_id(void *ctx)
 	return KSTACK_NONE;
 }
 
-/* Bytes of a frame read at once: enough for every field the walk reads
- * (userspace's layout check keeps them below it). */
+/* Bytes of a frame the walk needs at most: enough for every field it
+ * reads (userspace's layout check keeps them below it). */
 #define FRAME_CHUNK 128
 
+/*
+ * A frame's caller is most often just below it, in the same chunk of the
+ * thread's frame stack (3.11+: frames are pushed upwards, one after the
+ * other): the walk reads up to FRAME_WINDOW bytes at once, the frame and
+ * what lies below it on its page (never past the page, which the frame's
+ * own mapping covers), and takes the frames it holds from there. A walk
+ * of 20 frames makes 2 or 3 reads instead of 20. Generator frames, and
+ * 3.12+'s entry frames on the C stack, lie elsewhere: a window of their
+ * own.
+ */
+#define FRAME_WINDOW 2048
+#define PAGE_BYTES 4096ULL
+
 struct frame_bytes {
-	__u8 b[FRAME_CHUNK];
+	__u64 lo;  /* the user address of b[0] */
+	__u64 len; /* bytes of b read; 0: none */
+	__u8 b[FRAME_WINDOW + FRAME_CHUNK];
 };
 
 struct {
@@ -416,18 +431,64 @@ struct {
 	__type(value, struct frame_bytes);
 } frame_scratch SEC(".maps");
 
-/* The 8 bytes at `off` of a frame read into `c`, 0 past its end. */
-static __always_inline __u64 chunk_u64(const struct frame_bytes *c, __u32 off)
+/* The 8 bytes at `off` of the frame at `base` in `c`, 0 past its end. */
+static __always_inline __u64 chunk_u64(const struct frame_bytes *c, __u64 base, __u32 off)
 {
-	if (off > FRAME_CHUNK - 8)
+	if (base > FRAME_WINDOW || off > FRAME_CHUNK - 8)
 		return 0;
-	return *(const __u64 *)(c->b + off);
+	return *(const __u64 *)(c->b + base + off);
 }
+
+/* Reads the window that ends with the `n` bytes of the frame at `f` into
+ * `c` (just the frame if the window cannot be read); returns the frame's
+ * offset in it, or -1. */
+static __always_inline long read_window(struct frame_bytes *c, __u64 f, __u32 n)
+{
+	__u64 end = f + n, lo = f & ~(PAGE_BYTES - 1), len;
+
+	if (end > FRAME_WINDOW && end - FRAME_WINDOW > lo)
+		lo = end - FRAME_WINDOW;
+	len = end - lo;
+	if (len >= 1 && len <= FRAME_WINDOW &&
+	    !bpf_probe_read_user(c->b, read_size(len, FRAME_WINDOW), (const void *)lo)) {
+		c->lo = lo;
+		c->len = len;
+		return f - lo;
+	}
+	c->len = 0;
+	if (bpf_probe_read_user(c->b, read_size(n, FRAME_CHUNK), (const void *)f))
+		return -1;
+	c->lo = f;
+	c->len = n;
+	return 0;
+}
+
+/* Code objects whose type was checked (3.13+), per CPU, direct-mapped by
+ * address: f_executable is a code object or None, and None, a static
+ * object, is never at an address that held code, so an address once seen
+ * as code in a process is code whenever a live frame names it. `tag` is
+ * the process and its code type's address (another image after exec). */
+#define CODE_SEEN_SLOTS 256
+
+struct code_seen {
+	struct {
+		__u64 code;
+		__u64 tag;
+	} slot[CODE_SEEN_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct code_seen);
+} code_seen_scratch SEC(".maps");
 
 struct frame_walk {
 	__u64 frame;
 	__u64 h; /* the stack's hash so far */
 	__u64 code_type_addr;
+	__u64 tag; /* see code_seen */
 	__u32 frame_code;
 	__u32 frame_owner;
 	__u32 frame_previous;
@@ -447,6 +508,25 @@ struct {
 	__type(value, struct frame_walk);
 } frame_walk_scratch SEC(".maps");
 
+/* Whether `code` (not 0) is a code object; see code_seen. */
+static __always_inline int is_code(struct frame_walk *w, __u64 code)
+{
+	__u32 zero = 0, i = ((code >> 4) ^ (code >> 12)) & (CODE_SEEN_SLOTS - 1);
+	struct code_seen *seen = bpf_map_lookup_elem(&code_seen_scratch, &zero);
+
+	if (!w->check_type)
+		return 1;
+	if (seen && seen->slot[i].code == code && seen->slot[i].tag == w->tag)
+		return 1;
+	if (read_u64(code + w->object_type, &w->err) != w->code_type_addr)
+		return 0;
+	if (seen) {
+		seen->slot[i].code = code;
+		seen->slot[i].tag = w->tag;
+	}
+	return 1;
+}
+
 /* One frame of the chain into the scratch stack; stops at the end, on a
  * failed read, or when the stack is full (marking it truncated). */
 static long frame_step(__u32 i, void *arg)
@@ -455,27 +535,34 @@ static long frame_step(__u32 i, void *arg)
 	__u32 zero = 0, n = w->chunk_len;
 	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	struct frame_bytes *c = bpf_map_lookup_elem(&frame_scratch, &zero);
-	__u64 code, slot;
+	__u64 code, slot, f = w->frame;
+	long base;
 	__u8 owner;
 
-	if (!s || !c || !w->frame || w->err)
+	if (!s || !c || !f || w->err)
 		return 1;
-	/* One read for the fields of a frame that the walk needs. */
 	n &= (FRAME_CHUNK - 1) | FRAME_CHUNK;
-	if (n < 8 || n > FRAME_CHUNK ||
-	    bpf_probe_read_user(c->b, read_size(n, FRAME_CHUNK), (const void *)w->frame)) {
+	if (n < 8 || n > FRAME_CHUNK) {
+		w->err = 1;
+		return 1;
+	}
+	/* The frame from the window read last, else a new window. */
+	if (c->len && f >= c->lo && f + n <= c->lo + c->len)
+		base = f - c->lo;
+	else
+		base = read_window(c, f, n);
+	if (base < 0 || base > FRAME_WINDOW) {
 		w->err = 1;
 		return 1;
 	}
 	/* 3.14's f_executable is a _PyStackRef, a pointer with tag bits below
 	 * its alignment: masked off (a code object is at least 8-aligned, so
 	 * 3.11-3.13's plain pointers lose nothing). */
-	code = chunk_u64(c, w->frame_code) & ~7ULL;
-	owner = (__u8)chunk_u64(c, w->frame_owner);
+	code = chunk_u64(c, base, w->frame_code) & ~7ULL;
+	owner = (__u8)chunk_u64(c, base, w->frame_owner);
 	/* Skip the interpreter's shim frames and anything not code (3.13's
 	 * f_executable may be None; 3.11's and 3.12's f_code is code). */
-	if (owner != w->owner_cstack && code &&
-	    (!w->check_type || read_u64(code + w->object_type, &w->err) == w->code_type_addr)) {
+	if (owner != w->owner_cstack && code && is_code(w, code)) {
 		if (s->len >= PYSTACK_MAX_FRAMES) {
 			s->truncated = 1;
 			return 1;
@@ -485,7 +572,7 @@ static long frame_step(__u32 i, void *arg)
 		s->lasti[slot] = LASTI_NONE;
 		w->h = (w->h ^ code) * 0x100000001b3ULL;
 		if (with_lines) {
-			__u64 instr = chunk_u64(c, w->frame_instr);
+			__u64 instr = chunk_u64(c, base, w->frame_instr);
 			__u64 first = code + w->code_adaptive;
 
 			if (instr >= first && instr - first < (1ULL << 32))
@@ -494,7 +581,7 @@ static long frame_step(__u32 i, void *arg)
 		}
 		s->len++;
 	}
-	w->frame = chunk_u64(c, w->frame_previous);
+	w->frame = chunk_u64(c, base, w->frame_previous);
 	return 0;
 }
 
@@ -509,6 +596,7 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 {
 	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
 	struct frame_walk fw = {};
+	struct frame_bytes *c;
 	struct pystack *s;
 	__u32 zero = 0;
 	__u64 t, frame, id;
@@ -536,9 +624,14 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 	else
 		frame = read_u64(t + l->current_frame, &err);
 
+	c = bpf_map_lookup_elem(&frame_scratch, &zero);
+	if (!c)
+		return PYSTACK_NONE;
+	c->len = 0; /* no window yet: the last walk's may be stale */
 	s->len = 0;
 	s->truncated = 0;
 	fw.frame = frame;
+	fw.tag = l->code_type_addr ^ tgid;
 	fw.err = err;
 	fw.code_type_addr = l->code_type_addr;
 	fw.frame_code = l->frame_code;
