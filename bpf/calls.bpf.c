@@ -64,6 +64,10 @@ __u64 lost_events = 0;
 __u64 lost_nodes = 0;
 __u64 lost_threads = 0;
 __u64 calls_too_deep = 0;
+/* Nodes made: userspace moves those of exited threads out of call_nodes
+ * as it fills (a service that starts a thread per request makes more
+ * paths than the map holds). */
+__u64 nodes_made = 0;
 /* Frames popped without their own return (a return was missed). */
 __u64 missed_exits = 0;
 
@@ -109,6 +113,7 @@ static __always_inline struct call_node *get_node(__u64 id, __u64 parent, __u64 
 	init->tgid = tgid;
 	init->tid = tid;
 	if (bpf_map_update_elem(&call_nodes, &id, init, BPF_NOEXIST) == 0) {
+		__sync_fetch_and_add(&nodes_made, 1);
 		if (loops)
 			name_code(tgid, code);
 		else

@@ -98,6 +98,65 @@ pub fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
     Ok(out)
 }
 
+/// Every entry of hash map `map`, read 1,024 at a time (one syscall each,
+/// where [`entries`] makes two per entry). libbpf-rs's batch iterator is
+/// not used: it stops at the first batch shorter than asked, and a hash
+/// map's batches end at a bucket's end, short long before the last.
+pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &(impl MapCore + ?Sized),
+) -> Result<Vec<(K, V)>> {
+    use std::os::fd::AsRawFd;
+    const COUNT: u32 = 1024;
+    let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
+    let mut keys = vec![0u8; ks * COUNT as usize];
+    let mut values = vec![0u8; vs * COUNT as usize];
+    // The position between batches: a bucket index for a hash map.
+    let (mut at, mut next) = (0u64, 0u64);
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+        let mut n = COUNT;
+        // SAFETY: the buffers hold COUNT keys and values of the map's
+        // sizes; `at` and `next` are 8 bytes, more than a hash map's
+        // 4-byte position.
+        let ret = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    (&mut at as *mut u64).cast()
+                },
+                (&mut next as *mut u64).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut n,
+                &opts,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        for i in 0..(n as usize).min(COUNT as usize) {
+            let (mut k, mut v) = (K::default(), V::default());
+            plain::copy_from_bytes(&mut k, &keys[i * ks..(i + 1) * ks])
+                .map_err(|_| anyhow::anyhow!("a short map key"))?;
+            plain::copy_from_bytes(&mut v, &values[i * vs..(i + 1) * vs])
+                .map_err(|_| anyhow::anyhow!("a short map value"))?;
+            out.push((k, v));
+        }
+        if ret < 0 {
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                break; // the end of the map
+            }
+            return Err(err).context("read a map in batches");
+        }
+        at = next;
+    }
+    Ok(out)
+}
+
 /// A histogram as the profile keeps it: without its trailing empty slots.
 pub fn trimmed(hist: &[u32]) -> Vec<u64> {
     let used = hist.iter().rposition(|&n| n != 0).map_or(0, |i| i + 1);

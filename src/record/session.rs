@@ -261,6 +261,9 @@ pub fn record(
         }
         find_layouts(&mut tracker, &o.layout, &o.procs, &mut o.views, pid);
         tracker.listen_to_names(&o.layout);
+        for v in &mut o.views {
+            v.tick();
+        }
         for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
             proc_threads(p, &mut threads);
         }

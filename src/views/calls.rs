@@ -5,17 +5,17 @@
 //! reads what a thread leaving the CPU wrote since. Each thread's call
 //! stack is kept in the kernel; the view's rows are its call paths.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::Link;
+use libbpf_rs::{Link, MapCore, MapFlags};
 use pyusdt_contract::calls::MAX_DEPTH;
 
 use crate::bpf::calls::{types, CallsSkel, CallsSkelBuilder};
 use crate::bpf::kernel::{self, Variant};
 use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
-use crate::bpf::maps::{entries, live, trimmed};
+use crate::bpf::maps::{entries, hash_entries, live, trimmed};
 use crate::profile::pyname;
 use crate::profile::ViewKind;
 use crate::target::{layout, Target};
@@ -37,6 +37,80 @@ unsafe impl plain::Plain for types::call_frame {}
 struct Calls<'o> {
     skel: CallsSkel<'o>,
     links: Vec<Link>,
+    /// Nodes of threads that exited, moved out of `call_nodes` as it
+    /// filled, by id.
+    moved: HashMap<u64, types::call_node>,
+    /// The count of nodes made (`nodes_made`) at which the next move is due.
+    move_at: u64,
+}
+
+/// Keys deleted from `call_nodes` per call.
+const MOVE_BATCH: usize = 1024;
+
+impl Calls<'_> {
+    /// Nodes made between two moves: a quarter of the map, so that the
+    /// map is never more than about half full of exited threads' nodes,
+    /// and a map full of live threads' is not read again at every tick.
+    fn move_every(&self) -> u64 {
+        u64::from(self.skel.maps.call_nodes.max_entries() / 4)
+    }
+
+    /// Moves the nodes of threads that exited out of `call_nodes` into
+    /// `moved`: a thread that exited left `call_threads` (its exit
+    /// handler deleted it) and no program writes its nodes any more.
+    /// Returns how many moved.
+    fn move_exited(&mut self) -> Result<usize> {
+        let m = &self.skel.maps;
+        let nodes =
+            hash_entries::<u64, types::call_node>(&m.call_nodes).context("read the call paths")?;
+        // Read after the nodes: a thread absent now had exited before.
+        let alive: HashSet<u32> = m
+            .call_threads
+            .keys()
+            .filter_map(|k| {
+                k.get(..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .collect();
+        let gone: Vec<(u64, types::call_node)> = nodes
+            .into_iter()
+            .filter(|(_, n)| !alive.contains(&n.tid))
+            .collect();
+        let mut moved = 0;
+        for chunk in gone.chunks(MOVE_BATCH) {
+            let keys: Vec<u8> = chunk.iter().flat_map(|(id, _)| id.to_ne_bytes()).collect();
+            let deleted = m
+                .call_nodes
+                .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .is_ok();
+            for (id, n) in chunk {
+                // A batch that failed part-way: each key alone, so that a
+                // node is moved only once it is out of the map.
+                if deleted || m.call_nodes.delete(&id.to_ne_bytes()).is_ok() {
+                    add_node(&mut self.moved, *id, n);
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Adds node `n` to `nodes` under `id`: a thread id used again makes the
+/// same ids, whose counts add up.
+fn add_node(nodes: &mut HashMap<u64, types::call_node>, id: u64, n: &types::call_node) {
+    match nodes.get_mut(&id) {
+        Some(have) => {
+            have.calls += n.calls;
+            have.self_ns += n.self_ns;
+            for (a, b) in have.hist.iter_mut().zip(n.hist.iter()) {
+                *a += b;
+            }
+        }
+        None => {
+            nodes.insert(id, *n);
+        }
+    }
 }
 
 /// Loads the call tracer and attaches it to the target's `pyusdt:calls`;
@@ -54,7 +128,12 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         );
     }
     let (skel, links) = btf_or_raw(slots, |st, v| open(st, s.shared, s.target, v))?;
-    Ok(Box::new(Calls { skel, links }))
+    Ok(Box::new(Calls {
+        skel,
+        links,
+        moved: HashMap::new(),
+        move_at: 0,
+    }))
 }
 
 fn open<'o>(
@@ -111,10 +190,10 @@ impl Recorder for Calls<'_> {
 
     fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
-        let mut nodes: HashMap<u64, types::call_node> =
-            entries::<u64, types::call_node>(&m.call_nodes)?
-                .into_iter()
-                .collect();
+        let mut nodes = self.moved.clone();
+        for (id, n) in entries::<u64, types::call_node>(&m.call_nodes)? {
+            add_node(&mut nodes, id, &n);
+        }
         let threads = entries::<u32, types::call_thread>(&m.call_threads)?;
         close_running(&mut nodes, &threads, r.end_monotonic_ns);
         Ok(vec![view(ViewKind::Calls, &self.counters(), paths(&nodes))])
@@ -122,6 +201,22 @@ impl Recorder for Calls<'_> {
 
     fn detach(&mut self) {
         self.links.clear();
+    }
+
+    fn tick(&mut self) {
+        let made = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref()
+            .map_or(0, |b| live(&b.nodes_made));
+        if made < self.move_at + self.move_every() {
+            return;
+        }
+        self.move_at = made;
+        // If they cannot be read, the nodes stay where they are: the map
+        // may fill, and what does not fit is counted as lost.
+        let _ = self.move_exited();
     }
 
     fn errors(&self, walk_errors: &mut BTreeMap<String, u64>) {

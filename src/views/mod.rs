@@ -126,6 +126,9 @@ pub trait Recorder {
     /// The recorded Python processes now (with `first`, the target):
     /// attaches what this view attaches per process.
     fn watch(&mut self, _live: &[Process], _first: u32) {}
+    /// Called every tick of the recording (100 ms): housekeeping of its
+    /// maps while the programs run.
+    fn tick(&mut self) {}
     /// What it counts besides its views' events, into `walk_errors`.
     fn errors(&self, _walk_errors: &mut BTreeMap<String, u64>) {}
     /// Process `pid` (which announced `layout`) ran before the recording

@@ -126,6 +126,31 @@ def shape_richards():
     run_richards(richards_module())
 
 
+# CHURN_THREADS threads, one after the other, each calling CHURN_LEAVES
+# functions of their own code: about 46 call paths a thread, 92,000 in
+# all, more than the kernel's map of paths holds (65,536). At most about
+# a thousand threads a second, as a busy service starts them (the
+# recorder moves exited threads' paths out of the map every 100 ms; an
+# unpaced loop here starts 8,000 a second and fills the map in between).
+CHURN_THREADS = 2000
+CHURN_LEAVES = 40
+CHURN = {}
+exec("\n".join(f"def churn_leaf_{i}():\n    pass" for i in range(CHURN_LEAVES)), CHURN)
+
+
+def churn_work():
+    for i in range(CHURN_LEAVES):
+        CHURN[f"churn_leaf_{i}"]()
+
+
+def shape_churn():
+    for _ in range(CHURN_THREADS):
+        t = threading.Thread(target=churn_work)
+        t.start()
+        t.join()
+        time.sleep(0.001)
+
+
 if __name__ == "__main__":
     shape = sys.argv[1]
     if shape == "richards" and sys.argv[2:3] == ["--cprofile"]:
