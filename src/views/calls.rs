@@ -101,10 +101,10 @@ impl Calls<'_> {
 fn add_node(nodes: &mut HashMap<u64, types::call_node>, id: u64, n: &types::call_node) {
     match nodes.get_mut(&id) {
         Some(have) => {
-            have.calls += n.calls;
-            have.self_ns += n.self_ns;
+            have.calls = have.calls.saturating_add(n.calls);
+            have.self_ns = have.self_ns.saturating_add(n.self_ns);
             for (a, b) in have.hist.iter_mut().zip(n.hist.iter()) {
-                *a += b;
+                *a = a.saturating_add(*b);
             }
         }
         None => {
@@ -191,7 +191,7 @@ impl Recorder for Calls<'_> {
     fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
         let mut nodes = self.moved.clone();
-        for (id, n) in entries::<u64, types::call_node>(&m.call_nodes)? {
+        for (id, n) in hash_entries::<u64, types::call_node>(&m.call_nodes)? {
             add_node(&mut nodes, id, &n);
         }
         let threads = entries::<u32, types::call_thread>(&m.call_threads)?;

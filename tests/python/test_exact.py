@@ -100,14 +100,18 @@ def test_threads_that_come_and_go_never_fill_the_map_of_paths(tmp_path):
     assert view["lost"] == 0, view["lost"]
     leaves = {}
     for (tid, chain), n in calls.items():
-        if chain[-1].startswith("churn_leaf_"):
+        # The main thread's paths are left out: code objects are named by
+        # address, and a module's code freed after its import may have
+        # left its address to a leaf compiled later (seen on 3.14), which
+        # then names that import's path too.
+        if tid != "main" and chain[-1].startswith("churn_leaf_"):
             assert chain[-2] == "churn_work", chain
             leaves.setdefault(tid, {})[chain[-1]] = n
     # 2000 threads (a thread id the kernel used again sums two threads'),
     # each calling each of its 40 leaves once.
     assert sum(sum(t.values()) for t in leaves.values()) == 2000 * 40
     assert all(len(t) == 40 for t in leaves.values())
-    assert sum(calls[k] for k in calls if k[1][-1:] == ("churn_work",)) == 2000
+    assert sum(v for k, v in calls.items() if k[0] != "main" and k[1][-1:] == ("churn_work",)) == 2000
 
 
 @per_call
