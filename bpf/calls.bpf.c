@@ -474,15 +474,25 @@ static __always_inline int on_switch(struct task_struct *prev, const int loops)
 TP_WALK(sched_switch, switch, on_switch(prev, loops), bool preempt, struct task_struct *prev,
 	struct task_struct *next)
 
+/* Threads that exited since userspace last moved nodes out, by tid: no
+ * program writes their nodes again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} call_exited SEC(".maps");
+
 /* A thread that exits leaves its stack behind for a new thread of the
- * same id: drop it. */
+ * same id: drop it, and say that its nodes are final. */
 static __always_inline int on_exit(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
+	__u8 one = 1;
 
-	if (is_target(id >> 32))
-		bpf_map_delete_elem(&call_threads, &tid);
+	if (is_target(id >> 32) && bpf_map_delete_elem(&call_threads, &tid) == 0)
+		bpf_map_update_elem(&call_exited, &tid, &one, BPF_ANY);
 	return 0;
 }
 

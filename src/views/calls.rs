@@ -56,25 +56,36 @@ impl Calls<'_> {
     }
 
     /// Moves the nodes of threads that exited out of `call_nodes` into
-    /// `moved`: a thread that exited left `call_threads` (its exit
-    /// handler deleted it) and no program writes its nodes any more.
-    /// Returns how many moved.
+    /// `moved`. Their exit handler names them in `call_exited`, read
+    /// before the nodes: no program writes their nodes after that, so
+    /// the copies read are final. A thread id that is in `call_threads`
+    /// again after the read is a new thread's, and waits. Returns how
+    /// many moved.
     fn move_exited(&mut self) -> Result<usize> {
         let m = &self.skel.maps;
+        let tids = |map: &dyn MapCore| -> HashSet<u32> {
+            map.keys()
+                .filter_map(|k| {
+                    k.get(..4)
+                        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                })
+                .collect()
+        };
+        let exited = tids(&m.call_exited);
+        if exited.is_empty() {
+            return Ok(0);
+        }
         let nodes =
             hash_entries::<u64, types::call_node>(&m.call_nodes).context("read the call paths")?;
-        // Read after the nodes: a thread absent now had exited before.
-        let alive: HashSet<u32> = m
-            .call_threads
-            .keys()
-            .filter_map(|k| {
-                k.get(..4)
-                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            })
-            .collect();
+        let again = tids(&m.call_threads);
+        for tid in &exited {
+            if !again.contains(tid) {
+                let _ = m.call_exited.delete(&tid.to_ne_bytes());
+            }
+        }
         let gone: Vec<(u64, types::call_node)> = nodes
             .into_iter()
-            .filter(|(_, n)| !alive.contains(&n.tid))
+            .filter(|(_, n)| exited.contains(&n.tid) && !again.contains(&n.tid))
             .collect();
         let mut moved = 0;
         for chunk in gone.chunks(MOVE_BATCH) {
