@@ -90,12 +90,20 @@ pub fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
         let Some(vb) = map.lookup(&kb, MapFlags::ANY).context("read a count")? else {
             continue;
         };
-        let (mut k, mut v) = (K::default(), V::default());
-        plain::copy_from_bytes(&mut k, &kb).map_err(|_| anyhow::anyhow!("a short map key"))?;
-        plain::copy_from_bytes(&mut v, &vb).map_err(|_| anyhow::anyhow!("a short map value"))?;
-        out.push((k, v));
+        out.push(decode(&kb, &vb)?);
     }
     Ok(out)
+}
+
+/// A map entry's key and value bytes, decoded.
+fn decode<K: plain::Plain + Default, V: plain::Plain + Default>(
+    kb: &[u8],
+    vb: &[u8],
+) -> Result<(K, V)> {
+    let (mut k, mut v) = (K::default(), V::default());
+    plain::copy_from_bytes(&mut k, kb).map_err(|_| anyhow::anyhow!("a short map key"))?;
+    plain::copy_from_bytes(&mut v, vb).map_err(|_| anyhow::anyhow!("a short map value"))?;
+    Ok((k, v))
 }
 
 /// Every entry of hash map `map`, read 1,024 at a time (one syscall each,
@@ -139,12 +147,10 @@ pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
         };
         let err = std::io::Error::last_os_error();
         for i in 0..(n as usize).min(COUNT as usize) {
-            let (mut k, mut v) = (K::default(), V::default());
-            plain::copy_from_bytes(&mut k, &keys[i * ks..(i + 1) * ks])
-                .map_err(|_| anyhow::anyhow!("a short map key"))?;
-            plain::copy_from_bytes(&mut v, &values[i * vs..(i + 1) * vs])
-                .map_err(|_| anyhow::anyhow!("a short map value"))?;
-            out.push((k, v));
+            out.push(decode(
+                &keys[i * ks..(i + 1) * ks],
+                &values[i * vs..(i + 1) * vs],
+            )?);
         }
         if ret < 0 {
             if err.raw_os_error() == Some(libc::ENOENT) {

@@ -59,9 +59,8 @@ impl Calls<'_> {
     /// `moved`. Their exit handler names them in `call_exited`, read
     /// before the nodes: no program writes their nodes after that, so
     /// the copies read are final. A thread id that is in `call_threads`
-    /// again after the read is a new thread's, and waits. Returns how
-    /// many moved.
-    fn move_exited(&mut self) -> Result<usize> {
+    /// again after the read is a new thread's, and waits.
+    fn move_exited(&mut self) -> Result<()> {
         let m = &self.skel.maps;
         let tids = |map: &dyn MapCore| -> HashSet<u32> {
             map.keys()
@@ -73,7 +72,7 @@ impl Calls<'_> {
         };
         let exited = tids(&m.call_exited);
         if exited.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let nodes =
             hash_entries::<u64, types::call_node>(&m.call_nodes).context("read the call paths")?;
@@ -87,7 +86,6 @@ impl Calls<'_> {
             .into_iter()
             .filter(|(_, n)| exited.contains(&n.tid) && !again.contains(&n.tid))
             .collect();
-        let mut moved = 0;
         for chunk in gone.chunks(MOVE_BATCH) {
             let keys: Vec<u8> = chunk.iter().flat_map(|(id, _)| id.to_ne_bytes()).collect();
             let deleted = m
@@ -99,11 +97,10 @@ impl Calls<'_> {
                 // node is moved only once it is out of the map.
                 if deleted || m.call_nodes.delete(&id.to_ne_bytes()).is_ok() {
                     add_node(&mut self.moved, *id, n);
-                    moved += 1;
                 }
             }
         }
-        Ok(moved)
+        Ok(())
     }
 }
 
