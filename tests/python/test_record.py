@@ -136,6 +136,35 @@ def test_lock_wait_and_its_waker(tmp_path, variant):
     assert "holder" in after, stack
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_syscall_that_blocks_many_times_counts_every_block_under_its_caller(
+        tmp_path, variant):
+    # One write of 1 MiB into a pipe that another thread empties 64 KiB
+    # every 5 ms: the syscall blocks about 15 times, each block over the
+    # 1 ms under which waits are sampled, so each counts whole, under
+    # big_write, and together they are the write's time.
+    need_bpf(prof_binary())
+    out = tmp_path / "pipe.json"
+    p = subprocess.run(
+        [prof_binary(), "record", "--views", "offcpu", "-o", str(out),
+         "--", PY, "-m", "pyusdt", SHAPES, "pipe"],
+        capture_output=True, text=True, timeout=TIMEOUT * 2,
+        env={**os.environ, **variant},
+    )
+    assert p.returncode == 0, p.stderr
+    took = int(re.search(r"^wrote (\d+)$", p.stdout, re.M).group(1))
+    values, counts = fold(out, "offcpu"), fold(out, "offcpu", count=True)
+    blocks = [s for s in values if fn(s[-1 - kernel_depth(s)]) == "big_write"]
+    blocked, n = sum(values[s] for s in blocks), sum(counts[s] for s in blocks)
+    # 15 pauses of the reader after the first 64 KiB (a wake-up may find
+    # the next chunk already read: a few fewer), and short blocks where
+    # the writer wakes while the reader is still reading (sampled: each
+    # kept one counts for the ones like it).
+    assert n >= 10, (n, blocks)
+    # All but the copies of the chunks, on the CPU.
+    assert 0.85 * took <= blocked <= took, (blocked, took)
+
+
 def test_cpu_shares_follow_the_work(tmp_path):
     code, path = record(tmp_path, "cpu", views="cpu", extra=("-F", "999"))
     assert code == 0

@@ -77,6 +77,35 @@ def shape_longsleep():
     long_sleeper(60)
 
 
+PIPE_BYTES = 1 << 20
+PIPE_CHUNK = 1 << 16
+
+
+def slow_reader(fd):
+    got = 0
+    while got < PIPE_BYTES:
+        got += len(os.read(fd, PIPE_CHUNK))
+        time.sleep(0.005)
+
+
+def big_write(fd):
+    t = time.monotonic_ns()
+    os.write(fd, b"x" * PIPE_BYTES)
+    return time.monotonic_ns() - t
+
+
+def shape_pipe():
+    """One write of 1 MiB under big_write into a pipe that slow_reader
+    empties 64 KiB every 5 ms: one syscall that blocks about 15 times.
+    Prints how long the write took, in ns."""
+    r, w = os.pipe()
+    t = threading.Thread(target=slow_reader, args=(r,), name="reader")
+    t.start()
+    took = big_write(w)
+    t.join()
+    print(f"wrote {took}", flush=True)
+
+
 def holder(lock, held, release):
     with lock:
         held.set()
