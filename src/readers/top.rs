@@ -367,9 +367,16 @@ impl Driver {
 }
 
 /// `pyusdt-prof top -p PID`: records process `pid`'s cpu, offcpu and
-/// syscall views and draws them in place every `interval` until `q`,
-/// `stop`, or the process exits.
-pub fn run(pid: u32, freq: u64, interval: Duration, stop: &AtomicBool) -> Result<()> {
+/// syscall views (off-CPU waits shorter than `sample_below_ns` sampled)
+/// and draws them in place every `interval` until `q`, `stop`, or the
+/// process exits.
+pub fn run(
+    pid: u32,
+    freq: u64,
+    interval: Duration,
+    sample_below_ns: u64,
+    stop: &AtomicBool,
+) -> Result<()> {
     errors::check_can_trace()?;
     let t = target::find(pid)?;
     let screen = Screen::open()?;
@@ -384,15 +391,21 @@ pub fn run(pid: u32, freq: u64, interval: Duration, stop: &AtomicBool) -> Result
         span: None,
         attached: true,
         gil_probes: false,
-        sample_waits_below_ns: 0,
+        sample_waits_below_ns: sample_below_ns,
     };
-    let title = format!(
+    let mut title = format!(
         "pyusdt-prof top: process {} ({})",
         t.pid,
         crate::profile::short_command(
             &target::command_line(t.pid).unwrap_or_else(|| vec![t.comm.clone()])
         )
     );
+    if sample_below_ns > 0 {
+        title.push_str(&format!(
+            "; off-CPU waits under {} sampled",
+            duration(sample_below_ns)
+        ));
+    }
     let mut driver = Driver::new(Top::new(title, freq), screen, interval);
     let mut failed = None;
     let result = record::record(

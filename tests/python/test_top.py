@@ -68,6 +68,8 @@ def test_top_shows_the_work_sorts_and_quits(tmp_path, pyusdt):
             # Self time: spin (under heavy and light) leads the CPU.
             s = tmux.wait_for(lambda s: rows(s) and rows(s)[0][0] == "spin", "spin first")
             assert "sorted by CPU" in s and "self time" in s
+            # Short off-CPU waits are sampled, as record samples them.
+            assert "off-CPU waits under 1.00 ms sampled" in s
             # Total time: heavy has about three times light's CPU.
             tmux.keys("t")
             s = tmux.wait_for(lambda s: "total time" in s and

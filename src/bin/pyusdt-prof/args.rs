@@ -201,6 +201,12 @@ pub enum Command {
         /// Seconds between refreshes.
         #[arg(short, long, default_value_t = 1.0, value_parser = parse_seconds)]
         interval: f64,
+        /// Off-CPU waits shorter than this are sampled, as `record` samples
+        /// them (each kept one counts for the ones like it, so every
+        /// function's expected time is the true one); 0 keeps every wait,
+        /// at the full price. A number with a unit: 1ms, 250us, 0.
+        #[arg(long, value_name = "TIME", default_value = "1ms", value_parser = parse_wait)]
+        sample_waits_below: u64,
     },
     /// Print the numbers behind the flamegraphs: top functions, syscall
     /// tables and latency histograms.

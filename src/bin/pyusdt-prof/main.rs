@@ -118,9 +118,11 @@ fn run(cli: Cli) -> Result<u8> {
             pid,
             freq,
             interval,
+            sample_waits_below,
         } => {
             catch_signals();
-            top::run(pid, freq, Duration::from_secs_f64(interval), &STOP)?;
+            let interval = Duration::from_secs_f64(interval);
+            top::run(pid, freq, interval, sample_waits_below, &STOP)?;
         }
         Command::Report {
             input,
