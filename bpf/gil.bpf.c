@@ -3,7 +3,7 @@
  * The gil view, two ways. By default, at the futex syscalls (see
  * gil_futex_enter below): a wait is seen where it blocks on the GIL's
  * condition, and nothing runs per take of the GIL; 1-byte writes, which
- * drop and take the GIL each, ran 2.03x plain this way against 16.3x with
+ * drop and take the GIL each, ran 2.01x plain this way against 15.7x with
  * the uprobes (make bench, 5 interleaved rounds).
  *
  * With --gil-probes: uprobes on the interpreter's take_gil (entry and

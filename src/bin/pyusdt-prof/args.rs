@@ -80,29 +80,29 @@ pub enum Command {
     /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
     /// frames per event, about a microsecond):
     ///
-    ///   cpu      samples at -F Hz; ~4-5 us per sample: unmeasurable on
+    ///   cpu      samples at -F Hz; ~3-6 us per sample: unmeasurable on
     ///            pyperformance, http.server 1.04x. The default.
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
-    ///            waits under 1 ms sampled (--sample-waits-below); ~1.2 us
-    ///            per context switch: http.server 1.14x slower (every
-    ///            wait, 2.2 us per switch: 1.14x).
+    ///            waits under 1 ms sampled (--sample-waits-below); ~1.3 us
+    ///            per context switch: http.server 1.09x slower (every
+    ///            wait, 2.4 us per switch: 1.18x).
     ///   wakeup   time waited, under the thread and frames that woke it;
-    ///            sampled alike; ~0.6 us per wake-up: http.server 1.12x.
-    ///   syscall  time inside each syscall, and calls; ~0.4-0.8 us per
-    ///            syscall: 1-byte writes 6.0x, http.server 1.24x.
+    ///            sampled alike; ~0.6 us per wake-up: http.server 1.11x.
+    ///   syscall  time inside each syscall, and calls; ~0.6-1 us per
+    ///            syscall: 1-byte writes 5.9x, http.server 1.24x.
     ///   gil      time waiting for the GIL, under the thread that held it;
     ///            seen where a wait blocks, at the futex syscalls, blocks
-    ///            under 1 ms sampled: 1-byte writes 2.03x (empty handlers
-    ///            there: 1.78x), http.server 1.09x. With --gil-probes,
+    ///            under 1 ms sampled: 1-byte writes 2.01x (empty handlers
+    ///            there: 1.71x), http.server 1.10x. With --gil-probes,
     ///            uprobes on every take and drop of the GIL: 1-byte writes
-    ///            16.3x, http.server 1.25x; and cpu samples of threads
+    ///            15.7x, http.server 1.22x; and cpu samples of threads
     ///            waiting for it end in `[waiting for the GIL]`.
-    ///   all      every view above: http.server 1.42x.
+    ///   all      every view above: http.server 1.35x.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
     ///            call path. ~135 ns per call (two sys.monitoring
-    ///            callbacks, batched into the kernel): fib 5.6x slower
-    ///            (cProfile 6.6x, bpftrace on PY_START/PY_RETURN 31x).
+    ///            callbacks, batched into the kernel): fib 5.1x slower
+    ///            (cProfile 6.5x, bpftrace on PY_START/PY_RETURN 30x).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
     /// more than the 3% a profiler attached to a live service may take;
