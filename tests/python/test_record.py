@@ -18,8 +18,9 @@ from conftest import PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf, prof_binar
 SHAPES = str(SCRIPTS / "shapes.py")
 
 
-def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=(), env=None):
-    """Launches SHAPE under the recorder; returns (exit code, profile path)."""
+def run_recorded(tmp_path, shape, views, extra=(), env=None):
+    """Launches SHAPE under the recorder; returns (the finished recorder,
+    whose stdout is the program's, and the profile's path)."""
     need_bpf(prof_binary())
     out = tmp_path / f"{shape}.json"
     p = subprocess.run(
@@ -28,6 +29,12 @@ def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=(), env=Non
         capture_output=True, text=True, timeout=TIMEOUT * 2,
         env={**os.environ, **(env or {})},
     )
+    return p, out
+
+
+def record(tmp_path, shape, views="cpu,offcpu,syscall,wakeup", extra=(), env=None):
+    """Launches SHAPE under the recorder; returns (exit code, profile path)."""
+    p, out = run_recorded(tmp_path, shape, views, extra, env)
     assert out.exists(), p.stderr
     assert "pyusdt-prof: wrote" in p.stderr, p.stderr
     return p.returncode, out
@@ -143,14 +150,7 @@ def test_a_syscall_that_blocks_many_times_counts_every_block_under_its_caller(
     # every 5 ms: the syscall blocks about 15 times, each block over the
     # 1 ms under which waits are sampled, so each counts whole, under
     # big_write, and together they are the write's time.
-    need_bpf(prof_binary())
-    out = tmp_path / "pipe.json"
-    p = subprocess.run(
-        [prof_binary(), "record", "--views", "offcpu", "-o", str(out),
-         "--", PY, "-m", "pyusdt", SHAPES, "pipe"],
-        capture_output=True, text=True, timeout=TIMEOUT * 2,
-        env={**os.environ, **variant},
-    )
+    p, out = run_recorded(tmp_path, "pipe", "offcpu", env=variant)
     assert p.returncode == 0, p.stderr
     took = int(re.search(r"^wrote (\d+)$", p.stdout, re.M).group(1))
     values, counts = fold(out, "offcpu"), fold(out, "offcpu", count=True)
@@ -496,13 +496,7 @@ def test_a_recording_holds_only_its_process(tmp_path):
 def test_a_syscall_storm_is_counted_exactly(tmp_path):
     """As many 1-byte writes as four threads can make: every one recorded
     under its function, or counted as lost."""
-    need_bpf(prof_binary())
-    out = tmp_path / "storm.json"
-    p = subprocess.run(
-        [prof_binary(), "record", "--views", "syscall", "-o", str(out),
-         "--", PY, "-m", "pyusdt", SHAPES, "storm"],
-        capture_output=True, text=True, timeout=TIMEOUT * 2,
-    )
+    p, out = run_recorded(tmp_path, "storm", "syscall")
     assert p.returncode == 0, p.stderr
     made = int(p.stdout.split()[-1])
     profile = json.loads(out.read_text())
