@@ -172,7 +172,7 @@ HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf"
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
             "drop_gil_enter": "drop_gil entry", "gil_futex_enter_btf": "sys_enter (gil)",
-            "gil_futex_exit_btf": "sys_exit (gil)"}
+            "gil_futex_exit_btf": "sys_exit (gil)", "gil_switch_btf": "sched_switch (gil)"}
 
 
 def workload_cmd(w):

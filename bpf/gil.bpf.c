@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 /*
- * The gil view, two ways. By default, at the futex syscalls (see
- * gil_futex_enter below): a wait is seen where it blocks on the GIL's
- * condition, and nothing runs per take of the GIL; 1-byte writes, which
- * drop and take the GIL each, ran 2.01x plain this way against 15.7x with
- * the uprobes (make bench, 5 interleaved rounds).
+ * The gil view, two ways. By default, a wait is seen where it blocks on
+ * the GIL's condition, and nothing runs per take of the GIL: at
+ * sched_switch (gil_switch below) where the kernel can say which syscall a
+ * thread leaving the CPU is in, else at the futex syscalls
+ * (gil_futex_enter below). 1-byte writes, which drop and take the GIL
+ * each, ran 2.01x plain at the futex syscalls against 15.7x with the
+ * uprobes (make bench, 5 interleaved rounds).
  *
  * With --gil-probes: uprobes on the interpreter's take_gil (entry and
  * return) and drop_gil (entry), which CPython builds keep as local
@@ -145,13 +147,14 @@ const volatile __u64 sample_below_ns = 0;
 __u64 gil_short_blocks = 0;
 __u64 gil_short_kept = 0;
 
-/* Processes whose GIL waits are seen at the futex syscalls, by tgid. */
+/* Processes whose GIL waits are seen as their blocks (at the futex
+ * syscalls, or at sched_switch), by tgid. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_TARGETS);
 	__type(key, __u32);
 	__type(value, __u8);
-} gil_by_futex SEC(".maps");
+} gil_by_blocks SEC(".maps");
 
 /* A thread in a wait for the GIL: blocked since `since` (0 between two
  * blocks: its last block timed out at `timed_out`), at the stack where the
@@ -184,7 +187,7 @@ static __always_inline int on_futex_enter(struct pt_regs *regs, long nr, const i
 	struct gil_block *b, init = {};
 	__u64 uaddr, cond, now;
 
-	if (nr != SYS_FUTEX || !is_target(tgid) || !bpf_map_lookup_elem(&gil_by_futex, &tgid))
+	if (nr != SYS_FUTEX || !is_target(tgid) || !bpf_map_lookup_elem(&gil_by_blocks, &tgid))
 		return 0;
 	l = bpf_map_lookup_elem(&layouts, &tgid);
 	if (!l)
@@ -260,12 +263,148 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 	return 0;
 }
 
+/*
+ * Where the kernel can say which syscall a thread leaving the CPU is in
+ * (tp_btf and bpf_task_pt_regs, Linux 5.15+), the same blocks are seen at
+ * sched_switch, and the syscalls, which the futex way slows down one and
+ * all (1-byte writes 1.7x with empty handlers there), cost nothing: a
+ * target thread that leaves the CPU inside a futex wait on the GIL's
+ * condition (its saved orig_ax is the futex syscall, its first argument
+ * in the condition) begins a block, and its return to the CPU ends it.
+ * The return is seen in another thread, where the target's memory cannot
+ * be read, so the stacks are read as the block begins: the waiter's, and
+ * that of the thread it waits for (gil->last_holder, as it is then).
+ * Every block is counted, none sampled: the walks are made either way.
+ * A block that begins within GIL_REWAIT_NS of the end of one that timed
+ * out (lasted the switch interval, gil->interval, the field before
+ * last_holder in every version) is the same wait's; the time between
+ * is not counted (the waiter ran, asking the holder to let go).
+ */
+struct gil_switch_block {
+	__u64 since;	/* 0 between two blocks of a wait */
+	__u64 interval; /* the switch interval, ns */
+	__u64 ended;	/* when its last block ended, if that one timed out */
+	__u32 first;	/* the block is its wait's first */
+	__u32 reserved;
+	struct gil_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct gil_switch_block);
+} gil_switch_blocks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gil_switch_block);
+} gil_switch_scratch SEC(".maps");
+
+/* A target thread `tid` of `tgid` leaves the CPU inside a futex wait on
+ * the GIL's condition (it is current): a block begins. */
+static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct pyusdt_layout *l,
+					     __u64 now, const int loops)
+{
+	struct gil_switch_block *b = bpf_map_lookup_elem(&gil_switch_blocks, &tid);
+	__u32 zero = 0;
+	__u64 holder;
+	int err = 0;
+
+	if (b && b->ended && now - b->ended < GIL_REWAIT_NS) {
+		b->since = now; /* the same wait, under the stacks it began with */
+		b->first = 0;
+		return;
+	}
+	b = bpf_map_lookup_elem(&gil_switch_scratch, &zero);
+	if (!b)
+		return;
+	b->key.tgid = tgid;
+	b->key.tid = tid;
+	b->key.pystack = py_stack_id(tgid, tid, loops);
+	b->key.holder_tid = 0;
+	b->key.reserved = 0;
+	b->key.holder_pystack = PYSTACK_NONE;
+	holder = read_u64(l->gil_addr + l->gil_last_holder, &err);
+	if (holder && !err) {
+		b->key.holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
+		if (err)
+			b->key.holder_tid = 0;
+		else if (b->key.holder_tid && b->key.holder_tid != tid)
+			b->key.holder_pystack = py_stack_id_of(tgid, b->key.holder_tid, loops);
+	}
+	err = 0;
+	b->interval = l->gil_last_holder >= 8 ?
+			      read_u64(l->gil_addr + l->gil_last_holder - 8, &err) * 1000 :
+			      0;
+	if (err)
+		b->interval = 0;
+	b->ended = 0;
+	b->first = 1;
+	b->reserved = 0;
+	b->since = bpf_ktime_get_ns(); /* after the walks: their cost is not a wait */
+	if (bpf_map_update_elem(&gil_switch_blocks, &tid, b, BPF_ANY))
+		__sync_fetch_and_add(&lost_gil, 1);
+}
+
+static __always_inline int on_gil_switch(struct task_struct *prev, struct task_struct *next,
+					 const int loops, const int btf_args)
+{
+	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
+	__u32 next_tid = BPF_CORE_READ(next, pid);
+	const struct pyusdt_layout *l;
+	struct gil_switch_block *b;
+	struct pt_regs *regs;
+	__u64 now, ns, uaddr, cond;
+
+	/* A target thread comes back: a block of it ends. */
+	if (is_target(BPF_CORE_READ(next, tgid))) {
+		b = bpf_map_lookup_elem(&gil_switch_blocks, &next_tid);
+		if (b && b->since) {
+			now = bpf_ktime_get_ns();
+			ns = now - b->since;
+			b->since = 0;
+			if (b->first)
+				__sync_fetch_and_add(&gil_waited, 1);
+			/* The histogram counts each block, as add_time_part does. */
+			add_time_part(&gil, &b->key, ns, b->first, &lost_gil);
+			/* Timed out: its wait goes on with its next block. */
+			if (b->interval && ns >= b->interval - b->interval / 8)
+				b->ended = now;
+			else
+				bpf_map_delete_elem(&gil_switch_blocks, &next_tid);
+		}
+	}
+	if (!btf_args || !is_target(prev_tgid) || !in_span(prev_tid) ||
+	    !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
+		return 0;
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	if (BPF_CORE_READ(regs, orig_ax) != SYS_FUTEX)
+		return 0;
+	l = bpf_map_lookup_elem(&layouts, &prev_tgid);
+	if (!l)
+		return 0;
+	uaddr = BPF_CORE_READ(regs, di);
+	cond = l->gil_addr + l->gil_cond;
+	if (uaddr >= cond && uaddr < cond + l->gil_cond_size)
+		gil_block_begins(prev_tgid, prev_tid, l, bpf_ktime_get_ns(), loops);
+	return 0;
+}
+
+TP_WALK(sched_switch, gil_switch, on_gil_switch(prev, next, loops, btf_args), bool preempt,
+	struct task_struct *prev, struct task_struct *next)
+
 TP_WALK(sys_enter, gil_futex_enter, on_futex_enter(regs, id, loops), struct pt_regs *regs, long id)
 
 TP_WALK(sys_exit, gil_futex_exit, on_futex_exit(ret, loops), struct pt_regs *regs, long ret)
 
 /* Puts the key and value types in the skeleton's types. */
 struct gil_key _gil_key = {};
+struct gil_switch_block _gil_switch_block = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};

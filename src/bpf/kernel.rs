@@ -37,6 +37,10 @@ pub struct Kernel {
     /// Whether perf_event programs may use hash maps allocated as they
     /// grow (Linux 6.1; before, only preallocated ones).
     pub perf_event_dynamic_maps: bool,
+    /// The `bpf_task_pt_regs()` helper (Linux 5.15): which syscall a
+    /// thread leaving the CPU is in, so that the gil view sees its blocks
+    /// at sched_switch rather than at the futex syscalls.
+    pub task_pt_regs: bool,
 }
 
 impl std::fmt::Display for Kernel {
@@ -77,6 +81,9 @@ impl Kernel {
             bpf_loop: yes(ProgramType::Kprobe.is_helper_supported(libbpf_sys::BPF_FUNC_loop)),
             ringbuf: yes(MapType::RingBuf.is_supported()),
             perf_event_dynamic_maps: perf_event_takes_dynamic_maps(),
+            task_pt_regs: yes(
+                ProgramType::Kprobe.is_helper_supported(libbpf_sys::BPF_FUNC_task_pt_regs)
+            ),
         }
     }
 
@@ -118,6 +125,7 @@ pub struct Check {
     pub tp_btf: Option<bool>,
     pub bpf_loop: Option<bool>,
     pub perf_event_dynamic_maps: Option<bool>,
+    pub task_pt_regs: Option<bool>,
     /// The lockdown mode, where the kernel has one.
     pub lockdown: Option<String>,
     /// The capabilities this process lacks to load BPF programs.
@@ -149,6 +157,7 @@ impl Check {
             tp_btf: probed(k.tp_btf),
             bpf_loop: probed(k.bpf_loop),
             perf_event_dynamic_maps: probed(k.perf_event_dynamic_maps),
+            task_pt_regs: probed(k.task_pt_regs),
             ok: btf
                 && k.ringbuf
                 && missing.is_empty()
@@ -190,6 +199,11 @@ impl std::fmt::Display for Check {
                     None => "?",
                 },
                 "any from 6.1",
+            ),
+            (
+                "bpf_task_pt_regs()",
+                yes(self.task_pt_regs),
+                "gil view at sched_switch, else at the futex syscalls (5.15)",
             ),
         ];
         for (what, has, why) in rows {

@@ -1,14 +1,17 @@
 //! The gil view (`bpf/gil.bpf.c`): each wait for the GIL under the
 //! waiter's stack and the thread that held the GIL last. By default a wait
-//! is seen where it blocks, at the futex syscalls: its blocks on the GIL's
-//! condition, whose address the process's layout gives (cheap: nothing
-//! runs per take of the GIL). With `--gil-probes`, uprobes on the
+//! is seen where it blocks: its blocks on the GIL's condition, whose
+//! address the process's layout gives, seen at `sched_switch` where the
+//! kernel tells which syscall a thread leaving the CPU is in (tp_btf and
+//! `bpf_task_pt_regs`, 5.15+), else at the futex syscalls (cheap either
+//! way: nothing runs per take of the GIL; the first costs the syscalls
+//! nothing). With `--gil-probes`, uprobes on the
 //! interpreter's `take_gil` (entry and return) and `drop_gil` see every
 //! take, also those that did not block, at a uprobe's price each; they
 //! live in each process's interpreter and are attached per process as the
 //! recording finds them ([`Recorder::watch`]), and where an interpreter
 //! has no such symbols (a stripped build, as distributions ship) its waits
-//! are seen at the futex syscalls all the same.
+//! are seen as their blocks all the same.
 
 use std::collections::HashMap;
 
@@ -36,20 +39,23 @@ unsafe impl plain::Plain for types::gil_key {}
 struct Gil<'o> {
     skel: GilSkel<'o>,
     variant: Variant,
-    /// Uprobes asked for (--gil-probes), not the futex syscalls.
+    /// Uprobes asked for (--gil-probes), not the blocks.
     by_probes: bool,
     /// Each process's probes, and the program (generation) they are in.
     probes: HashMap<u32, (u32, Vec<Link>)>,
-    /// The futex syscall programs, once a process needs them.
-    futex: Vec<Link>,
+    /// The programs that see blocks (sched_switch, or the futex
+    /// syscalls), once a process needs them.
+    blocks: Vec<Link>,
+    /// Blocks are seen at sched_switch, not at the futex syscalls.
+    at_switch: bool,
     /// How processes' waits were measured, where not by the probes.
     notes: Vec<String>,
     /// Why the first process's waits could not be measured at all.
     unmeasured: Option<String>,
     /// Blocks at the futex syscalls shorter than this are sampled; 0: none.
     sample_below_ns: u64,
-    /// Some process's waits were watched at the futex syscalls.
-    futex_used: bool,
+    /// Some process's waits were watched as their blocks.
+    blocks_used: bool,
 }
 
 /// Loads the GIL probes; they are attached per process by `watch`.
@@ -61,11 +67,12 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         variant,
         by_probes: s.gil_probes || forced(PROBES),
         probes: HashMap::new(),
-        futex: Vec::new(),
+        blocks: Vec::new(),
+        at_switch: variant.btf && kernel::kernel().task_pt_regs,
         notes: Vec::new(),
         unmeasured: None,
         sample_below_ns: below,
-        futex_used: false,
+        blocks_used: false,
     }))
 }
 
@@ -93,8 +100,9 @@ fn open<'o>(
     Ok((skel, v))
 }
 
-/// Set (to anything but 0): every process's waits are seen at the futex
-/// syscalls, even with --gil-probes (to compare the two ways).
+/// Set (to anything but 0): every process's waits are seen as their
+/// blocks (at sched_switch or the futex syscalls), even with
+/// --gil-probes (to compare the two ways).
 const FORCE_FUTEX: &str = "PYUSDT_PROF_GIL_FUTEX";
 /// Set (to anything but 0): as --gil-probes (for the tests, which run each
 /// way through the environment).
@@ -135,8 +143,11 @@ fn attach(skel: &GilSkel<'_>, pid: u32, v: Variant) -> Result<Vec<Link>> {
 impl Gil<'_> {
     /// Watches process `pid`'s GIL waits at the futex syscalls (where its
     /// interpreter cannot be probed, `why`); says so in the view.
-    fn by_futex(&mut self, pid: u32, first: u32, why: Option<&anyhow::Error>) {
-        let how = match self.futex_on(pid) {
+    fn by_blocks(&mut self, pid: u32, first: u32, why: Option<&anyhow::Error>) {
+        let how = match self.blocks_on(pid) {
+            Ok(()) if self.at_switch => "its waits are its blocks on the GIL's condition, \
+                                         seen as it leaves the CPU in them (sched_switch)"
+                .to_string(),
             Ok(()) => "its waits are its blocks on the GIL's condition, seen at the futex \
                        syscalls"
                 .to_string(),
@@ -164,20 +175,24 @@ impl Gil<'_> {
         }
     }
 
-    fn futex_on(&mut self, pid: u32) -> Result<()> {
+    fn blocks_on(&mut self, pid: u32) -> Result<()> {
         self.skel
             .maps
-            .gil_by_futex
+            .gil_by_blocks
             .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
             .context("watch the process's futex waits")?;
-        self.futex_used = true;
-        if self.futex.is_empty() {
+        self.blocks_used = true;
+        if self.blocks.is_empty() {
             let o = self.skel.object();
             let v = self.variant;
-            self.futex = vec![
-                attach_tp(o, "gil_futex_enter", v, "raw_syscalls:sys_enter")?,
-                attach_tp(o, "gil_futex_exit", v, "raw_syscalls:sys_exit")?,
-            ];
+            self.blocks = if self.at_switch {
+                vec![attach_tp(o, "gil_switch", v, "sched_switch")?]
+            } else {
+                vec![
+                    attach_tp(o, "gil_futex_enter", v, "raw_syscalls:sys_enter")?,
+                    attach_tp(o, "gil_futex_exit", v, "raw_syscalls:sys_exit")?,
+                ]
+            };
         }
         Ok(())
     }
@@ -220,7 +235,8 @@ impl Recorder for Gil<'_> {
         let mut v = view(ViewKind::Gil, &self.counters(), out);
         v.notes = self.notes.clone();
         v.unavailable = self.unmeasured.clone();
-        if self.futex_used && self.sample_below_ns > 0 {
+        // Blocks seen at sched_switch are every one counted.
+        if self.blocks_used && !self.at_switch && self.sample_below_ns > 0 {
             let counts = self
                 .skel
                 .maps
@@ -235,7 +251,7 @@ impl Recorder for Gil<'_> {
 
     fn detach(&mut self) {
         self.probes.clear();
-        self.futex.clear();
+        self.blocks.clear();
     }
 
     /// Attaches the probes to each live Python process that has not had
@@ -263,7 +279,7 @@ impl Recorder for Gil<'_> {
             let links = match how {
                 Ok(links) => links,
                 Err(why) => {
-                    self.by_futex(p.pid, first, why.as_ref());
+                    self.by_blocks(p.pid, first, why.as_ref());
                     Vec::new()
                 }
             };

@@ -1,19 +1,20 @@
 """The gil view, against ground truth: threads of known shape, recorded for
 real under BPF, both ways the view measures: the waits' blocks on the
-GIL's condition at the futex syscalls (the default), and, with
---gil-probes (PYUSDT_PROF_GIL_PROBES here), uprobes on the interpreter's
-take_gil and drop_gil (where those symbols are stripped, the futex way
-all the same)."""
+GIL's condition (the default), seen at sched_switch (tp_btf on 5.15+) or
+at the futex syscalls (raw_tp, older kernels), and, with --gil-probes
+(PYUSDT_PROF_GIL_PROBES here), uprobes on the interpreter's take_gil and
+drop_gil (where those symbols are stripped, the blocks all the same)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
 
 import pytest
 
-from conftest import PY, SCRIPTS, TIMEOUT, VARIANTS, need_bpf, prof_binary
+from conftest import KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS, need_bpf, prof_binary
 from test_record import fold, fn, record
 
 SHAPES = str(SCRIPTS / "shapes.py")
@@ -55,8 +56,8 @@ def launch(tmp_path, shape, views, env=None):
 
 PROBES = {"PYUSDT_PROF_GIL_PROBES": "1"}
 # Each way of measuring, on each program variant that tells them apart
-# (tp_btf with bpf_loop, bounded loops on raw_tp); the futex way applies to
-# the syscall programs, where the probes' programs have no tracepoint.
+# (tp_btf with bpf_loop: blocks at sched_switch; bounded loops on raw_tp:
+# blocks at the futex syscalls; the probes' programs have no tracepoint).
 MODES = [pytest.param({**v.values[0], **PROBES}, id=f"probes-{v.id}", marks=v.marks)
          for v in VARIANTS[::3]] + [
     pytest.param(v.values[0], id=f"futex-{v.id}", marks=v.marks) for v in VARIANTS[::3]]
@@ -73,21 +74,41 @@ def interpreter_has_take_gil():
     return any(line.split()[-1:] == ["take_gil"] for line in nm.stdout.splitlines())
 
 
-def futex_expected(variant):
-    return "PYUSDT_PROF_GIL_PROBES" not in variant or not interpreter_has_take_gil()
+# How the gil view's note ends, by where it saw the blocks.
+BLOCKS = {
+    "sched_switch": "its waits are its blocks on the GIL's condition, seen as it leaves "
+                    "the CPU in them (sched_switch)",
+    "futex": "its waits are its blocks on the GIL's condition, seen at the futex syscalls",
+}
 
 
-def by_futex(profile):
-    """Whether the gil view saw the waits at the futex syscalls (the
-    default, or an interpreter without the symbols to probe)."""
+def blocks_expected(variant):
+    """Where the recorder should see the GIL's blocks under `variant`:
+    "sched_switch", "futex", or None (the probes). (bpf_task_pt_regs is
+    there from 5.15: the recorder must find it.)"""
+    release = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", KERNEL.get("kernel", "0.0")).groups())
+    assert release < (5, 15) or KERNEL.get("task_pt_regs") is not False, KERNEL
+    if "PYUSDT_PROF_GIL_PROBES" in variant and interpreter_has_take_gil():
+        return None
+    if "PYUSDT_PROF_RAW_TP" not in variant and KERNEL.get("tp_btf") and KERNEL.get("task_pt_regs"):
+        return "sched_switch"
+    return "futex"
+
+
+def by_blocks(profile):
+    """Where the gil view saw the waits as blocks on the GIL's condition
+    (the default, or an interpreter without the symbols to probe), as
+    blocks_expected says it; None if it did not (the probes)."""
     gil = next(v for v in profile["views"] if v["kind"] == "gil")
-    return any("seen at the futex syscalls" in n for n in gil.get("notes", []))
+    notes = gil.get("notes", [])
+    return next((way for way, note in BLOCKS.items() if any(n.endswith(note) for n in notes)),
+                None)
 
 
 @pytest.mark.parametrize("variant", MODES)
 def test_two_cpu_bound_threads_each_wait_about_half(tmp_path, variant):
     stdout, path = launch(tmp_path, "gil_pair", "gil,cpu", variant)
-    assert by_futex(json.loads(path.read_text())) == futex_expected(variant)
+    assert by_blocks(json.loads(path.read_text())) == blocks_expected(variant)
     clocks = {}
     for line in stdout.splitlines():
         name, start, end = line.split()
@@ -129,12 +150,13 @@ def test_an_io_thread_waits_after_each_read_under_the_call(tmp_path, variant):
     # switch interval), made io drop the GIL between two reads, in io_call.
     # Each of those follows a wait of cpu's of 5 ms or more. Seen at the
     # futex syscalls, a wait is counted only if it blocked (not where io
-    # took the GIL back before the cpu thread, woken, could).
+    # took the GIL back before the cpu thread, woken, could). The same at
+    # sched_switch.
     profile = json.loads(out.read_text())
-    assert by_futex(profile) == futex_expected(variant)
+    assert by_blocks(profile) == blocks_expected(variant)
     forced = long_waits(profile, "cpu", 1 << 22)
     under_io_call = sum(v for s, v in counts.items() if waiter_leaf(s) == "io_call")
-    least = 1 if by_futex(profile) else reads
+    least = 1 if by_blocks(profile) else reads
     assert least <= under_io_call <= reads + forced, (under_io_call, reads, forced)
     times = per_thread(fold(out, "gil"), "io")
     waited = sum(times.values())
@@ -177,7 +199,7 @@ def stripped_interpreter(tmp_path):
     return d
 
 
-def test_a_stripped_interpreter_is_measured_at_the_futex_syscalls_and_says_so(tmp_path):
+def test_a_stripped_interpreter_is_measured_at_its_blocks_and_says_so(tmp_path):
     d = stripped_interpreter(tmp_path)
     if d is None:
         pytest.skip("this interpreter has no shared libpython to strip")
@@ -186,13 +208,19 @@ def test_a_stripped_interpreter_is_measured_at_the_futex_syscalls_and_says_so(tm
     assert code == 0
     profile = json.loads(path.read_text())
     gil = next(v for v in profile["views"] if v["kind"] == "gil")
-    note, sampling = gil["notes"]
+    note, *sampling = gil["notes"]
     assert "has no symbol take_gil (a stripped interpreter)" in note
-    assert note.endswith("its waits are its blocks on the GIL's condition, seen at the futex syscalls")
-    # Blocks under 1 ms are sampled (each kept one weighted); the spinners'
-    # 5 ms blocks are all kept.
-    assert gil["sampled_below_ns"] == 1_000_000
-    assert sampling.startswith("blocks at the futex syscalls shorter than 1.00 ms sampled"), sampling
+    way = blocks_expected({})
+    assert note.endswith(BLOCKS[way]), note
+    if way == "futex":
+        # Blocks under 1 ms are sampled (each kept one weighted); the
+        # spinners' 5 ms blocks are all kept.
+        assert gil["sampled_below_ns"] == 1_000_000
+        assert sampling[0].startswith("blocks at the futex syscalls shorter than 1.00 ms sampled")
+    else:
+        # At sched_switch, where the stacks are read as every block
+        # begins, every block is counted.
+        assert not gil.get("sampled_below_ns") and not sampling, gil
     assert "unavailable" not in gil
     # Each spinner waits while the other holds the GIL.
     stacks = fold(path, "gil")
