@@ -180,22 +180,30 @@ struct {
 /* A block that follows a timed-out one this soon is the same wait's. */
 #define GIL_REWAIT_NS 1000000
 
+/* Process `tgid`'s layout if `regs`, a thread's saved registers at a
+ * futex syscall, wait on its GIL's condition; else NULL. */
+static __always_inline const struct pyusdt_layout *gil_cond_wait(__u32 tgid, struct pt_regs *regs)
+{
+	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
+	__u64 uaddr, cond;
+
+	if (!l)
+		return NULL;
+	uaddr = BPF_CORE_READ(regs, di);
+	cond = l->gil_addr + l->gil_cond;
+	return uaddr >= cond && uaddr < cond + l->gil_cond_size ? l : NULL;
+}
+
 static __always_inline int on_futex_enter(struct pt_regs *regs, long nr, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
-	const struct pyusdt_layout *l;
 	struct gil_block *b, init = {};
-	__u64 uaddr, cond, now;
+	__u64 now;
 
 	if (nr != SYS_FUTEX || !is_target(tgid) || !bpf_map_lookup_elem(&gil_by_blocks, &tgid))
 		return 0;
-	l = bpf_map_lookup_elem(&layouts, &tgid);
-	if (!l)
-		return 0;
-	uaddr = BPF_CORE_READ(regs, di);
-	cond = l->gil_addr + l->gil_cond;
-	if (uaddr < cond || uaddr >= cond + l->gil_cond_size)
+	if (!gil_cond_wait(tgid, regs))
 		return 0;
 	b = bpf_map_lookup_elem(&gil_blocks, &tid);
 	now = bpf_ktime_get_ns();
@@ -358,7 +366,7 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 	const struct pyusdt_layout *l;
 	struct gil_switch_block *b;
 	struct pt_regs *regs;
-	__u64 now, ns, uaddr, cond;
+	__u64 now, ns;
 
 	/* A target thread comes back: a block of it ends. */
 	if (is_target(BPF_CORE_READ(next, tgid))) {
@@ -386,12 +394,8 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
 	if (BPF_CORE_READ(regs, orig_ax) != SYS_FUTEX)
 		return 0;
-	l = bpf_map_lookup_elem(&layouts, &prev_tgid);
-	if (!l)
-		return 0;
-	uaddr = BPF_CORE_READ(regs, di);
-	cond = l->gil_addr + l->gil_cond;
-	if (uaddr >= cond && uaddr < cond + l->gil_cond_size)
+	l = gil_cond_wait(prev_tgid, regs);
+	if (l)
 		gil_block_begins(prev_tgid, prev_tid, l, bpf_ktime_get_ns(), loops);
 	return 0;
 }
