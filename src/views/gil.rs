@@ -141,7 +141,7 @@ fn attach(skel: &GilSkel<'_>, pid: u32, v: Variant) -> Result<Vec<Link>> {
 }
 
 impl Gil<'_> {
-    /// Watches process `pid`'s GIL waits at the futex syscalls (where its
+    /// Watches process `pid`'s GIL waits as their blocks (where its
     /// interpreter cannot be probed, `why`); says so in the view.
     fn by_blocks(&mut self, pid: u32, first: u32, why: Option<&anyhow::Error>) {
         let how = match self.blocks_on(pid) {
@@ -180,7 +180,7 @@ impl Gil<'_> {
             .maps
             .gil_by_blocks
             .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
-            .context("watch the process's futex waits")?;
+            .context("watch the process's blocks on the GIL")?;
         self.blocks_used = true;
         if self.blocks.is_empty() {
             let o = self.skel.object();
@@ -256,7 +256,7 @@ impl Recorder for Gil<'_> {
 
     /// Attaches the probes to each live Python process that has not had
     /// them yet in the program it runs now (or, where its interpreter has
-    /// no symbols to probe, watches its futex waits); forgets processes
+    /// no symbols to probe, watches its blocks on the GIL); forgets processes
     /// gone or turned into another program.
     fn watch(&mut self, live: &[Process], first: u32) {
         self.probes.retain(|pid, (generation, _)| {
