@@ -180,6 +180,24 @@ struct {
 /* A block that follows a timed-out one this soon is the same wait's. */
 #define GIL_REWAIT_NS 1000000
 
+/* Fills `key`'s holder: the thread the GIL's last_holder names in the
+ * waiter's process (layout `l`), and its Python stack as it is now (none
+ * if it is the waiter itself: it let the GIL go). */
+static __always_inline void gil_holder(struct gil_key *key, const struct pyusdt_layout *l,
+				       const int loops)
+{
+	int err = 0;
+	__u64 holder = read_u64(l->gil_addr + l->gil_last_holder, &err);
+
+	key->holder_tid = 0;
+	key->holder_pystack = PYSTACK_NONE;
+	if (!holder || err)
+		return;
+	key->holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
+	if (key->holder_tid && key->holder_tid != key->tid && !err)
+		key->holder_pystack = py_stack_id_of(key->tgid, key->holder_tid, loops);
+}
+
 /* Process `tgid`'s layout if `regs`, a thread's saved registers at a
  * futex syscall, wait on its GIL's condition; else NULL. */
 static __always_inline const struct pyusdt_layout *gil_cond_wait(__u32 tgid, struct pt_regs *regs)
@@ -228,8 +246,7 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 	const struct pyusdt_layout *l;
 	struct gil_key key = {};
 	struct gil_block *b;
-	__u64 ns, holder, first, weight;
-	int err = 0;
+	__u64 ns, first, weight;
 
 	b = bpf_map_lookup_elem(&gil_blocks, &tid);
 	if (!b || !b->since)
@@ -250,14 +267,8 @@ static __always_inline int on_futex_exit(long ret, const int loops)
 		key.tid = tid;
 		key.pystack = b->pystack;
 		l = bpf_map_lookup_elem(&layouts, &tgid);
-		holder = l ? read_u64(l->gil_addr + l->gil_last_holder, &err) : 0;
-		if (l && holder && !err) {
-			key.holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
-			if (key.holder_tid == tid)
-				key.holder_pystack = PYSTACK_NONE; /* it let it go itself */
-			else if (key.holder_tid && !err)
-				key.holder_pystack = py_stack_id_of(tgid, key.holder_tid, loops);
-		}
+		if (l)
+			gil_holder(&key, l, loops);
 		/* The histogram counts each block, as add_time_part does. */
 		add_time_at(&gil, &key, ns * weight, hist_slot(ns), first * weight, weight,
 			    &lost_gil);
@@ -319,7 +330,6 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 {
 	struct gil_switch_block *b = bpf_map_lookup_elem(&gil_switch_blocks, &tid);
 	__u32 zero = 0;
-	__u64 holder;
 	int err = 0;
 
 	if (b && b->ended && now - b->ended < GIL_REWAIT_NS) {
@@ -333,18 +343,8 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 	b->key.tgid = tgid;
 	b->key.tid = tid;
 	b->key.pystack = py_stack_id(tgid, tid, loops);
-	b->key.holder_tid = 0;
 	b->key.reserved = 0;
-	b->key.holder_pystack = PYSTACK_NONE;
-	holder = read_u64(l->gil_addr + l->gil_last_holder, &err);
-	if (holder && !err) {
-		b->key.holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
-		if (err)
-			b->key.holder_tid = 0;
-		else if (b->key.holder_tid && b->key.holder_tid != tid)
-			b->key.holder_pystack = py_stack_id_of(tgid, b->key.holder_tid, loops);
-	}
-	err = 0;
+	gil_holder(&b->key, l, loops);
 	b->interval = l->gil_last_holder >= 8 ?
 			      read_u64(l->gil_addr + l->gil_last_holder - 8, &err) * 1000 :
 			      0;
