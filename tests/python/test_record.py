@@ -627,7 +627,10 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
         assert 0.6 * in_syscall <= away <= 1.15 * in_syscall, (kind, away, in_syscall)
     note = next(n for n in by_kind["offcpu"]["notes"] if "sampled" in n)
     kept, short = map(int, re.search(r"(\d+) kept of (\d+)", note).groups())
-    assert short >= 4000 and kept < short / 2, note
+    # Every sleep is a short wait unless the machine is loaded enough to
+    # keep one away for over 1 ms (2 of 4000 were once, in CI), and other
+    # threads add a few.
+    assert short >= 0.98 * 4000 and kept < short / 2, note
 
     exact = tmp_path / "exact"
     exact.mkdir()
