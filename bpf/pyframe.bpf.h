@@ -85,6 +85,22 @@ struct {
 	__type(value, struct comm_value);
 } comms SEC(".maps");
 
+/* Puts `value` at `key` in hash `map` unless one is there: returns 1 if it
+ * put it, 0 if one was there, -1 if the map is full. It looks first: an
+ * update takes the bucket's lock even when the key is there, and most
+ * keys (stacks seen before) are. */
+static __always_inline int put_once(void *map, const void *key, const void *value)
+{
+	long err;
+
+	if (bpf_map_lookup_elem(map, key))
+		return 0;
+	err = bpf_map_update_elem(map, key, value, BPF_NOEXIST);
+	if (!err)
+		return 1;
+	return err == -EEXIST ? 0 : -1;
+}
+
 /* Walks that found no stack, by enum pystack_error. */
 __u64 pystack_errors[PYSTACK_ERR_MAX] = {};
 
@@ -172,20 +188,63 @@ static long thread_step(__u32 i, void *arg)
 
 BOUNDED_CHUNK_FN(thread_walk_bounded, thread_walk_scratch, thread_step)
 
-/* The PyThreadState of thread `tid`, or 0. */
+/* Bytes of a thread state read at once (see py_thread_state). */
+#define TSTATE_SPAN 256
+
+struct tstate_bytes {
+	__u8 b[TSTATE_SPAN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tstate_bytes);
+} tstate_scratch SEC(".maps");
+
+/* The 8 bytes at `off` of `t`, 0 past its end. */
+static __always_inline __u64 tstate_u64(const struct tstate_bytes *t, __u32 off)
+{
+	if (off > TSTATE_SPAN - 8)
+		return 0;
+	return *(const __u64 *)(t->b + off);
+}
+
+/*
+ * The PyThreadState of thread `tid`, or 0; and in *also the 8 bytes at
+ * `also_off` of it, read with its thread id where the two lie within
+ * TSTATE_SPAN bytes (a read of user memory costs about 40 ns whatever
+ * its size up to a page, most of what a walk costs before its frames),
+ * else 0 (the caller reads them).
+ */
 static __always_inline __u64 py_thread_state(const struct pyusdt_layout *l, __u32 tid,
-					     const int loops)
+					     const int loops, __u32 also_off, __u64 *also)
 {
 	__u64 *cached = bpf_map_lookup_elem(&tstates, &tid);
 	struct thread_walk w = { .tid = tid };
+	__u32 zero = 0, lo, hi;
+	struct tstate_bytes *tb;
 	__u64 native;
 	int err = 0;
 
+	*also = 0;
 	/* A cached state is trusted only while it still names this thread. */
 	if (cached && *cached) {
-		native = read_u64(*cached + l->tstate_native_thread_id, &err);
-		if (!err && native == tid)
-			return *cached;
+		lo = l->tstate_native_thread_id < also_off ? l->tstate_native_thread_id : also_off;
+		hi = l->tstate_native_thread_id < also_off ? also_off : l->tstate_native_thread_id;
+		tb = bpf_map_lookup_elem(&tstate_scratch, &zero);
+		if (tb && hi - lo <= TSTATE_SPAN - 8 &&
+		    !bpf_probe_read_user(tb->b, read_size(hi - lo + 8, TSTATE_SPAN),
+					 (const void *)(*cached + lo))) {
+			if (tstate_u64(tb, l->tstate_native_thread_id - lo) == tid) {
+				*also = tstate_u64(tb, also_off - lo);
+				return *cached;
+			}
+		} else {
+			native = read_u64(*cached + l->tstate_native_thread_id, &err);
+			if (!err && native == tid)
+				return *cached;
+		}
 	}
 	w.native_off = l->tstate_native_thread_id;
 	w.next_off = l->tstate_next;
@@ -424,12 +483,23 @@ struct frame_bytes {
 	__u8 b[FRAME_WINDOW + FRAME_CHUNK];
 };
 
+/* Two windows: the walk goes back and forth between the thread's frame
+ * stack and the entry frames on its C stack (3.12+), and the caller of an
+ * entry frame is most often in the window the walk read before it. */
+#define FRAME_WINDOWS 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FRAME_WINDOWS);
 	__type(key, __u32);
 	__type(value, struct frame_bytes);
 } frame_scratch SEC(".maps");
+
+/* Whether window `c` holds the `n` bytes at `f`. */
+static __always_inline int in_window(const struct frame_bytes *c, __u64 f, __u32 n)
+{
+	return c->len && f >= c->lo && f + n <= c->lo + c->len;
+}
 
 /* The 8 bytes at `off` of the frame at `base` in `c`, 0 past its end. */
 static __always_inline __u64 chunk_u64(const struct frame_bytes *c, __u64 base, __u32 off)
@@ -498,6 +568,7 @@ struct frame_walk {
 	__u32 code_adaptive;
 	__u32 chunk_len;  /* bytes of each frame to read */
 	__u32 check_type; /* whether f_code may be something other than code */
+	__u32 window;	  /* the window (of frame_scratch) used last */
 	int err;
 };
 
@@ -532,25 +603,37 @@ static __always_inline int is_code(struct frame_walk *w, __u64 code)
 static long frame_step(__u32 i, void *arg)
 {
 	struct frame_walk *w = arg;
-	__u32 zero = 0, n = w->chunk_len;
+	__u32 zero = 0, one = 1, n = w->chunk_len;
 	struct pystack *s = bpf_map_lookup_elem(&pystack_scratch, &zero);
-	struct frame_bytes *c = bpf_map_lookup_elem(&frame_scratch, &zero);
+	struct frame_bytes *c0 = bpf_map_lookup_elem(&frame_scratch, &zero);
+	struct frame_bytes *c1 = bpf_map_lookup_elem(&frame_scratch, &one);
+	struct frame_bytes *c;
 	__u64 code, slot, f = w->frame;
 	long base;
 	__u8 owner;
 
-	if (!s || !c || !f || w->err)
+	if (!s || !c0 || !c1 || !f || w->err)
 		return 1;
 	n &= (FRAME_CHUNK - 1) | FRAME_CHUNK;
 	if (n < 8 || n > FRAME_CHUNK) {
 		w->err = 1;
 		return 1;
 	}
-	/* The frame from the window read last, else a new window. */
-	if (c->len && f >= c->lo && f + n <= c->lo + c->len)
+	/* The frame from a window read before, else a new window in place of
+	 * the one used less recently. */
+	if (in_window(c0, f, n)) {
+		c = c0;
+		w->window = 0;
 		base = f - c->lo;
-	else
+	} else if (in_window(c1, f, n)) {
+		c = c1;
+		w->window = 1;
+		base = f - c->lo;
+	} else {
+		c = w->window ? c0 : c1;
+		w->window = !w->window;
 		base = read_window(c, f, n);
+	}
 	if (base < 0 || base > FRAME_WINDOW) {
 		w->err = 1;
 		return 1;
@@ -596,11 +679,11 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 {
 	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
 	struct frame_walk fw = {};
-	struct frame_bytes *c;
+	struct frame_bytes *c, *c1;
 	struct pystack *s;
-	__u32 zero = 0;
+	__u32 zero = 0, one = 1;
 	__u64 t, frame, id;
-	int err = 0;
+	int err = 0, cframe;
 
 	/* Every thread's name, Python's or not: pyusdt's poll thread is
 	 * known by it, even in a child that exits before /proc is read. */
@@ -613,21 +696,26 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 	s = bpf_map_lookup_elem(&pystack_scratch, &zero);
 	if (!s)
 		return PYSTACK_NONE;
-	t = py_thread_state(l, tid, loops);
+	/* The innermost frame: through tstate->cframe on 3.11 and 3.12. */
+	cframe = l->flags & PYUSDT_F_CFRAME;
+	t = py_thread_state(l, tid, loops, cframe ? l->tstate_cframe : l->current_frame, &frame);
 	if (!t) {
 		pystack_error(PYSTACK_ERR_NO_THREAD);
 		return PYSTACK_NONE;
 	}
-	/* The innermost frame: through tstate->cframe on 3.11 and 3.12. */
-	if (l->flags & PYUSDT_F_CFRAME)
-		frame = read_u64(read_u64(t + l->tstate_cframe, &err) + l->current_frame, &err);
-	else
-		frame = read_u64(t + l->current_frame, &err);
+	if (!frame)
+		frame = read_u64(t + (cframe ? l->tstate_cframe : l->current_frame), &err);
+	if (cframe)
+		frame = read_u64(frame + l->current_frame, &err);
 
 	c = bpf_map_lookup_elem(&frame_scratch, &zero);
-	if (!c)
+	c1 = bpf_map_lookup_elem(&frame_scratch, &one);
+	if (!c || !c1)
 		return PYSTACK_NONE;
-	c->len = 0; /* no window yet: the last walk's may be stale */
+	/* No window yet: the last walk's may be stale. */
+	c->len = 0;
+	c1->len = 0;
+	fw.window = 1; /* the first window read is window 0 */
 	s->len = 0;
 	s->truncated = 0;
 	fw.frame = frame;
@@ -678,12 +766,12 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 	id = fw.h ^ s->truncated;
 	if (id == PYSTACK_NONE)
 		id = 1;
-	err = bpf_map_update_elem(&pystacks, &id, s, BPF_NOEXIST);
-	if (err && err != -EEXIST) {
+	err = put_once(&pystacks, &id, s);
+	if (err < 0) {
 		pystack_error(PYSTACK_ERR_FULL);
 		return PYSTACK_NONE;
 	}
-	if (err == 0)
+	if (err > 0)
 		name_codes(tgid, loops); /* a stack not seen before */
 	return id;
 }
