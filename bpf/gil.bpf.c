@@ -328,7 +328,7 @@ struct {
 static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct pyusdt_layout *l,
 					     __u64 now, const int loops)
 {
-	struct gil_switch_block *b = bpf_map_lookup_elem(&gil_switch_blocks, &tid);
+	struct gil_switch_block *known = bpf_map_lookup_elem(&gil_switch_blocks, &tid), *b = known;
 	__u32 zero = 0;
 	int err = 0;
 
@@ -337,7 +337,10 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 		b->first = 0;
 		return;
 	}
-	b = bpf_map_lookup_elem(&gil_switch_scratch, &zero);
+	/* A thread's entry is made once, then rewritten in place (as the
+	 * scheduler's maps are: bpf/sched.bpf.c). */
+	if (!b)
+		b = bpf_map_lookup_elem(&gil_switch_scratch, &zero);
 	if (!b)
 		return;
 	b->key.tgid = tgid;
@@ -354,7 +357,7 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 	b->first = 1;
 	b->reserved = 0;
 	b->since = bpf_ktime_get_ns(); /* after the walks: their cost is not a wait */
-	if (bpf_map_update_elem(&gil_switch_blocks, &tid, b, BPF_ANY))
+	if (!known && bpf_map_update_elem(&gil_switch_blocks, &tid, b, BPF_ANY))
 		__sync_fetch_and_add(&lost_gil, 1);
 }
 
@@ -380,10 +383,7 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 			/* The histogram counts each block, as add_time_part does. */
 			add_time_part(&gil, &b->key, ns, b->first, &lost_gil);
 			/* Timed out: its wait goes on with its next block. */
-			if (b->interval && ns >= b->interval - b->interval / 8)
-				b->ended = now;
-			else
-				bpf_map_delete_elem(&gil_switch_blocks, &next_tid);
+			b->ended = b->interval && ns >= b->interval - b->interval / 8 ? now : 0;
 		}
 	}
 	if (!btf_args || !is_target(prev_tgid) || !in_span(prev_tid) ||

@@ -36,8 +36,8 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* A target thread's departure; those left at the end are waits still
- * open, which userspace counts up to the end. */
+/* A target thread's departure (ts 0: it is on the CPU); those left at
+ * the end are waits still open, which userspace counts up to the end. */
 struct switch_out {
 	__u64 ts;
 	__u64 pystack;
@@ -45,8 +45,12 @@ struct switch_out {
 	__u32 tgid;
 };
 
-/* Target threads off the CPU now, by tid (LRU: a thread that exits while
- * off the CPU never comes back to delete its entry). */
+/*
+ * Target threads by tid, and whether each is off the CPU now. Like the
+ * next two maps, a thread's entry is made once and then rewritten in
+ * place, never deleted: an update or a delete takes locks that a lookup
+ * does not. LRU, since threads come and go.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -54,7 +58,8 @@ struct {
 	__type(value, struct switch_out);
 } off_now SEC(".maps");
 
-/* The last waker of each target thread that is off the CPU, by tid. */
+/* The last waker of each target thread that is off the CPU, by tid
+ * (weight 0: none). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -184,8 +189,7 @@ static __always_inline __u64 kstack_back(struct task_struct *t)
 	}
 	if (h == 0)
 		h = 1;
-	if (bpf_map_update_elem(&kstacks_back, &h, k, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&kstacks_back, &h)) {
+	if (put_once(&kstacks_back, &h, k) < 0) {
 		pystack_error(PYSTACK_ERR_KSTACK); /* the map is full */
 		return 0;
 	}
@@ -211,13 +215,22 @@ static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_ou
 		add_time_weighted(&offcpu, &key, ns, weight, &lost_offcpu);
 	}
 	w = bpf_map_lookup_elem(&wakers, &tid);
-	if (w) {
+	if (w && w->weight) {
 		w->key.pystack = out->pystack;
 		__sync_fetch_and_add(&wakeups_joined, 1);
 		add_time(&wakeups, &w->key, ns * w->weight, w->weight, &lost_wakeups);
-		bpf_map_delete_elem(&wakers, &tid);
+		w->weight = 0;
 	}
-	bpf_map_delete_elem(&off_now, &tid);
+	out->ts = 0;
+}
+
+/* Forgets thread `tid`'s waker. */
+static __always_inline void forget_waker(__u32 tid)
+{
+	struct waker *w = bpf_map_lookup_elem(&wakers, &tid);
+
+	if (w)
+		w->weight = 0;
 }
 
 static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct task_struct *next,
@@ -237,9 +250,9 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 	/* A target thread leaves: note where it is (it is still current). */
 	if (prev_ours) {
 		struct switch_out *unseen = bpf_map_lookup_elem(&off_now, &prev_tid);
-		struct switch_out out = { .ts = now, .tgid = prev_tgid };
+		struct switch_out out = { .tgid = prev_tgid };
 
-		if (unseen) {
+		if (unseen && unseen->ts) {
 			/* It came back unseen: its wait ended when it was woken. */
 			__u64 *woke = bpf_map_lookup_elem(&woken_at, &prev_tid);
 
@@ -252,14 +265,21 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 			} else {
 				/* Preempted, not woken: when it came back is unknown. */
 				__sync_fetch_and_add(&lost_offcpu, 1);
-				bpf_map_delete_elem(&wakers, &prev_tid);
+				forget_waker(prev_tid);
 			}
 		}
 		__sync_fetch_and_add(&switches, 1);
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
-		if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
+		out.ts = now;
+		if (unseen) {
+			unseen->pystack = out.pystack;
+			unseen->kstack = out.kstack;
+			unseen->tgid = out.tgid;
+			unseen->ts = out.ts;
+		} else if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY)) {
 			__sync_fetch_and_add(&lost_offcpu, 1);
+		}
 	}
 
 	/* A target thread comes back: count the time it was away. */
@@ -268,7 +288,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 
 		__u64 ns, weight, kback = 0;
 
-		if (!out)
+		if (!out || !out->ts)
 			return 0; /* it left before the recording began */
 		ns = now - out->ts;
 		weight = sample_weight_counted(ns, sample_below_ns, &short_waits,
@@ -286,21 +306,27 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	__u32 tgid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
 	__u64 id = bpf_get_current_pid_tgid();
 	struct switch_out *out;
-	struct waker w = {};
-	__u64 now;
+	struct waker w = {}, *known;
+	__u64 now, *woke;
 
 	if (!is_target(tgid))
 		return 0;
 	now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&woken_at, &tid, &now, BPF_ANY);
+	woke = bpf_map_lookup_elem(&woken_at, &tid);
+	if (woke)
+		*woke = now;
+	else
+		bpf_map_update_elem(&woken_at, &tid, &now, BPF_ANY);
 	if (!wakeup_view)
 		return 0;
 	/* Kept by the time waited so far (a wake-up of a thread not known to
 	 * be off the CPU is never joined to a wait: kept as it costs nothing). */
 	out = bpf_map_lookup_elem(&off_now, &tid);
-	w.weight = out && now > out->ts ? sample_weight(now - out->ts, sample_below_ns) : 1;
+	w.weight = out && out->ts && now > out->ts ? sample_weight(now - out->ts, sample_below_ns) : 1;
+	known = bpf_map_lookup_elem(&wakers, &tid);
 	if (!w.weight) {
-		bpf_map_delete_elem(&wakers, &tid);
+		if (known)
+			known->weight = 0;
 		return 0;
 	}
 	w.key.tgid = tgid;
@@ -310,7 +336,9 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	if (is_target(w.key.waker_tgid))
 		w.key.waker_pystack = py_stack_id(w.key.waker_tgid, w.key.waker_tid, loops);
 	bpf_get_current_comm(w.key.waker_comm, sizeof(w.key.waker_comm));
-	if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))
+	if (known)
+		*known = w;
+	else if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))
 		__sync_fetch_and_add(&lost_wakeups, 1);
 	return 0;
 }

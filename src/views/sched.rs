@@ -123,8 +123,12 @@ impl Sched<'_> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
         // Waits still open at the end count up to it, under the stacks the
-        // thread left with (a thread that is gone left for good).
+        // thread left with (a thread that is gone left for good). A thread
+        // on the CPU has ts 0.
         for (tid, o) in entries::<u32, types::switch_out>(&m.off_now)? {
+            if o.ts == 0 {
+                continue;
+            }
             let alive = Path::new(&format!("/proc/{}/task/{tid}", o.tgid)).exists();
             if !alive || o.ts >= r.end_monotonic_ns || !r.recorded.contains(&o.tgid) {
                 continue;
