@@ -24,8 +24,9 @@ struct sys_in {
 
 /* Target threads by tid: the syscall each is in now. A thread's entry is
  * made at its first syscall and then rewritten in place, never deleted (an
- * update or a delete takes locks that a lookup does not: 120 ns a syscall
- * on 1-byte writes); LRU, since threads come and go. */
+ * update or a delete takes locks that a lookup does not: with the walker's
+ * stored stacks found by a lookup too, sys_enter and sys_exit went from
+ * 816 to 638 ns on 1-byte writes); LRU, since threads come and go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
