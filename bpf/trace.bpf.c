@@ -52,8 +52,9 @@ struct trace_sys_in {
 	__s64 nr;
 };
 
-/* Target threads inside a traced syscall now, by tid (LRU: a thread's
- * last syscall, exit, never returns to delete its entry). */
+/* Target threads by tid: the traced syscall each is in now (ts 0: none).
+ * Made at a thread's first and rewritten in place, as the syscall view's
+ * (bpf/syscall.bpf.c); LRU, since threads come and go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -176,8 +177,9 @@ static __always_inline int on_enter(long nr, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id, k;
-	struct trace_sys_in in = {};
+	struct trace_sys_in new = {}, *in;
 	__u8 *wanted;
+	__u64 pystack = 0;
 
 	if (!is_target(tgid) || is_uprobe_syscall(nr))
 		return 0;
@@ -189,11 +191,20 @@ static __always_inline int on_enter(long nr, const int loops)
 		if (!wanted || !*wanted)
 			return 0;
 	}
-	in.ts = bpf_ktime_get_ns();
-	in.nr = nr;
 	if (with_stacks)
-		in.pystack = py_stack_id(tgid, tid, loops);
-	if (bpf_map_update_elem(&trace_in_syscall, &tid, &in, BPF_ANY))
+		pystack = py_stack_id(tgid, tid, loops);
+	/* The syscall begins after the walk, as in the syscall view. */
+	in = bpf_map_lookup_elem(&trace_in_syscall, &tid);
+	if (in) {
+		in->nr = nr;
+		in->pystack = pystack;
+		in->ts = bpf_ktime_get_ns();
+		return 0;
+	}
+	new.nr = nr;
+	new.pystack = pystack;
+	new.ts = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&trace_in_syscall, &tid, &new, BPF_ANY))
 		__sync_fetch_and_add(&lost, 1);
 	return 0;
 }
@@ -209,7 +220,7 @@ static __always_inline int on_exit(long ret)
 	if (!is_target(tgid))
 		return 0;
 	in = bpf_map_lookup_elem(&trace_in_syscall, &tid);
-	if (!in)
+	if (!in || !in->ts)
 		return 0; /* not traced, or entered before the trace began */
 	now = bpf_ktime_get_ns();
 	e = reserve(TRACE_SYSCALL, tgid, tid, sizeof(*e));
@@ -221,7 +232,7 @@ static __always_inline int on_exit(long ret)
 		e->ret = ret;
 		bpf_ringbuf_submit(e, 0);
 	}
-	bpf_map_delete_elem(&trace_in_syscall, &tid);
+	in->ts = 0;
 	return 0;
 }
 
