@@ -48,11 +48,12 @@ impl std::fmt::Display for Kernel {
         let has = |yes: bool, what: &str| format!("{}{what}", if yes { "" } else { "no " });
         write!(
             f,
-            "Linux {} ({}, {}, {}, perf_event programs with {} maps)",
+            "Linux {} ({}, {}, {}, {}, perf_event programs with {} maps)",
             self.release,
             has(self.tp_btf, "tp_btf"),
             has(self.bpf_loop, "bpf_loop"),
             has(self.ringbuf, "ring buffer"),
+            has(self.task_pt_regs, "bpf_task_pt_regs"),
             if self.perf_event_dynamic_maps {
                 "any"
             } else {
