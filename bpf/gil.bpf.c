@@ -5,9 +5,9 @@
  * sched_switch (gil_switch below) where the kernel can say which syscall a
  * thread leaving the CPU is in, else at the futex syscalls
  * (gil_futex_enter below). 1-byte writes, which drop and take the GIL
- * each, ran 1.15x plain at sched_switch, 2.01x at the futex syscalls (the
- * run before) and 14.4x with the uprobes (make bench, 5 interleaved
- * rounds).
+ * each, ran 1.23x plain at sched_switch (python -m pyusdt alone: 1.22x),
+ * 2.01x at the futex syscalls (two runs before) and 14.5x with the
+ * uprobes (make bench, 5 interleaved rounds).
  *
  * With --gil-probes: uprobes on the interpreter's take_gil (entry and
  * return) and drop_gil (entry), which CPython builds keep as local
