@@ -10,23 +10,13 @@
 
 #include "pyframe.bpf.h"
 #include "syscall_counts.h"
+#include "sys_in.bpf.h"
 #include "tp_twin.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* A thread's syscall: when it began (0: the thread is in none), its
- * number, and the Python stack it was made from. */
-struct sys_in {
-	__u64 ts;
-	__u64 pystack;
-	__s64 nr;
-};
-
-/* Target threads by tid: the syscall each is in now. A thread's entry is
- * made at its first syscall and then rewritten in place, never deleted (an
- * update or a delete takes locks that a lookup does not: with the walker's
- * stored stacks found by a lookup too, sys_enter and sys_exit went from
- * 816 to 638 ns on 1-byte writes); LRU, since threads come and go. */
+/* Target threads by tid: the syscall each is in now (see sys_in_begin);
+ * LRU, since threads come and go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -54,7 +44,6 @@ static __always_inline int on_enter(long nr, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct sys_in new = {}, *in;
 	__u64 pystack;
 
 	if (!is_target(tgid) || !in_span(tid) || is_uprobe_syscall(nr))
@@ -62,17 +51,7 @@ static __always_inline int on_enter(long nr, const int loops)
 	pystack = py_stack_id(tgid, tid, loops);
 	/* The syscall's time begins after the walk: its cost is the
 	 * recorder's, not the syscall's. */
-	in = bpf_map_lookup_elem(&in_syscall, &tid);
-	if (in) {
-		in->nr = nr;
-		in->pystack = pystack;
-		in->ts = bpf_ktime_get_ns();
-		return 0;
-	}
-	new.nr = nr;
-	new.pystack = pystack;
-	new.ts = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&in_syscall, &tid, &new, BPF_ANY))
+	if (sys_in_begin(&in_syscall, tid, nr, pystack))
 		__sync_fetch_and_add(&lost_syscalls, 1);
 	return 0;
 }

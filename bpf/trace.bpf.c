@@ -16,6 +16,7 @@
 #include <bpf/usdt.bpf.h>
 
 #include "pyframe.bpf.h"
+#include "sys_in.bpf.h"
 #include "tp_twin.bpf.h"
 #include "trace_events.h"
 
@@ -46,20 +47,13 @@ struct {
 	__type(value, __u8);
 } syscall_wanted SEC(".maps");
 
-struct trace_sys_in {
-	__u64 ts;
-	__u64 pystack;
-	__s64 nr;
-};
-
-/* Target threads by tid: the traced syscall each is in now (ts 0: none).
- * Made at a thread's first and rewritten in place, as the syscall view's
- * (bpf/syscall.bpf.c); LRU, since threads come and go. */
+/* Target threads by tid: the traced syscall each is in now (see
+ * sys_in_begin); LRU, since threads come and go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, struct trace_sys_in);
+	__type(value, struct sys_in);
 } trace_in_syscall SEC(".maps");
 
 /* Events lost to a full ring buffer (or entry map). */
@@ -177,7 +171,6 @@ static __always_inline int on_enter(long nr, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id, k;
-	struct trace_sys_in new = {}, *in;
 	__u8 *wanted;
 	__u64 pystack = 0;
 
@@ -194,17 +187,7 @@ static __always_inline int on_enter(long nr, const int loops)
 	if (with_stacks)
 		pystack = py_stack_id(tgid, tid, loops);
 	/* The syscall begins after the walk, as in the syscall view. */
-	in = bpf_map_lookup_elem(&trace_in_syscall, &tid);
-	if (in) {
-		in->nr = nr;
-		in->pystack = pystack;
-		in->ts = bpf_ktime_get_ns();
-		return 0;
-	}
-	new.nr = nr;
-	new.pystack = pystack;
-	new.ts = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&trace_in_syscall, &tid, &new, BPF_ANY))
+	if (sys_in_begin(&trace_in_syscall, tid, nr, pystack))
 		__sync_fetch_and_add(&lost, 1);
 	return 0;
 }
@@ -213,7 +196,7 @@ static __always_inline int on_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct trace_sys_in *in;
+	struct sys_in *in;
 	struct trace_head *e;
 	__u64 now;
 
