@@ -272,14 +272,10 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
 		out.ts = now;
-		if (unseen) {
-			unseen->pystack = out.pystack;
-			unseen->kstack = out.kstack;
-			unseen->tgid = out.tgid;
-			unseen->ts = out.ts;
-		} else if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY)) {
+		if (unseen)
+			*unseen = out;
+		else if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
 			__sync_fetch_and_add(&lost_offcpu, 1);
-		}
 	}
 
 	/* A target thread comes back: count the time it was away. */
