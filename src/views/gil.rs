@@ -103,7 +103,7 @@ fn open<'o>(
 /// Set (to anything but 0): every process's waits are seen as their
 /// blocks (at sched_switch or the futex syscalls), even with
 /// --gil-probes (to compare the two ways).
-const FORCE_FUTEX: &str = "PYUSDT_PROF_GIL_FUTEX";
+const FORCE_BLOCKS: &str = "PYUSDT_PROF_GIL_BLOCKS";
 /// Set (to anything but 0): as --gil-probes (for the tests, which run each
 /// way through the environment).
 const PROBES: &str = "PYUSDT_PROF_GIL_PROBES";
@@ -271,8 +271,8 @@ impl Recorder for Gil<'_> {
             }
             let how = if !self.by_probes {
                 Err(None)
-            } else if forced(FORCE_FUTEX) {
-                Err(Some(anyhow::anyhow!("{FORCE_FUTEX} is set")))
+            } else if forced(FORCE_BLOCKS) {
+                Err(Some(anyhow::anyhow!("{FORCE_BLOCKS} is set")))
             } else {
                 attach(&self.skel, p.pid, self.variant).map_err(Some)
             };

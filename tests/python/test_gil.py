@@ -234,6 +234,21 @@ def test_a_stripped_interpreter_is_measured_at_its_blocks_and_says_so(tmp_path):
     assert f"  ({note})" in text
 
 
+def test_the_blocks_can_be_forced_over_the_probes_and_the_note_says_why(tmp_path):
+    # PYUSDT_PROF_GIL_BLOCKS=1 with --gil-probes: the blocks, where the
+    # kernel lets the view see them, as if the probes could not attach.
+    code, path = record(tmp_path, "gil_pair", views="gil", extra=("--gil-probes",),
+                        env={"PYUSDT_PROF_GIL_BLOCKS": "1"})
+    assert code == 0
+    profile = json.loads(path.read_text())
+    gil = next(v for v in profile["views"] if v["kind"] == "gil")
+    note = gil["notes"][0]
+    assert note == f"PYUSDT_PROF_GIL_BLOCKS is set; {BLOCKS[blocks_expected({})]}", note
+    stacks = fold(path, "gil")
+    for me in ("spin-a", "spin-b"):
+        assert sum(per_thread(stacks, me).values()) >= 0.25 * 2e9, stacks
+
+
 def test_the_gil_view_is_in_flame_and_the_exports(tmp_path):
     code, path = record(tmp_path, "gil_pair", views="gil")
     assert code == 0
