@@ -45,41 +45,41 @@ struct switch_out {
 	__u32 tgid;
 };
 
+/* A waker noted for its wakee, and the wakes it stands for (0: none). */
+struct waker {
+	struct wakeup_key key;
+	__u64 weight;
+};
+
 /*
- * Target threads by tid, and whether each is off the CPU now. Like the
- * next two maps, a thread's entry is made once and then rewritten in
- * place, never deleted: an update or a delete takes locks that a lookup
- * does not. LRU, since threads come and go.
+ * What the scheduler's events note of a target thread: its departure, when
+ * it was last woken (sched_waking), and its last waker while it is off the
+ * CPU. The kernel does not report every return to the CPU (on 6.18, about
+ * one in 1600 sleeps' switch-in reaches no BPF program, ours or another
+ * tool's): a thread that leaves while `out` still holds its last
+ * departure came back unseen, and its wait is counted then, ending at
+ * `woken_at`. Each field is written by the events that own it: the
+ * departure and return by the thread's own switches, the wake-up by its
+ * waker.
+ */
+struct sched_thread {
+	struct switch_out out;
+	__u64 woken_at;
+	struct waker waker;
+};
+
+/*
+ * Target threads by tid. A thread's entry is made at its first event and
+ * then rewritten in place, never deleted: an update or a delete takes
+ * locks that a lookup does not, and one entry is one lookup per event.
+ * LRU, since threads come and go.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, struct switch_out);
-} off_now SEC(".maps");
-
-/* The last waker of each target thread that is off the CPU, by tid
- * (weight 0: none). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct waker);
-} wakers SEC(".maps");
-
-/*
- * When each target thread was last woken (sched_waking), by tid. The
- * kernel does not report every return to the CPU (on 6.18, about one in
- * 1600 sleeps' switch-in reaches no BPF program, ours or another tool's):
- * a thread that leaves while off_now still holds its last departure came
- * back unseen, and its wait is counted then, ending at this wake-up.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u64);
-} woken_at SEC(".maps");
+	__type(value, struct sched_thread);
+} sched_threads SEC(".maps");
 
 /* Whether the wakeup view is recorded (else sched_waking notes only the
  * time of the wake-up, for woken_at). */
@@ -108,12 +108,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kstack_ips);
 } kstack_scratch SEC(".maps");
-
-/* A waker noted for its wakee, and the wakes it stands for. */
-struct waker {
-	struct wakeup_key key;
-	__u64 weight;
-};
 
 /* With a histogram of each key's waits; 65536 keys keep the preallocated
  * map near 14 MB. */
@@ -196,15 +190,16 @@ static __always_inline __u64 kstack_back(struct task_struct *t)
 	return h;
 }
 
-/* Thread `tid` of `tgid`, which left as `out` says, was away `ns`:
- * counts it as `weight` waits (0: not at all; see sample_weight) with the
- * kernel stack `kback` if it has none from its departure, joins it to its
- * waker, and forgets the departure. */
-static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_out *out, __u64 ns,
+/* Thread `tid` of `tgid`, whose entry is `t`, was away `ns` since the
+ * departure `t->out`: counts it as `weight` waits (0: not at all; see
+ * sample_weight) with the kernel stack `kback` if it has none from its
+ * departure, joins it to its waker, and forgets the departure. */
+static __always_inline void count_return(__u32 tgid, __u32 tid, struct sched_thread *t, __u64 ns,
 					 __u64 weight, __u64 kback)
 {
+	struct switch_out *out = &t->out;
+	struct waker *w = &t->waker;
 	struct offcpu_key key = {};
-	struct waker *w;
 
 	if (weight) {
 		key.tgid = tgid;
@@ -214,8 +209,7 @@ static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_ou
 		key.kstack_back = kback;
 		add_time_weighted(&offcpu, &key, ns, weight, &lost_offcpu);
 	}
-	w = bpf_map_lookup_elem(&wakers, &tid);
-	if (w && w->weight) {
+	if (w->weight) {
 		w->key.pystack = out->pystack;
 		__sync_fetch_and_add(&wakeups_joined, 1);
 		add_time(&wakeups, &w->key, ns * w->weight, w->weight, &lost_wakeups);
@@ -224,22 +218,13 @@ static __always_inline void count_return(__u32 tgid, __u32 tid, struct switch_ou
 	out->ts = 0;
 }
 
-/* Forgets thread `tid`'s waker. */
-static __always_inline void forget_waker(__u32 tid)
-{
-	struct waker *w = bpf_map_lookup_elem(&wakers, &tid);
-
-	if (w)
-		w->weight = 0;
-}
-
 static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct task_struct *next,
 				     const int loops, const int btf_args)
 {
 	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
 	__u32 next_tgid = BPF_CORE_READ(next, tgid), next_tid = BPF_CORE_READ(next, pid);
 	/* A thread leaving counts only inside the span (with --span); one
-	 * coming back counts if it left inside it (off_now says). */
+	 * coming back counts if it left inside it (its entry says). */
 	int prev_ours = is_target(prev_tgid) && in_span(prev_tid), next_ours = is_target(next_tgid);
 	__u64 now;
 
@@ -249,49 +234,52 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 
 	/* A target thread leaves: note where it is (it is still current). */
 	if (prev_ours) {
-		struct switch_out *unseen = bpf_map_lookup_elem(&off_now, &prev_tid);
+		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &prev_tid);
 		struct switch_out out = { .tgid = prev_tgid };
 
-		if (unseen && unseen->ts) {
+		if (t && t->out.ts) {
 			/* It came back unseen: its wait ended when it was woken. */
-			__u64 *woke = bpf_map_lookup_elem(&woken_at, &prev_tid);
+			__u64 woke = t->woken_at;
 
-			if (woke && *woke > unseen->ts && *woke <= now) {
-				__u64 ns = *woke - unseen->ts;
+			if (woke > t->out.ts && woke <= now) {
+				__u64 ns = woke - t->out.ts;
 
 				__sync_fetch_and_add(&returns_unreported, 1);
-				count_return(prev_tgid, prev_tid, unseen, ns,
+				count_return(prev_tgid, prev_tid, t, ns,
 					     sample_weight(ns, sample_below_ns), 0);
 			} else {
 				/* Preempted, not woken: when it came back is unknown. */
 				__sync_fetch_and_add(&lost_offcpu, 1);
-				forget_waker(prev_tid);
+				t->waker.weight = 0;
 			}
 		}
 		__sync_fetch_and_add(&switches, 1);
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
 		out.ts = now;
-		if (unseen)
-			*unseen = out;
-		else if (bpf_map_update_elem(&off_now, &prev_tid, &out, BPF_ANY))
-			__sync_fetch_and_add(&lost_offcpu, 1);
+		if (t) {
+			t->out = out;
+		} else {
+			struct sched_thread first = { .out = out };
+
+			if (bpf_map_update_elem(&sched_threads, &prev_tid, &first, BPF_ANY))
+				__sync_fetch_and_add(&lost_offcpu, 1);
+		}
 	}
 
 	/* A target thread comes back: count the time it was away. */
 	if (next_ours) {
-		struct switch_out *out = bpf_map_lookup_elem(&off_now, &next_tid);
-
+		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &next_tid);
 		__u64 ns, weight, kback = 0;
 
-		if (!out || !out->ts)
+		if (!t || !t->out.ts)
 			return 0; /* it left before the recording began */
-		ns = now - out->ts;
+		ns = now - t->out.ts;
 		weight = sample_weight_counted(ns, sample_below_ns, &short_waits,
 					       &short_waits_kept);
-		if (btf_args && weight && out->kstack == KSTACK_NONE)
+		if (btf_args && weight && t->out.kstack == KSTACK_NONE)
 			kback = kstack_back(next);
-		count_return(next_tgid, next_tid, out, ns, weight, kback);
+		count_return(next_tgid, next_tid, t, ns, weight, kback);
 	}
 	return 0;
 }
@@ -301,28 +289,33 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
 	__u64 id = bpf_get_current_pid_tgid();
-	struct switch_out *out;
-	struct waker w = {}, *known;
-	__u64 now, *woke;
+	struct sched_thread *t;
+	struct waker w = {};
+	__u64 now, left;
 
 	if (!is_target(tgid))
 		return 0;
 	now = bpf_ktime_get_ns();
-	woke = bpf_map_lookup_elem(&woken_at, &tid);
-	if (woke)
-		*woke = now;
-	else
-		bpf_map_update_elem(&woken_at, &tid, &now, BPF_ANY);
+	t = bpf_map_lookup_elem(&sched_threads, &tid);
+	if (!t) {
+		/* Its first event: an entry with no departure. */
+		struct sched_thread first = { .woken_at = now };
+
+		if (bpf_map_update_elem(&sched_threads, &tid, &first, BPF_NOEXIST))
+			return 0;
+		t = bpf_map_lookup_elem(&sched_threads, &tid);
+		if (!t)
+			return 0;
+	}
+	t->woken_at = now;
 	if (!wakeup_view)
 		return 0;
 	/* Kept by the time waited so far (a wake-up of a thread not known to
 	 * be off the CPU is never joined to a wait: kept as it costs nothing). */
-	out = bpf_map_lookup_elem(&off_now, &tid);
-	w.weight = out && out->ts && now > out->ts ? sample_weight(now - out->ts, sample_below_ns) : 1;
-	known = bpf_map_lookup_elem(&wakers, &tid);
+	left = t->out.ts;
+	w.weight = left && now > left ? sample_weight(now - left, sample_below_ns) : 1;
 	if (!w.weight) {
-		if (known)
-			known->weight = 0;
+		t->waker.weight = 0;
 		return 0;
 	}
 	w.key.tgid = tgid;
@@ -332,10 +325,7 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	if (is_target(w.key.waker_tgid))
 		w.key.waker_pystack = py_stack_id(w.key.waker_tgid, w.key.waker_tid, loops);
 	bpf_get_current_comm(w.key.waker_comm, sizeof(w.key.waker_comm));
-	if (known)
-		*known = w;
-	else if (bpf_map_update_elem(&wakers, &tid, &w, BPF_ANY))
-		__sync_fetch_and_add(&lost_wakeups, 1);
+	t->waker = w;
 	return 0;
 }
 
@@ -353,9 +343,8 @@ TP_WALK(sched_wakeup_new, wakeup_new, on_wakeup(p, loops), struct task_struct *p
 
 /* Puts the key and value types in the skeleton's types. */
 struct offcpu_key _offcpu_key = {};
-struct switch_out _switch_out = {};
+struct sched_thread _sched_thread = {};
 struct wakeup_key _wakeup_key = {};
-struct waker _waker = {};
 struct time_value _time_value = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};

@@ -41,7 +41,7 @@ unsafe impl plain::Plain for types::wakeup_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::time_value {}
 // SAFETY: as above.
-unsafe impl plain::Plain for types::switch_out {}
+unsafe impl plain::Plain for types::sched_thread {}
 
 struct Sched<'o> {
     skel: SchedSkel<'o>,
@@ -125,7 +125,8 @@ impl Sched<'_> {
         // Waits still open at the end count up to it, under the stacks the
         // thread left with (a thread that is gone left for good). A thread
         // on the CPU has ts 0.
-        for (tid, o) in entries::<u32, types::switch_out>(&m.off_now)? {
+        for (tid, t) in entries::<u32, types::sched_thread>(&m.sched_threads)? {
+            let o = t.out;
             if o.ts == 0 {
                 continue;
             }
@@ -313,11 +314,14 @@ impl Recorder for Sched<'_> {
                 s.lasti[k] = i;
             }
             let id = walk::stack_id(pid, &frames, lines, truncated);
-            let out = types::switch_out {
-                ts: start_ns,
-                pystack: id,
-                kstack: walk_contract::KSTACK_NONE,
-                tgid: pid,
+            let out = types::sched_thread {
+                out: types::switch_out {
+                    ts: start_ns,
+                    pystack: id,
+                    kstack: walk_contract::KSTACK_NONE,
+                    tgid: pid,
+                },
+                ..Default::default()
             };
             // SAFETY: plain C data without padding.
             let (stack, out) = unsafe { (plain::as_bytes(&s), plain::as_bytes(&out)) };
@@ -326,7 +330,7 @@ impl Recorder for Sched<'_> {
             let _ = m
                 .pystacks
                 .update(&id.to_ne_bytes(), stack, MapFlags::NO_EXIST);
-            if m.off_now
+            if m.sched_threads
                 .update(&t.tid.to_ne_bytes(), out, MapFlags::NO_EXIST)
                 .is_ok()
             {
