@@ -260,10 +260,17 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		if (t) {
 			t->out = out;
 		} else {
+			/* Its first event (unless a wake-up of it made the entry
+			 * meanwhile: then its waker stays). */
 			struct sched_thread first = { .out = out };
 
-			if (bpf_map_update_elem(&sched_threads, &prev_tid, &first, BPF_ANY))
-				__sync_fetch_and_add(&lost_offcpu, 1);
+			if (bpf_map_update_elem(&sched_threads, &prev_tid, &first, BPF_NOEXIST)) {
+				t = bpf_map_lookup_elem(&sched_threads, &prev_tid);
+				if (t)
+					t->out = out;
+				else
+					__sync_fetch_and_add(&lost_offcpu, 1);
+			}
 		}
 	}
 
@@ -298,11 +305,11 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 	now = bpf_ktime_get_ns();
 	t = bpf_map_lookup_elem(&sched_threads, &tid);
 	if (!t) {
-		/* Its first event: an entry with no departure. */
+		/* Its first event: an entry with no departure (unless its own
+		 * departure made one meanwhile). */
 		struct sched_thread first = { .woken_at = now };
 
-		if (bpf_map_update_elem(&sched_threads, &tid, &first, BPF_NOEXIST))
-			return 0;
+		bpf_map_update_elem(&sched_threads, &tid, &first, BPF_NOEXIST);
 		t = bpf_map_lookup_elem(&sched_threads, &tid);
 		if (!t)
 			return 0;
