@@ -81,6 +81,18 @@ struct {
 	__type(value, struct sched_thread);
 } sched_threads SEC(".maps");
 
+/* Makes thread `tid`'s entry, empty, at its first event, unless the
+ * other kind of event made it meanwhile (a departure and a wake-up of the
+ * thread may race; each then writes only its own fields); returns it, or
+ * NULL. */
+static __always_inline struct sched_thread *sched_thread_make(__u32 tid)
+{
+	struct sched_thread empty = {};
+
+	bpf_map_update_elem(&sched_threads, &tid, &empty, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&sched_threads, &tid);
+}
+
 /* Whether the wakeup view is recorded (else sched_waking notes only the
  * time of the wake-up, for woken_at). */
 const volatile __u8 wakeup_view = 0;
@@ -257,21 +269,12 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
 		out.ts = now;
-		if (t) {
+		if (!t)
+			t = sched_thread_make(prev_tid);
+		if (t)
 			t->out = out;
-		} else {
-			/* Its first event (unless a wake-up of it made the entry
-			 * meanwhile: then its waker stays). */
-			struct sched_thread first = { .out = out };
-
-			if (bpf_map_update_elem(&sched_threads, &prev_tid, &first, BPF_NOEXIST)) {
-				t = bpf_map_lookup_elem(&sched_threads, &prev_tid);
-				if (t)
-					t->out = out;
-				else
-					__sync_fetch_and_add(&lost_offcpu, 1);
-			}
-		}
+		else
+			__sync_fetch_and_add(&lost_offcpu, 1);
 	}
 
 	/* A target thread comes back: count the time it was away. */
@@ -304,16 +307,10 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 		return 0;
 	now = bpf_ktime_get_ns();
 	t = bpf_map_lookup_elem(&sched_threads, &tid);
-	if (!t) {
-		/* Its first event: an entry with no departure (unless its own
-		 * departure made one meanwhile). */
-		struct sched_thread first = { .woken_at = now };
-
-		bpf_map_update_elem(&sched_threads, &tid, &first, BPF_NOEXIST);
-		t = bpf_map_lookup_elem(&sched_threads, &tid);
-		if (!t)
-			return 0;
-	}
+	if (!t)
+		t = sched_thread_make(tid);
+	if (!t)
+		return 0;
 	t->woken_at = now;
 	if (!wakeup_view)
 		return 0;

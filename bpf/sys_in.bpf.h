@@ -27,18 +27,14 @@ struct sys_in {
  */
 static __always_inline int sys_in_begin(void *map, __u32 tid, long nr, __u64 pystack)
 {
-	struct sys_in new = {}, *in = bpf_map_lookup_elem(map, &tid);
+	struct sys_in *in = bpf_map_lookup_elem(map, &tid);
+	struct sys_in now = { .ts = bpf_ktime_get_ns(), .pystack = pystack, .nr = nr };
 
 	if (in) {
-		in->nr = nr;
-		in->pystack = pystack;
-		in->ts = bpf_ktime_get_ns();
+		*in = now;
 		return 0;
 	}
-	new.nr = nr;
-	new.pystack = pystack;
-	new.ts = bpf_ktime_get_ns();
-	return bpf_map_update_elem(map, &tid, &new, BPF_ANY) ? -1 : 0;
+	return bpf_map_update_elem(map, &tid, &now, BPF_ANY) ? -1 : 0;
 }
 
 #endif /* PYUSDT_SYS_IN_BPF_H */
