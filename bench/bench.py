@@ -59,6 +59,24 @@ def trap_extension():
     return str(found[0])
 
 
+# bench/monitoring_floor.c, built for this interpreter by floor_module().
+MONITORING_DIR = ROOT / "target" / "bench-monitoring"
+
+
+def floor_module():
+    """Builds bench/monitoring_floor.c into MONITORING_DIR (gcc, this
+    interpreter's headers) and returns the directory."""
+    import sysconfig
+
+    out = MONITORING_DIR / ("monitoring_floor" + sysconfig.get_config_var("EXT_SUFFIX"))
+    src = ROOT / "bench" / "monitoring_floor.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        MONITORING_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-I", sysconfig.get_paths()["include"],
+                        str(src), "-o", str(out)], check=True)
+    return str(MONITORING_DIR)
+
+
 def bench_env():
     return {**os.environ, "BENCH_PYPERFORMANCE": pyperformance_dir()}
 
@@ -207,6 +225,9 @@ def measure(column, w):
                 extra["lost"] = int(m.group(1))
         elif column == "cProfile":
             p = run([PY, "-m", "cProfile", "-o", f"{d}/p.out"] + args)
+        elif column.startswith("monitoring"):
+            mode = {"monitoring no-op": "noop"}.get(column, column.split()[-1])
+            p = run([PY, str(ROOT / "bench" / "monitoring_floor.py"), floor_module(), mode] + args)
         elif column.startswith("py-spy"):
             cmd = [shutil.which("py-spy") or str(Path(PY).parent / "py-spy"), "record", "-r",
                    "100", "-o", f"{d}/p.txt", "-f", "raw"]
@@ -364,7 +385,8 @@ def main():
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
     columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
                + ["record offcpu --sample-waits-below 0", "record gil --gil-probes",
-                  "record --exact", "cProfile", "py-spy", "py-spy --nonblocking",
+                  "record --exact", "monitoring no-op", "monitoring clock",
+                  "monitoring tsc", "cProfile", "py-spy", "py-spy --nonblocking",
                   "bpftrace (seed)", "bpftrace (seed, trap)", "floor", "floor sched"])
     if args.quick:
         workloads = workloads[:4] + workloads[4:5]
@@ -415,7 +437,11 @@ def main():
               "pyusdt's probes (5-byte nop sites, which kernel 6.18 enters by a call); "
               "`bpftrace (seed, trap)` the same on a build of pyusdt with the 1-byte nop of "
               "usdt.h, as the seed had it (every probe hit is a trap). Per-call columns run one "
-              "round on fib and pyperformance.", "",
+              "round on fib and pyperformance. `monitoring no-op`, `monitoring clock` and "
+              "`monitoring tsc` (bench/monitoring_floor.py) turn on the sys.monitoring events "
+              "that `--exact` turns on, each calling a C callback that does nothing, reads "
+              "CLOCK_MONOTONIC, or reads the time stamp counter: what any tool that sees every "
+              "call that way pays before it records anything.", "",
               "`floor` (bench/floor.rs): the default "
               "views' kernel attach points (raw_syscalls enter and exit, sched_switch, "
               "sched_waking as tp_btf, the cpu-clock sampler at 99 Hz) with handlers that do "
@@ -439,6 +465,14 @@ def main():
                   f"{trap:.1f}× with the seed's 1-byte nop sites ({trap / exact:.1f}× slower than "
                   "--exact; target: 3×). cProfile: "
                   f"{fib_ratio('cProfile') or float('nan'):.1f}×.", ""]
+    floors = [(c, fib_ratio(c)) for c in ("monitoring no-op", "monitoring clock", "monitoring tsc")]
+    if exact and all(r for _, r in floors):
+        (_, noop), (_, clock), (_, tsc) = floors
+        lines += [f"sys.monitoring alone, on the same events: {noop:.2f}× with callbacks that do "
+                  f"nothing, {clock:.2f}× with a CLOCK_MONOTONIC read in each, {tsc:.2f}× with a "
+                  f"time stamp counter read in each (target for `--exact`: 3×). Of `--exact`'s "
+                  f"{exact:.2f}×, {clock:.2f}× is that floor with the clock it reads; the rest is "
+                  "its ring and the BPF program's drain.", ""]
 
     lines += ["## The recorder's own cost", "",
               "CPU seconds of the pyusdt-prof process and its peak resident memory, per run "
