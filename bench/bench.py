@@ -399,8 +399,12 @@ def main():
         for w in workloads:
             for c in columns:
                 slow = c.startswith("bpftrace (seed") or c == "record --exact"
-                if slow and (w == "fib" or w.startswith("pyperf:")) and r > 0:
+                per_call = w == "fib" or w.startswith("pyperf:")
+                if slow and per_call and r > 0:
                     results[w][c].append(None)  # one round: per-call tracing takes minutes
+                    continue
+                if c.startswith("monitoring") and not per_call:
+                    results[w][c].append(None)  # a floor of per-call tools: calls' workloads
                     continue
                 bs = BpfStats() if c.startswith("record") else None
                 try:
@@ -441,7 +445,8 @@ def main():
               "`monitoring tsc` (bench/monitoring_floor.py) turn on the sys.monitoring events "
               "that `--exact` turns on, each calling a C callback that does nothing, reads "
               "CLOCK_MONOTONIC, or reads the time stamp counter: what any tool that sees every "
-              "call that way pays before it records anything.", "",
+              "call that way pays before it records anything (on fib and pyperformance "
+              "only).", "",
               "`floor` (bench/floor.rs): the default "
               "views' kernel attach points (raw_syscalls enter and exit, sched_switch, "
               "sched_waking as tp_btf, the cpu-clock sampler at 99 Hz) with handlers that do "

@@ -80,31 +80,33 @@ pub enum Command {
     /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
     /// frames per event, about a microsecond):
     ///
-    ///   cpu      samples at -F Hz; ~4-6 us per sample: unmeasurable on
-    ///            pyperformance, http.server 1.01x. The default.
+    ///   cpu      samples at -F Hz; ~2-12 us per sample: unmeasurable on
+    ///            pyperformance, http.server 1.05x. The default.
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
-    ///            waits under 1 ms sampled (--sample-waits-below); ~1.3 us
+    ///            waits under 1 ms sampled (--sample-waits-below); ~1.9 us
     ///            per context switch: http.server 1.12x slower (every
-    ///            wait, 2.4 us per switch: 1.20x).
+    ///            wait, 3.4 us per switch: 1.16x).
     ///   wakeup   time waited, under the thread and frames that woke it;
-    ///            sampled alike; ~0.5 us per wake-up: http.server 1.13x.
-    ///   syscall  time inside each syscall, and calls; ~0.55-0.9 us per
-    ///            syscall: 1-byte writes 4.6x, http.server 1.26x.
+    ///            sampled alike; ~0.6 us per wake-up: http.server 1.23x.
+    ///   syscall  time inside each syscall, and calls; ~0.5-1.2 us per
+    ///            syscall: 1-byte writes 4.3x, http.server 1.28x.
     ///   gil      time waiting for the GIL, under the thread that held it;
     ///            seen where a wait blocks, as the thread leaves the CPU in
-    ///            a futex wait on the GIL (Linux 5.15+; ~1.5 us per
-    ///            context switch): 1-byte writes 1.23x, http.server 1.06x
+    ///            a futex wait on the GIL (Linux 5.15+; ~2 us per
+    ///            context switch): 1-byte writes 1.20x, http.server 1.10x
     ///            (older kernels: at the futex syscalls, whose handlers
     ///            alone slow 1-byte writes 1.6x). With --gil-probes,
     ///            uprobes on every take and drop of the GIL: 1-byte writes
-    ///            14.5x, http.server 1.30x; and cpu samples of threads
+    ///            14.0x, http.server 1.32x; and cpu samples of threads
     ///            waiting for it end in `[waiting for the GIL]`.
-    ///   all      every view above: http.server 1.42x.
+    ///   all      every view above: http.server 1.39x.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
     ///            call path. ~125 ns per call (two sys.monitoring
-    ///            callbacks, batched into the kernel): fib 5.1x slower
-    ///            (cProfile 6.5x, bpftrace on PY_START/PY_RETURN 31x).
+    ///            callbacks, batched into the kernel): fib 5.1x slower,
+    ///            3.6x of it sys.monitoring's own with a clock read per
+    ///            event (cProfile 6.6x, bpftrace on PY_START/PY_RETURN
+    ///            31x).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
     /// more than the 3% a profiler attached to a live service may take;
