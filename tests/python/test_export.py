@@ -233,10 +233,11 @@ def test_diff_shows_the_hot_function_that_changed(tmp_path):
     (["--format", "pprof", "--view", "lock"], "is not a view"),
     (["--format", "pprof", "--view", "gil"], "this profile has no gil view"),
 ])
-def test_bad_export_arguments_get_one_clear_line(cpu_profile, args, message):
-    p = subprocess.run([prof_binary(), "export", "-i", str(cpu_profile), "-o", "/tmp/x", *args],
+def test_bad_export_arguments_get_one_clear_line(cpu_profile, args, message, tmp_path):
+    out = tmp_path / "x"
+    p = subprocess.run([prof_binary(), "export", "-i", str(cpu_profile), "-o", str(out), *args],
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode != 0
     assert message in p.stderr, p.stderr
-    assert "write /tmp/x" not in p.stderr, p.stderr
-    assert not os.path.exists("/tmp/x")
+    assert f"write {out}" not in p.stderr, p.stderr
+    assert not out.exists()
