@@ -470,9 +470,9 @@ def main():
                   f"{trap:.1f}× with the seed's 1-byte nop sites ({trap / exact:.1f}× slower than "
                   "--exact; target: 3×). cProfile: "
                   f"{fib_ratio('cProfile') or float('nan'):.1f}×.", ""]
-    floors = [(c, fib_ratio(c)) for c in ("monitoring no-op", "monitoring clock", "monitoring tsc")]
-    if exact and all(r for _, r in floors):
-        (_, noop), (_, clock), (_, tsc) = floors
+    noop, clock, tsc = (fib_ratio(c) for c in
+                        ("monitoring no-op", "monitoring clock", "monitoring tsc"))
+    if exact and noop and clock and tsc:
         lines += [f"sys.monitoring alone, on the same events: {noop:.2f}× with callbacks that do "
                   f"nothing, {clock:.2f}× with a CLOCK_MONOTONIC read in each, {tsc:.2f}× with a "
                   f"time stamp counter read in each (target for `--exact`: 3×). Of `--exact`'s "

@@ -20,19 +20,25 @@ DATA = ROOT / "tests" / "python" / "data"
 
 
 @pytest.fixture(scope="module")
-def cpu_profile(tmp_path_factory):
+def cpu_recording(tmp_path_factory):
     """One recording of the cpu shape (heavy does three times light's
-    work) with every view, shared by the export tests."""
+    work) with every view, shared by the export tests: its path, and
+    heavy's share of the CPU time by its thread's clock, to which the
+    samples are held (as in test_record's test_cpu_shares_follow_the_work)."""
     tmp = tmp_path_factory.mktemp("export")
     p, path = run_recorded(tmp, "cpu", "cpu,offcpu,syscall,wakeup", extra=("-F", "999"))
     assert p.returncode == 0 and path.exists(), p.stderr
-    TRUTH[path] = cpu_truth(p.stdout)
-    return path
+    return path, cpu_truth(p.stdout)
 
 
-# heavy's share of the CPU time by its thread's clock, per recording: the
-# samples are held to it, as in test_record's test_cpu_shares_follow_the_work.
-TRUTH = {}
+@pytest.fixture(scope="module")
+def cpu_profile(cpu_recording):
+    return cpu_recording[0]
+
+
+@pytest.fixture(scope="module")
+def truth(cpu_recording):
+    return cpu_recording[1]
 
 
 def export(path, fmt, *extra):
@@ -60,7 +66,7 @@ def test_folded_export_is_fold(cpu_profile):
     assert ours == fold(cpu_profile, "offcpu")
 
 
-def test_speedscope_export_has_a_profile_per_view_and_thread(cpu_profile):
+def test_speedscope_export_has_a_profile_per_view_and_thread(cpu_profile, truth):
     out = export(cpu_profile, "speedscope")
     doc = json.loads(out.read_text())
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
@@ -80,7 +86,7 @@ def test_speedscope_export_has_a_profile_per_view_and_thread(cpu_profile):
         assert p["endValue"] == sum(p["weights"])
         stacks += [([frames[i]["name"] for i in s], w) for s, w in zip(p["samples"], p["weights"])]
     heavy, light = cpu_shares(stacks)
-    assert abs(heavy / (heavy + light) - TRUTH[cpu_profile]) <= 0.06
+    assert abs(heavy / (heavy + light) - truth) <= 0.06
     heavy_frame = next(f for f in frames if fn(f["name"]) == "heavy")
     assert heavy_frame["file"].endswith("shapes.py") and heavy_frame["line"] > 0
 
@@ -107,7 +113,7 @@ def test_speedscope_opens_it(cpu_profile):
     assert {"heavy", "light", "spin", "shape_cpu"} <= names, shown
 
 
-def test_chrome_trace_nests_and_sums(cpu_profile):
+def test_chrome_trace_nests_and_sums(cpu_profile, truth):
     out = export(cpu_profile, "chrome")
     doc = json.loads(out.read_text())
     events = doc["traceEvents"]
@@ -137,7 +143,7 @@ def test_chrome_trace_nests_and_sums(cpu_profile):
     # A cpu sample lasts one period: 1/999 s.
     heavy = sum(e["dur"] for e in complete if e["pid"] == cpu_pid and fn(e["name"]) == "heavy")
     light = sum(e["dur"] for e in complete if e["pid"] == cpu_pid and fn(e["name"]) == "light")
-    assert abs(heavy / (heavy + light) - TRUTH[cpu_profile]) <= 0.06
+    assert abs(heavy / (heavy + light) - truth) <= 0.06
     stacks = fold(cpu_profile, "cpu", merge=True)
     samples = sum(v for s, v in stacks.items() if any(fn(f) == "heavy" for f in s))
     assert heavy == pytest.approx(samples * 1e6 / 999, rel=1e-6)
@@ -155,7 +161,7 @@ def load_pprof_module(tmp_path):
         sys.path.remove(str(tmp_path))
 
 
-def test_pprof_export_reads_back_with_protobuf(cpu_profile, tmp_path):
+def test_pprof_export_reads_back_with_protobuf(cpu_profile, truth, tmp_path):
     pytest.importorskip("grpc_tools", reason="needs grpcio-tools: make deps")
     pb = load_pprof_module(tmp_path)
     out = export(cpu_profile, "pprof")
@@ -185,7 +191,7 @@ def test_pprof_export_reads_back_with_protobuf(cpu_profile, tmp_path):
         if s.value[cpu]:
             stacks.append((names, s.value[cpu]))
     heavy, light = cpu_shares([([n + " (x:1)" for n in names], v) for names, v in stacks])
-    assert abs(heavy / (heavy + light) - TRUTH[cpu_profile]) <= 0.06
+    assert abs(heavy / (heavy + light) - truth) <= 0.06
     heavy_fn = next(f for f in prof.function if st[f.name] == "heavy")
     assert st[heavy_fn.filename].endswith("shapes.py") and heavy_fn.start_line > 0
     # Every cpu sample of the profile is in the export, none twice.
