@@ -5,7 +5,8 @@
 //! uprobe), several times a Python call. Instead, while a tracer is
 //! attached to `pyusdt:calls`, each thread writes its calls and returns
 //! into a ring in its own memory, 16 bytes an event (the code object's
-//! address with the kind in its low bits, and the CLOCK_MONOTONIC time),
+//! address with the kind in its low bits, and the CLOCK_MONOTONIC time,
+//! read as [`clock`] says),
 //! and fires `pyusdt:calls(ring, head, first)` once every
 //! `FLUSH_EVERY` events. The tracer's BPF program then reads the new
 //! events out of the ring and keeps the thread's call stack and the
@@ -23,7 +24,7 @@ use std::sync::atomic::{compiler_fence, AtomicU32, Ordering};
 use pyusdt_contract::calls::{CallRing, FLUSH_EVERY, RING_SLOTS};
 pub use pyusdt_contract::calls::{RESUME, RETURN, START, THROW, UNWIND, YIELD};
 
-use crate::probes;
+use crate::{clock, probes};
 
 /// Bumped each time a calls tracer attaches (as the poll thread sees it):
 /// a thread's first event of a new epoch announces its ring anew, with
@@ -53,17 +54,6 @@ thread_local! {
     static THREAD_RING: Ring = const { Ring(UnsafeCell::new(CallRing::EMPTY)) };
 }
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC is what BPF's
-    // bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Writes one event of code object `code` to this thread's ring, if a
 /// calls tracer is attached.
 #[inline]
@@ -80,7 +70,11 @@ pub fn record(code: u64, kind: u64) {
         let fresh = r.epoch != epoch;
         r.epoch = epoch;
         let h = r.head;
-        r.slots[h as usize & (RING_SLOTS - 1)] = [code | kind, now_ns()];
+        // Never before this thread's last event: the clock may be the
+        // counter of another CPU than the last event's (see clock).
+        let last = r.slots[h.wrapping_sub(1) as usize & (RING_SLOTS - 1)][1];
+        let now = clock::now_ns().max(if h > 0 { last } else { 0 });
+        r.slots[h as usize & (RING_SLOTS - 1)] = [code | kind, now];
         // The slot is written before the head says so (a tracer may read
         // the ring at any switch of this thread off the CPU).
         compiler_fence(Ordering::Release);
@@ -93,8 +87,9 @@ pub fn record(code: u64, kind: u64) {
 }
 
 /// A calls tracer attached (the poll thread saw the probe's semaphore go
-/// up): threads announce their rings anew.
+/// up): threads announce their rings anew, and the clock is fitted anew.
 pub fn new_epoch() {
+    clock::restart();
     EPOCH.fetch_add(1, Ordering::Relaxed);
 }
 

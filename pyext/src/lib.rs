@@ -22,6 +22,7 @@
 mod app;
 mod callbacks;
 mod calls;
+mod clock;
 mod elf;
 mod forks;
 mod layout_ffi;

@@ -259,6 +259,7 @@ fn poll_loop(started: std::sync::mpsc::Sender<()>) {
         // thread's name too (for the same reason as above, the count of
         // name listeners cannot tell one that came for one that went).
         crate::threads::tick(asked);
+        crate::clock::tick();
         if wanted() != RECONCILED.load(Ordering::Relaxed) {
             Python::attach(reconcile);
         }

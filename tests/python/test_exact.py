@@ -178,6 +178,27 @@ def test_self_and_inclusive_time(tmp_path):
 
 
 @per_call
+def test_call_times_agree_with_the_programs_clock(tmp_path):
+    # Five naps of 0.2 s: their time in the calls view is what the program
+    # itself measured around them, within 1% (a counter scaled wrong would
+    # be off by its error).
+    need_bpf(prof_binary())
+    out = tmp_path / "clock.json"
+    p = subprocess.run([prof_binary(), "record", "--exact", "-o", str(out), "--",
+                        PY, "-m", "pyusdt", CALLS, "clock"],
+                       capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert p.returncode == 0, p.stderr
+    measured = float(p.stdout.split("naps ")[1].split()[0])
+    rep = subprocess.run([prof_binary(), "report", "-i", str(out), "--view", "calls",
+                          "--limit", "1000", "--format", "json"],
+                         capture_output=True, text=True, check=True)
+    rows = {fn(r["function"]): r for r in json.loads(rep.stdout)["sections"][0]["by_total"]}
+    assert rows["nap"]["calls"] == 5
+    assert measured >= 1.0
+    assert abs(rows["nap"]["self_value"] / 1e9 - measured) <= 0.01 * measured, (rows["nap"], measured)
+
+
+@per_call
 def test_calls_agree_with_cprofile_on_richards(tmp_path):
     # pyperformance (its benchmarks are data files) comes with `make deps`.
     expected_path = tmp_path / "cprofile.json"

@@ -80,6 +80,18 @@ def shape_known():
         t.join()
 
 
+def shape_clock():
+    """nap() five times (1 s asleep), timed by the program itself with
+    perf_counter (CLOCK_MONOTONIC): prints "naps SECONDS". The calls view's
+    time of nap must agree with it, whichever clock stamped the calls: the
+    first tick of pyusdt's poll thread reads clock_gettime, the rest the
+    time stamp counter scaled to it."""
+    t = time.perf_counter()
+    for _ in range(5):
+        nap()
+    print(f"naps {time.perf_counter() - t:.6f}", flush=True)
+
+
 def traced():
     """Whether a tracer has the per-call events on (pyusdt's poll thread
     turns them on within a tick of a recorder attaching)."""
