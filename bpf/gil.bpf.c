@@ -5,8 +5,8 @@
  * sched_switch (gil_switch below) where the kernel can say which syscall a
  * thread leaving the CPU is in, else at the futex syscalls
  * (gil_futex_enter below). 1-byte writes, which drop and take the GIL
- * each, ran 1.20x plain at sched_switch (python -m pyusdt alone: 1.21x),
- * 2.01x at the futex syscalls (three runs before) and 14.0x with the
+ * each, ran 1.14x plain at sched_switch (python -m pyusdt alone: 1.23x),
+ * 2.01x at the futex syscalls (four runs before) and 13.7x with the
  * uprobes (make bench, 5 interleaved rounds).
  *
  * With --gil-probes: uprobes on the interpreter's take_gil (entry and

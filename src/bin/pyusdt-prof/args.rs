@@ -80,33 +80,33 @@ pub enum Command {
     /// with `make bench`, bench/RESULTS.md; each walks the thread's Python
     /// frames per event, about a microsecond):
     ///
-    ///   cpu      samples at -F Hz; ~2-12 us per sample: unmeasurable on
-    ///            pyperformance, http.server 1.05x. The default.
+    ///   cpu      samples at -F Hz; ~2-11 us per sample: unmeasurable on
+    ///            pyperformance and http.server. The default.
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
-    ///            waits under 1 ms sampled (--sample-waits-below); ~1.9 us
-    ///            per context switch: http.server 1.12x slower (every
-    ///            wait, 3.4 us per switch: 1.16x).
+    ///            waits under 1 ms sampled (--sample-waits-below); ~1.3 us
+    ///            per context switch: http.server 1.09x slower (every
+    ///            wait, 2.8 us per switch: 1.15x).
     ///   wakeup   time waited, under the thread and frames that woke it;
-    ///            sampled alike; ~0.6 us per wake-up: http.server 1.23x.
-    ///   syscall  time inside each syscall, and calls; ~0.5-1.2 us per
-    ///            syscall: 1-byte writes 4.3x, http.server 1.28x.
+    ///            sampled alike; ~0.4 us per wake-up: http.server 1.05x.
+    ///   syscall  time inside each syscall, and calls; ~0.2-0.9 us per
+    ///            syscall: 1-byte writes 3.8x, http.server 1.19x.
     ///   gil      time waiting for the GIL, under the thread that held it;
     ///            seen where a wait blocks, as the thread leaves the CPU in
-    ///            a futex wait on the GIL (Linux 5.15+; ~2 us per
-    ///            context switch): 1-byte writes 1.20x, http.server 1.10x
+    ///            a futex wait on the GIL (Linux 5.15+; ~1.4 us per
+    ///            context switch): 1-byte writes 1.14x, http.server 1.05x
     ///            (older kernels: at the futex syscalls, whose handlers
     ///            alone slow 1-byte writes 1.6x). With --gil-probes,
     ///            uprobes on every take and drop of the GIL: 1-byte writes
-    ///            14.0x, http.server 1.32x; and cpu samples of threads
+    ///            13.7x, http.server 1.23x; and cpu samples of threads
     ///            waiting for it end in `[waiting for the GIL]`.
-    ///   all      every view above: http.server 1.39x.
+    ///   all      every view above: http.server 1.37x.
     ///   calls    every Python call and return (with --exact, Python
     ///            3.12+): exact call counts, inclusive and self time per
-    ///            call path. ~125 ns per call (two sys.monitoring
-    ///            callbacks, batched into the kernel): fib 5.1x slower,
-    ///            3.6x of it sys.monitoring's own with a clock read per
-    ///            event (cProfile 6.6x, bpftrace on PY_START/PY_RETURN
-    ///            31x).
+    ///            call path. ~110 ns per call (two sys.monitoring
+    ///            callbacks, stamped from the CPU's time stamp counter,
+    ///            batched into the kernel): fib 4.6x slower, 2.8x of it
+    ///            sys.monitoring's own with a counter read per event
+    ///            (cProfile 6.5x, bpftrace on PY_START/PY_RETURN 30x).
     ///
     /// Only cpu is on by default: the others cost the realistic workloads
     /// more than the 3% a profiler attached to a live service may take;
