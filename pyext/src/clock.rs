@@ -3,9 +3,10 @@
 //! where the kernel keeps its own clock on that counter.
 //!
 //! Every call and return is stamped, so the clock is most of what an event
-//! costs: `sys.monitoring` with C callbacks that do nothing costs fib 2.13×
-//! here, with a `clock_gettime(CLOCK_MONOTONIC)` in each 3.56×, with a
-//! read of the counter in each 2.88× (`make bench`). The counter is
+//! costs: `sys.monitoring` with C callbacks that do nothing costs fib 2.10×
+//! here, with a `clock_gettime(CLOCK_MONOTONIC)` in each 3.51×, with a
+//! read of the counter in each 2.83× (`make bench`); `record --exact`
+//! went from 5.14× to 4.57× with the counter. The counter is
 //! scaled to nanoseconds by a line fitted against `clock_gettime` by the
 //! poll thread: until it is fitted (the first tick after a calls tracer
 //! attaches), and wherever the kernel's clock source is not `tsc` (the
@@ -48,7 +49,7 @@ static FIT: Mutex<Option<Fit>> = Mutex::new(None);
 const REFIT_TICKS: u32 = 50;
 
 /// Nanoseconds of CLOCK_MONOTONIC.
-pub fn monotonic_ns() -> u64 {
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

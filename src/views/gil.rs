@@ -87,7 +87,8 @@ fn at_switch(v: Variant) -> bool {
 /// see blocks, the way `v` has, and the uprobes only `by_probes`. Each
 /// program that walks stacks costs the verifier's time: the gil view
 /// alone started in 0.53 s (0.40 s of system time) with all six loaded,
-/// 0.27 s (0.14 s) with the one it runs by default (6.18).
+/// 0.27 s (0.14 s) with the one it runs by default (6.18; 0.17 s and
+/// 0.07 s since the walk is a global function, see bpf/pyframe.bpf.h).
 fn open<'o>(
     storage: &'o mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
     shared: Shared<'_>,
