@@ -71,9 +71,10 @@ pub fn record(code: u64, kind: u64) {
         r.epoch = epoch;
         let h = r.head;
         // Never before this thread's last event: the clock may be the
-        // counter of another CPU than the last event's (see clock).
+        // counter of another CPU than the last event's (see clock). A
+        // new ring's slots are all 0.
         let last = r.slots[h.wrapping_sub(1) as usize & (RING_SLOTS - 1)][1];
-        let now = clock::now_ns().max(if h > 0 { last } else { 0 });
+        let now = clock::now_ns().max(last);
         r.slots[h as usize & (RING_SLOTS - 1)] = [code | kind, now];
         // The slot is written before the head says so (a tracer may read
         // the ring at any switch of this thread off the CPU).

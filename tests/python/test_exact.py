@@ -18,6 +18,13 @@ per_call = pytest.mark.skipif(not PER_CALL, reason="sys.monitoring needs Python 
 
 
 def record_exact(tmp_path, shape, extra=(), env=None):
+    """The profile's path of `record --exact` of calls.py's shape."""
+    return run_exact(tmp_path, shape, extra, env)[0]
+
+
+def run_exact(tmp_path, shape, extra=(), env=None):
+    """`record --exact` of calls.py's shape: the profile's path and the
+    finished recorder (the program's output in its stdout)."""
     need_bpf(prof_binary())
     out = tmp_path / f"{shape}.json"
     p = subprocess.run(
@@ -28,7 +35,14 @@ def record_exact(tmp_path, shape, extra=(), env=None):
     )
     assert p.returncode == 0, p.stderr
     assert "pyusdt-prof: wrote" in p.stderr, p.stderr
-    return out
+    return out, p
+
+
+def calls_section(path):
+    """The calls view's section of `report --format json` (every row)."""
+    rep = subprocess.run([prof_binary(), "report", "-i", str(path), "--view", "calls",
+                          "--limit", "1000", "--format", "json"], capture_output=True, text=True, check=True)
+    return json.loads(rep.stdout)["sections"][0]
 
 
 def python_chain(stack):
@@ -161,9 +175,7 @@ def test_self_and_inclusive_time(tmp_path):
     # Self time under a path; inclusive time is the subtree's.
     module = sum(v for k, v in times.items() if k[0] == main and k[1][:1] == ("<module>",))
     assert module >= times[(main, top + ("nap",))]
-    rep = subprocess.run([prof_binary(), "report", "-i", str(path), "--view", "calls",
-                          "--limit", "1000", "--format", "json"], capture_output=True, text=True, check=True)
-    sec = json.loads(rep.stdout)["sections"][0]
+    sec = calls_section(path)
     assert sec["view"] == "calls"
     rows = {fn(r["function"]): r for r in sec["by_total"]}
     assert rows["fib"]["calls"] == 1973
@@ -182,17 +194,9 @@ def test_call_times_agree_with_the_programs_clock(tmp_path):
     # Five naps of 0.2 s: their time in the calls view is what the program
     # itself measured around them, within 1% (a counter scaled wrong would
     # be off by its error).
-    need_bpf(prof_binary())
-    out = tmp_path / "clock.json"
-    p = subprocess.run([prof_binary(), "record", "--exact", "-o", str(out), "--",
-                        PY, "-m", "pyusdt", CALLS, "clock"],
-                       capture_output=True, text=True, timeout=TIMEOUT * 4)
-    assert p.returncode == 0, p.stderr
+    out, p = run_exact(tmp_path, "clock")
     measured = float(p.stdout.split("naps ")[1].split()[0])
-    rep = subprocess.run([prof_binary(), "report", "-i", str(out), "--view", "calls",
-                          "--limit", "1000", "--format", "json"],
-                         capture_output=True, text=True, check=True)
-    rows = {fn(r["function"]): r for r in json.loads(rep.stdout)["sections"][0]["by_total"]}
+    rows = {fn(r["function"]): r for r in calls_section(out)["by_total"]}
     assert rows["nap"]["calls"] == 5
     assert measured >= 1.0
     assert abs(rows["nap"]["self_value"] / 1e9 - measured) <= 0.01 * measured, (rows["nap"], measured)
