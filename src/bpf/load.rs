@@ -257,3 +257,16 @@ pub fn load_procs<'o>(
     }
     Ok((skel, links))
 }
+
+/// Set to a number: the keys of each view's count map (each map's own
+/// size otherwise, 65,536 or 131,072), for the tests, which fill them.
+const COUNT_KEYS: &str = "PYUSDT_PROF_COUNT_KEYS";
+
+/// Sizes count map `map` as [`COUNT_KEYS`] asks, if it does.
+pub fn size_counts(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
+    let Some(keys) = std::env::var(COUNT_KEYS).ok().and_then(|v| v.parse().ok()) else {
+        return Ok(());
+    };
+    map.set_max_entries(keys)
+        .with_context(|| format!("size a count map as {COUNT_KEYS} asks"))
+}

@@ -96,7 +96,7 @@ pub fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
 }
 
 /// A map entry's key and value bytes, decoded.
-fn decode<K: plain::Plain + Default, V: plain::Plain + Default>(
+pub fn decode<K: plain::Plain + Default, V: plain::Plain + Default>(
     kb: &[u8],
     vb: &[u8],
 ) -> Result<(K, V)> {
@@ -113,6 +113,20 @@ fn decode<K: plain::Plain + Default, V: plain::Plain + Default>(
 pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
     map: &(impl MapCore + ?Sized),
 ) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    hash_scan(map, |k, v| {
+        out.push(decode(k, v)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with the key and value bytes of every entry of hash map
+/// `map`, read as [`hash_entries`] reads them.
+pub fn hash_scan(
+    map: &(impl MapCore + ?Sized),
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
     use std::os::fd::AsRawFd;
     const COUNT: u32 = 1024;
     let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
@@ -124,7 +138,6 @@ pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
         sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
     };
-    let mut out = Vec::new();
     for first in std::iter::once(true).chain(std::iter::repeat(false)) {
         let mut n = COUNT;
         // SAFETY: the buffers hold COUNT keys and values of the map's
@@ -147,10 +160,7 @@ pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
         };
         let err = std::io::Error::last_os_error();
         for i in 0..(n as usize).min(COUNT as usize) {
-            out.push(decode(
-                &keys[i * ks..(i + 1) * ks],
-                &values[i * vs..(i + 1) * vs],
-            )?);
+            each(&keys[i * ks..(i + 1) * ks], &values[i * vs..(i + 1) * vs])?;
         }
         if ret < 0 {
             if err.raw_os_error() == Some(libc::ENOENT) {
@@ -160,7 +170,7 @@ pub fn hash_entries<K: plain::Plain + Default, V: plain::Plain + Default>(
         }
         at = next;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A histogram as the profile keeps it: without its trailing empty slots.

@@ -17,6 +17,7 @@ use crate::bpf::kernel;
 use crate::bpf::layout::LayoutSkel;
 use crate::bpf::load::{btf_or_raw, load_procs, slot, Shared, Slots};
 use crate::bpf::maps::monotonic_ns;
+use crate::bpf::retire::LiveThreads;
 use crate::bpf::{procs, span};
 use crate::profile::Profile;
 use crate::record::build::{build_profile, counters, Meta, Objects};
@@ -261,8 +262,9 @@ pub fn record(
         }
         find_layouts(&mut tracker, &o.layout, &o.procs, &mut o.views, pid);
         tracker.listen_to_names(&o.layout);
+        let mut live = LiveThreads::default();
         for v in &mut o.views {
-            v.tick();
+            v.tick(&mut live);
         }
         for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
             proc_threads(p, &mut threads);

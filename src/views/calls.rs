@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{bail, Context};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags};
+use libbpf_rs::{Link, MapCore};
 use pyusdt_contract::calls::MAX_DEPTH;
 
 use crate::bpf::calls::{types, CallsSkel, CallsSkelBuilder};
 use crate::bpf::kernel::{self, Variant};
 use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
 use crate::bpf::maps::{entries, hash_entries, live, trimmed};
+use crate::bpf::retire::{add_slots, Count, LiveThreads, Moved};
 use crate::profile::pyname;
 use crate::profile::ViewKind;
 use crate::target::{layout, Target};
@@ -39,13 +40,10 @@ struct Calls<'o> {
     links: Vec<Link>,
     /// Nodes of threads that exited, moved out of `call_nodes` as it
     /// filled, by id.
-    moved: HashMap<u64, types::call_node>,
+    moved: Moved<u64, types::call_node>,
     /// The count of nodes made (`nodes_made`) at which the next move is due.
     move_at: u64,
 }
-
-/// Keys deleted from `call_nodes` per call.
-const MOVE_BATCH: usize = 1024;
 
 impl Calls<'_> {
     /// Nodes made between two moves: a quarter of the map, so that the
@@ -86,38 +84,16 @@ impl Calls<'_> {
             .into_iter()
             .filter(|(_, n)| exited.contains(&n.tid) && !again.contains(&n.tid))
             .collect();
-        for chunk in gone.chunks(MOVE_BATCH) {
-            let keys: Vec<u8> = chunk.iter().flat_map(|(id, _)| id.to_ne_bytes()).collect();
-            let deleted = m
-                .call_nodes
-                .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
-                .is_ok();
-            for (id, n) in chunk {
-                // A batch that failed part-way: each key alone, so that a
-                // node is moved only once it is out of the map.
-                if deleted || m.call_nodes.delete(&id.to_ne_bytes()).is_ok() {
-                    add_node(&mut self.moved, *id, n);
-                }
-            }
-        }
+        self.moved.take(&m.call_nodes, &gone);
         Ok(())
     }
 }
 
-/// Adds node `n` to `nodes` under `id`: a thread id used again makes the
-/// same ids, whose counts add up.
-fn add_node(nodes: &mut HashMap<u64, types::call_node>, id: u64, n: &types::call_node) {
-    match nodes.get_mut(&id) {
-        Some(have) => {
-            have.calls = have.calls.saturating_add(n.calls);
-            have.self_ns = have.self_ns.saturating_add(n.self_ns);
-            for (a, b) in have.hist.iter_mut().zip(n.hist.iter()) {
-                *a = a.saturating_add(*b);
-            }
-        }
-        None => {
-            nodes.insert(id, *n);
-        }
+impl Count for types::call_node {
+    fn add(&mut self, other: &Self) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.self_ns = self.self_ns.saturating_add(other.self_ns);
+        add_slots(&mut self.hist, &other.hist);
     }
 }
 
@@ -139,7 +115,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
     Ok(Box::new(Calls {
         skel,
         links,
-        moved: HashMap::new(),
+        moved: Moved::default(),
         move_at: 0,
     }))
 }
@@ -198,9 +174,10 @@ impl Recorder for Calls<'_> {
 
     fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
-        let mut nodes = self.moved.clone();
-        for (id, n) in hash_entries::<u64, types::call_node>(&m.call_nodes)? {
-            add_node(&mut nodes, id, &n);
+        // A thread id used again makes the same ids, whose counts add up.
+        let mut nodes: HashMap<u64, types::call_node> = HashMap::new();
+        for (id, n) in self.moved.with(&m.call_nodes)? {
+            nodes.entry(id).and_modify(|h| h.add(&n)).or_insert(n);
         }
         let threads = entries::<u32, types::call_thread>(&m.call_threads)?;
         close_running(&mut nodes, &threads, r.end_monotonic_ns);
@@ -211,7 +188,7 @@ impl Recorder for Calls<'_> {
         self.links.clear();
     }
 
-    fn tick(&mut self) {
+    fn tick(&mut self, _: &mut LiveThreads) {
         let made = self
             .skel
             .maps

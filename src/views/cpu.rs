@@ -9,8 +9,9 @@ use pyusdt_contract::walk;
 
 use crate::bpf::cpu::{types, CpuSkel, CpuSkelBuilder};
 use crate::bpf::kernel;
-use crate::bpf::load::{attach_sampler, share, slot, Slots};
-use crate::bpf::maps::{entries, kernel_stack, live, python_stack};
+use crate::bpf::load::{attach_sampler, share, size_counts, slot, Slots};
+use crate::bpf::maps::{kernel_stack, live, python_stack};
+use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
 use crate::profile::ViewKind;
 use crate::views::{view, walker, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker};
 use crate::Result;
@@ -18,10 +19,13 @@ use crate::Result;
 // SAFETY: plain C data, no padding (explicit reserved words), any bit
 // pattern valid.
 unsafe impl plain::Plain for types::cpu_key {}
+thread_keys!(types::cpu_key);
 
 struct Cpu<'o> {
     skel: CpuSkel<'o>,
     links: Vec<Link>,
+    /// Samples of exited threads.
+    retired: Retired<types::cpu_key, u64>,
 }
 
 /// Loads the CPU sampler and attaches it to every CPU.
@@ -37,11 +41,16 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
             .set_map_flags(0)
             .context("preallocate the line table map")?;
     }
+    size_counts(&mut open.maps.cpu_samples)?;
     kernel::choose_programs(open.open_object_mut(), s.variant, |_| true);
     let skel = crate::errors::loaded("load the CPU sampler", || open.load())?;
     let prog = kernel::program(skel.object(), "on_cpu_sample", s.variant)?;
     let links = attach_sampler(&prog, s.freq)?;
-    Ok(Box::new(Cpu { skel, links }))
+    Ok(Box::new(Cpu {
+        skel,
+        links,
+        retired: Retired::default(),
+    }))
 }
 
 impl Recorder for Cpu<'_> {
@@ -59,7 +68,7 @@ impl Recorder for Cpu<'_> {
     fn rows(&self, _: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
-        for (k, count) in entries::<types::cpu_key, u64>(&m.cpu_samples)? {
+        for (k, count) in self.retired.entries(&m.cpu_samples)? {
             out.push(RawSample {
                 pid: k.tgid,
                 tid: k.tid,
@@ -76,5 +85,9 @@ impl Recorder for Cpu<'_> {
 
     fn detach(&mut self) {
         self.links.clear();
+    }
+
+    fn tick(&mut self, threads: &mut LiveThreads) {
+        self.retired.tick(&self.skel.maps.cpu_samples, threads);
     }
 }

@@ -22,9 +22,10 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use crate::bpf::gil::{types, GilSkel, GilSkelBuilder};
 use crate::bpf::kernel;
 use crate::bpf::kernel::Variant;
-use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
-use crate::bpf::maps::{entries, live, python_stack, trimmed};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
+use crate::bpf::maps::{live, python_stack, trimmed};
 use crate::bpf::procs::types::time_hist;
+use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
 use crate::profile::ViewKind;
 use crate::target;
 use crate::views::{
@@ -35,6 +36,7 @@ use crate::Result;
 // SAFETY: plain C data, no padding (explicit reserved word), any bit
 // pattern valid.
 unsafe impl plain::Plain for types::gil_key {}
+thread_keys!(types::gil_key);
 
 struct Gil<'o> {
     skel: GilSkel<'o>,
@@ -56,6 +58,8 @@ struct Gil<'o> {
     sample_below_ns: u64,
     /// Some process's waits were watched as their blocks.
     blocks_used: bool,
+    /// Waits of exited threads.
+    retired: Retired<types::gil_key, time_hist>,
 }
 
 /// Loads the GIL probes; they are attached per process by `watch`.
@@ -74,6 +78,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         unmeasured: None,
         sample_below_ns: below,
         blocks_used: false,
+        retired: Retired::default(),
     }))
 }
 
@@ -109,6 +114,7 @@ fn open<'o>(
         .set_max_entries(1)
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the GIL probes");
+    size_counts(&mut open.maps.gil)?;
     // Blocks are seen with --gil-probes too, in an interpreter without
     // the symbols.
     let switch = at_switch(v);
@@ -234,7 +240,7 @@ impl Recorder for Gil<'_> {
     fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
-        for (k, v) in entries::<types::gil_key, time_hist>(&m.gil)? {
+        for (k, v) in self.retired.entries(&m.gil)? {
             let holder = if k.holder_tid == 0 {
                 "GIL held by [unknown]".to_string()
             } else if k.holder_tid == k.tid {
@@ -273,6 +279,10 @@ impl Recorder for Gil<'_> {
     fn detach(&mut self) {
         self.probes.clear();
         self.blocks.clear();
+    }
+
+    fn tick(&mut self, threads: &mut LiveThreads) {
+        self.retired.tick(&self.skel.maps.gil, threads);
     }
 
     /// Attaches the probes to each live Python process that has not had

@@ -10,6 +10,7 @@ use libbpf_rs::MapCore;
 use crate::bpf::kernel::Variant;
 use crate::bpf::load::{Shared, Slots};
 use crate::bpf::maps::PyStack;
+use crate::bpf::retire::LiveThreads;
 use crate::profile::ViewKind;
 use crate::target::layout::Layout;
 use crate::target::Target;
@@ -126,9 +127,9 @@ pub trait Recorder {
     /// The recorded Python processes now (with `first`, the target):
     /// attaches what this view attaches per process.
     fn watch(&mut self, _live: &[Process], _first: u32) {}
-    /// Called every tick of the recording (100 ms): housekeeping of its
-    /// maps while the programs run.
-    fn tick(&mut self) {}
+    /// Called every tick of the recording (100 ms), with the threads
+    /// alive then: housekeeping of its maps while the programs run.
+    fn tick(&mut self, _threads: &mut LiveThreads) {}
     /// What it counts besides its views' events, into `walk_errors`.
     fn errors(&self, _walk_errors: &mut BTreeMap<String, u64>) {}
     /// Process `pid` (which announced `layout`) ran before the recording

@@ -17,11 +17,12 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use pyusdt_contract::walk as walk_contract;
 
 use crate::bpf::kernel::{self, Variant};
-use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
 use crate::bpf::maps::{
     comm_str, entries, histogram_of, kernel_stack, kernel_stack_at, live, python_stack, trimmed,
 };
 use crate::bpf::procs::types::{pystack, time_hist};
+use crate::bpf::retire::{thread_keys, Count, LiveThreads, Retired};
 use crate::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
 use crate::profile::ksym;
 use crate::profile::pyname::{Namer, LASTI_NONE};
@@ -42,6 +43,14 @@ unsafe impl plain::Plain for types::wakeup_key {}
 unsafe impl plain::Plain for types::time_value {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::sched_thread {}
+thread_keys!(types::offcpu_key, types::wakeup_key);
+
+impl Count for types::time_value {
+    fn add(&mut self, other: &Self) {
+        self.ns = self.ns.saturating_add(other.ns);
+        self.count = self.count.saturating_add(other.count);
+    }
+}
 
 struct Sched<'o> {
     skel: SchedSkel<'o>,
@@ -52,6 +61,10 @@ struct Sched<'o> {
     sample_below_ns: u64,
     /// Names of the code objects of the waits open at the start.
     names: RefCell<Vec<(u32, u64, String)>>,
+    /// Waits and wake-ups of exited threads (each keyed by the thread that
+    /// waited, whose own return counts it).
+    retired_offcpu: Retired<types::offcpu_key, time_hist>,
+    retired_wakeups: Retired<types::wakeup_key, types::time_value>,
 }
 
 /// Loads the scheduler programs (`sched_wakeup_new` only for the wakeup
@@ -70,6 +83,8 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         wakeups,
         sample_below_ns,
         names: RefCell::new(Vec::new()),
+        retired_offcpu: Retired::default(),
+        retired_wakeups: Retired::default(),
     }))
 }
 
@@ -84,6 +99,8 @@ fn open<'o>(
         .open(storage)
         .context("open the scheduler programs")?;
     share!(open, shared, "the scheduler programs");
+    size_counts(&mut open.maps.offcpu)?;
+    size_counts(&mut open.maps.wakeups)?;
     let rodata = open
         .maps
         .rodata_data
@@ -153,7 +170,7 @@ impl Sched<'_> {
                 gil_wait: false,
             });
         }
-        for (k, v) in entries::<types::offcpu_key, time_hist>(&m.offcpu)? {
+        for (k, v) in self.retired_offcpu.entries(&m.offcpu)? {
             out.push(RawSample {
                 pid: k.tgid,
                 tid: k.tid,
@@ -171,7 +188,7 @@ impl Sched<'_> {
     fn wakeup_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
-        for (k, v) in entries::<types::wakeup_key, types::time_value>(&m.wakeups)? {
+        for (k, v) in self.retired_wakeups.entries(&m.wakeups)? {
             // pyusdt's poll thread is instrumentation: a wait it ends (the
             // join at exit) is not the program's.
             if r.recorded.contains(&k.waker_tgid) && comm_str(&k.waker_comm) == POLL_THREAD {
@@ -280,6 +297,16 @@ impl Recorder for Sched<'_> {
 
     fn detach(&mut self) {
         self.links.clear();
+    }
+
+    fn tick(&mut self, threads: &mut LiveThreads) {
+        let m = &self.skel.maps;
+        if self.offcpu {
+            self.retired_offcpu.tick(&m.offcpu, threads);
+        }
+        if self.wakeups {
+            self.retired_wakeups.tick(&m.wakeups, threads);
+        }
     }
 
     fn open_waits(&self, pid: u32, layout: &Layout, start_ns: u64, lines: bool) {

@@ -7,9 +7,10 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::Link;
 
 use crate::bpf::kernel::{self, Variant};
-use crate::bpf::load::{attach_tp, btf_or_raw, share, Shared, Slots};
-use crate::bpf::maps::{entries, live, python_stack, trimmed};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
+use crate::bpf::maps::{live, python_stack, trimmed};
 use crate::bpf::procs::types::time_hist;
+use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
 use crate::bpf::syscall::{types, SyscallSkel, SyscallSkelBuilder};
 use crate::profile::ViewKind;
 use crate::views::{view, walker, RawSample, RawView, Reading, Recorder, Setup, Tail, Walker};
@@ -17,16 +18,23 @@ use crate::Result;
 
 // SAFETY: plain C data, no padding, any bit pattern valid.
 unsafe impl plain::Plain for types::syscall_key {}
+thread_keys!(types::syscall_key);
 
 struct Syscall<'o> {
     skel: SyscallSkel<'o>,
     links: Vec<Link>,
+    /// Syscalls of exited threads.
+    retired: Retired<types::syscall_key, time_hist>,
 }
 
 /// Loads the syscall programs and attaches them.
 pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder + 'o>> {
     let (skel, links) = btf_or_raw(slots, |st, v| open(st, s.shared, v))?;
-    Ok(Box::new(Syscall { skel, links }))
+    Ok(Box::new(Syscall {
+        skel,
+        links,
+        retired: Retired::default(),
+    }))
 }
 
 fn open<'o>(
@@ -43,6 +51,7 @@ fn open<'o>(
         .set_max_entries(1)
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the syscall programs");
+    size_counts(&mut open.maps.syscalls)?;
     kernel::choose_programs(open.open_object_mut(), v, |_| true);
     let skel = crate::errors::loaded("load the syscall programs", || open.load())?;
     let o = skel.object();
@@ -68,7 +77,7 @@ impl Recorder for Syscall<'_> {
     fn rows(&self, _: &Reading<'_>) -> Result<Vec<RawView>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
-        for (k, v) in entries::<types::syscall_key, time_hist>(&m.syscalls)? {
+        for (k, v) in self.retired.entries(&m.syscalls)? {
             out.push(RawSample {
                 pid: k.tgid,
                 tid: k.tid,
@@ -85,5 +94,9 @@ impl Recorder for Syscall<'_> {
 
     fn detach(&mut self) {
         self.links.clear();
+    }
+
+    fn tick(&mut self, threads: &mut LiveThreads) {
+        self.retired.tick(&self.skel.maps.syscalls, threads);
     }
 }
