@@ -299,6 +299,28 @@ def shape_many_threads():
         t.join()
 
 
+def one_nap():
+    time.sleep(0.001)
+
+
+def churn_thread():
+    one_write()
+    one_nap()
+
+
+def shape_churn():
+    """3,000 threads, 100 at a time with a pause of 0.2 s between rounds
+    (about 7 s in all), each one write in one_write and one 1 ms sleep in
+    one_nap: keys for every view's count map, of threads that exit."""
+    for _ in range(30):
+        threads = [threading.Thread(target=churn_thread) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(0.2)
+
+
 def storm_writes(seconds, counts, i):
     fd = os.open("/dev/null", os.O_WRONLY)
     end = time.monotonic() + seconds
