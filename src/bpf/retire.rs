@@ -87,8 +87,9 @@ const MOVE_BATCH: usize = 1024;
 
 impl<K: plain::Plain + Default + Copy, V: Count> Moved<K, V> {
     /// Moves entries `out` (as read from `map`, whose programs no longer
-    /// write them) out of `map`: each one is kept once it is out of the
-    /// map, so that none is counted twice.
+    /// write them, and from which nothing else deletes) out of `map`:
+    /// each one is kept once it is out of the map, so that none is
+    /// counted twice nor dropped.
     pub fn take(&mut self, map: &dyn MapCore, out: &[(K, V)]) {
         for chunk in out.chunks(MOVE_BATCH) {
             let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| key_bytes(k)).collect();
@@ -96,8 +97,13 @@ impl<K: plain::Plain + Default + Copy, V: Count> Moved<K, V> {
                 .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
                 .is_ok();
             for (k, v) in chunk {
-                // A batch that failed part-way: each key alone.
-                if deleted || map.delete(&key_bytes(k)).is_ok() {
+                // A batch that failed part-way deleted some: each key
+                // alone, where one already gone is one the batch deleted.
+                let gone = || match map.delete(&key_bytes(k)) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == libbpf_rs::ErrorKind::NotFound,
+                };
+                if deleted || gone() {
                     self.add(k, v);
                 }
             }
