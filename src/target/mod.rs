@@ -62,7 +62,10 @@ impl Target {
     /// Whether the process still runs (an exited child that its parent
     /// has not reaped yet, a zombie, does not).
     pub fn alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+        // Its main thread's stat, with the process's state: the process's
+        // own sums every thread's times, costly at every tick of a
+        // recording of a process of many threads.
+        match fs::read_to_string(format!("/proc/{0}/task/{0}/stat", self.pid)) {
             // The state follows the command name, which ends with the
             // last ')'.
             Ok(stat) => !matches!(
