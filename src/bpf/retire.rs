@@ -139,7 +139,7 @@ fn key_bytes<K: plain::Plain>(k: &K) -> Vec<u8> {
 /// The threads alive now, read from `/proc` once per process, as asked.
 #[derive(Debug, Default)]
 pub struct LiveThreads {
-    by_process: HashMap<u32, Option<HashSet<u32>>>,
+    by_process: HashMap<u32, HashSet<u32>>,
 }
 
 impl LiveThreads {
@@ -147,16 +147,8 @@ impl LiveThreads {
     pub fn alive(&mut self, tgid: u32, tid: u32) -> bool {
         self.by_process
             .entry(tgid)
-            .or_insert_with(|| {
-                let dir = std::fs::read_dir(format!("/proc/{tgid}/task")).ok()?;
-                Some(
-                    dir.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                        .collect(),
-                )
-            })
-            .as_ref()
-            .is_some_and(|t| t.contains(&tid))
+            .or_insert_with(|| crate::target::tasks(tgid).into_iter().collect())
+            .contains(&tid)
     }
 }
 

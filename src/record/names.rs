@@ -64,14 +64,8 @@ pub fn learn_names(
 
 /// Thread names of `pid` from /proc.
 pub fn proc_threads(pid: u32, into: &mut BTreeMap<u32, String>) {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
-    };
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read_to_string(e.path().join("comm")) {
+    for tid in crate::target::tasks(pid) {
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
             into.insert(tid, c.trim_end().to_string());
         }
     }

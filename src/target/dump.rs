@@ -104,7 +104,7 @@ fn dump_one(pid: u32, timeout: Duration) -> Result<ProcessDump> {
     let by_tid: BTreeMap<u32, &walk::PyThread> =
         snapshot.threads.iter().map(|t| (t.tid, t)).collect();
     let mut threads = Vec::new();
-    for tid in tasks(pid) {
+    for tid in target::tasks(pid) {
         let task = format!("/proc/{pid}/task/{tid}");
         let kernel_name = read_trimmed(&format!("{task}/comm")).unwrap_or_default();
         if kernel_name == POLL_THREAD {
@@ -180,18 +180,6 @@ fn read_trimmed(path: &str) -> Option<String> {
     fs::read_to_string(path)
         .ok()
         .map(|s| s.trim_end().to_string())
-}
-
-/// The thread ids of process `pid`, ascending.
-fn tasks(pid: u32) -> Vec<u32> {
-    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_unstable();
-    tids
 }
 
 /// A thread's state in words, from its `/proc/.../stat`.

@@ -322,6 +322,18 @@ pub fn load_address(pid: u32, file: &str) -> Option<u64> {
         .map(|m| m.start)
 }
 
+/// The thread ids of process `pid`, ascending (none once it is gone).
+pub fn tasks(pid: u32) -> Vec<u32> {
+    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
 /// Process `pid`'s command line, if it still runs.
 pub fn command_line(pid: u32) -> Option<Vec<String>> {
     let b = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
