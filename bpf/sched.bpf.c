@@ -266,6 +266,13 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 			}
 		}
 		__sync_fetch_and_add(&switches, 1);
+		/* A thread that has exited (its Python thread state is gone)
+		 * leaves for good: nothing of its departure would count. Its
+		 * process, if it is the launched one, may stay a zombie until
+		 * the recording ends, and its departure would have counted as
+		 * a wait open until then. */
+		if (BPF_CORE_READ(prev, exit_state))
+			goto back;
 		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
 		out.ts = now;
@@ -277,6 +284,7 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 			__sync_fetch_and_add(&lost_offcpu, 1);
 	}
 
+back:
 	/* A target thread comes back: count the time it was away. */
 	if (next_ours) {
 		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &next_tid);
