@@ -447,17 +447,23 @@ struct {
 	__uint(value_size, KSTACK_DEPTH * sizeof(__u64));
 } kstacks SEC(".maps");
 
-/* The current kernel stack's id in `kstacks`, or KSTACK_NONE; a stack lost
- * to a full map is counted (a sample in user mode has none, and is not). */
-static __always_inline __s32 kernel_stack_id(void *ctx)
+/* The current kernel stack's id in `kstacks`, without its `skip` innermost
+ * frames, or KSTACK_NONE; a stack lost to a full map is counted (a sample
+ * in user mode has none, and is not). */
+static __always_inline __s32 kernel_stack_id_skip(void *ctx, __u32 skip)
 {
-	long id = bpf_get_stackid(ctx, &kstacks, 0);
+	long id = bpf_get_stackid(ctx, &kstacks, skip & BPF_F_SKIP_FIELD_MASK);
 
 	if (id >= 0)
 		return id;
 	if (id != -EFAULT)
 		pystack_error(PYSTACK_ERR_KSTACK);
 	return KSTACK_NONE;
+}
+
+static __always_inline __s32 kernel_stack_id(void *ctx)
+{
+	return kernel_stack_id_skip(ctx, 0);
 }
 
 /* Bytes of a frame the walk needs at most: enough for every field it

@@ -24,6 +24,15 @@
  * τ = 0 keeps every wait, each kernel stack taken whole at departure.
  * Waits noted by userspace (open when an attach began) have no departure
  * stack: theirs is taken at the return either way.
+ *
+ * Where the kernel has kprobes, the stacks are read later and less often
+ * (walk_at_return): sched_switch notes only the time of a departure, and
+ * `back`, a kprobe on finish_task_switch, counts the return in the
+ * returning thread, whose memory is mapped there (sched_switch runs in
+ * the thread leaving). The thread has not run since it left, so its
+ * Python and kernel stacks are still the ones it left with, frame for
+ * frame; they are read there for the waits kept alone. Waits still open
+ * at the end are read by userspace, from the process's memory.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -99,6 +108,11 @@ const volatile __u8 wakeup_view = 0;
 
 /* τ of the sampling above; 0 keeps every wait. */
 const volatile __u64 sample_below_ns = 0;
+
+/* Whether returns are counted by `back`, in the returning thread (see
+ * there); else by sched_switch, which reads the stacks at every
+ * departure. */
+const volatile __u8 walk_at_return = 0;
 
 /* A kernel stack taken as its thread comes back, leaf first, 0 after its
  * end. */
@@ -247,7 +261,6 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 	/* A target thread leaves: note where it is (it is still current). */
 	if (prev_ours) {
 		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &prev_tid);
-		struct switch_out out = { .tgid = prev_tgid };
 
 		if (t && t->out.ts) {
 			/* It came back unseen: its wait ended when it was woken. */
@@ -273,20 +286,27 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		 * a wait open until then. */
 		if (BPF_CORE_READ(prev, exit_state))
 			goto back;
-		out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
-		out.kstack = btf_args && sample_below_ns ? KSTACK_NONE : kernel_stack_id(ctx);
-		out.ts = now;
 		if (!t)
 			t = sched_thread_make(prev_tid);
-		if (t)
-			t->out = out;
-		else
+		if (!t) {
 			__sync_fetch_and_add(&lost_offcpu, 1);
+			goto back;
+		}
+		t->out.tgid = prev_tgid;
+		if (walk_at_return) {
+			t->out.pystack = PYSTACK_NONE;
+			t->out.kstack = KSTACK_NONE;
+		} else {
+			t->out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
+			t->out.kstack = btf_args && sample_below_ns ? KSTACK_NONE :
+								      kernel_stack_id(ctx);
+		}
+		t->out.ts = now;
 	}
 
 back:
 	/* A target thread comes back: count the time it was away. */
-	if (next_ours) {
+	if (next_ours && !walk_at_return) {
 		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &next_tid);
 		__u64 ns, weight, kback = 0;
 
@@ -301,6 +321,47 @@ back:
 	}
 	return 0;
 }
+
+/*
+ * A target thread comes back, and is current: counts the time it was
+ * away. Until it runs its own code again, its Python stack and its kernel
+ * stack are the ones it left with, frame for frame, so they are read here
+ * and only for the waits kept (the time away decides), where sched_switch
+ * would read them at every departure. A wait noted by userspace at the
+ * start has its Python stack already.
+ */
+static __always_inline int on_back(void *ctx, const int loops)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct sched_thread *t;
+	__u64 ns, weight;
+
+	if (!is_target(tgid))
+		return 0;
+	t = bpf_map_lookup_elem(&sched_threads, &tid);
+	if (!t || !t->out.ts)
+		return 0; /* it left before the recording began */
+	ns = bpf_ktime_get_ns() - t->out.ts;
+	weight = sample_weight_counted(ns, sample_below_ns, &short_waits, &short_waits_kept);
+	if ((weight || t->waker.weight) && t->out.pystack == PYSTACK_NONE)
+		t->out.pystack = py_stack_id(tgid, tid, loops);
+	/* Past this probe's own frame: the stack sched_switch would take. */
+	if (weight && t->out.kstack == KSTACK_NONE)
+		t->out.kstack = kernel_stack_id_skip(ctx, 1);
+	count_return(tgid, tid, t, ns, weight, 0);
+	return 0;
+}
+
+static __always_inline int back_body(struct pt_regs *ctx, const int loops)
+{
+	return on_back(ctx, loops);
+}
+
+/* finish_task_switch, as the kernel names it (userspace attaches it by
+ * the name /proc/kallsyms gives, which may carry a suffix such as .isra.0):
+ * the first function a thread runs when it is back on the CPU. */
+WALK_TWIN("kprobe", back, struct pt_regs)
 
 /* The waker is current; note it for the wakee. */
 static __always_inline int on_wakeup(struct task_struct *p, const int loops)

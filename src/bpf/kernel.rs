@@ -112,6 +112,25 @@ impl Kernel {
     }
 }
 
+/// Set to 1, the offcpu and wakeup views read a wait's stacks as its
+/// thread leaves, at every departure (for comparison).
+const AT_DEPARTURE_ENV: &str = "PYUSDT_PROF_WALK_AT_DEPARTURE";
+
+/// The function a thread runs first when it is back on the CPU, in the
+/// thread (`finish_task_switch`, by the name the kernel gives it), to
+/// attach a kprobe to; None where the kernel has no kprobes (no perf
+/// kprobe PMU: built without them, or before 4.17) or no such function,
+/// or `PYUSDT_PROF_WALK_AT_DEPARTURE` says no.
+pub fn return_probe() -> Option<&'static str> {
+    if env_set(AT_DEPARTURE_ENV) {
+        return None;
+    }
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return None;
+    }
+    crate::profile::ksym::function_named("finish_task_switch")
+}
+
 /// What `pyusdt-prof check` says of this machine: whether it can record,
 /// and with which variant of the programs.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,6 +146,8 @@ pub struct Check {
     pub bpf_loop: Option<bool>,
     pub perf_event_dynamic_maps: Option<bool>,
     pub task_pt_regs: Option<bool>,
+    /// A kprobe on `finish_task_switch` ([`return_probe`]).
+    pub return_probe: Option<bool>,
     /// The lockdown mode, where the kernel has one.
     pub lockdown: Option<String>,
     /// The capabilities this process lacks to load BPF programs.
@@ -159,6 +180,7 @@ impl Check {
             bpf_loop: probed(k.bpf_loop),
             perf_event_dynamic_maps: probed(k.perf_event_dynamic_maps),
             task_pt_regs: probed(k.task_pt_regs),
+            return_probe: probed(return_probe().is_some()),
             ok: btf
                 && k.ringbuf
                 && missing.is_empty()
@@ -205,6 +227,11 @@ impl std::fmt::Display for Check {
                 "bpf_task_pt_regs()",
                 yes(self.task_pt_regs),
                 "gil view at sched_switch, else at the futex syscalls (5.15)",
+            ),
+            (
+                "kprobes",
+                yes(self.return_probe),
+                "offcpu, wakeup: stacks read for kept waits, else at every switch",
             ),
         ];
         for (what, has, why) in rows {

@@ -52,6 +52,21 @@ fn kallsyms() -> &'static HashMap<String, u64> {
     })
 }
 
+/// The running kernel's name for function `name`: `name` itself, else a
+/// compiler's copy of it (`name.isra.0`, `name.constprop.0`); None where it
+/// has none (inlined everywhere, or the addresses are hidden).
+pub fn function_named(name: &str) -> Option<&'static str> {
+    let syms = kallsyms();
+    if let Some((k, _)) = syms.get_key_value(name) {
+        return Some(k.as_str());
+    }
+    let prefix = format!("{name}.");
+    syms.keys()
+        .filter(|k| k.starts_with(&prefix))
+        .min()
+        .map(String::as_str)
+}
+
 /// Resolves kernel addresses to function names, caching each address.
 ///
 /// It uses blazesym's kernel source: a `vmlinux` image if blazesym finds one

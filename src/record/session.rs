@@ -309,6 +309,13 @@ pub fn record(
     // The end of the window: waits still open then count up to it.
     let ended = monotonic_ns();
     let duration = started.elapsed();
+    for (&p, f) in &tracker.procs {
+        if let Some(l) = &f.layout {
+            for v in &o.views {
+                v.close_waits(p, l, opts.lines);
+            }
+        }
+    }
 
     // Detach everything before reading: the counts stop moving.
     drop(std::mem::take(&mut o.procs_links));

@@ -136,6 +136,9 @@ pub trait Recorder {
     /// began at `start_ns`: the waits its threads are in then count from
     /// then, under their stacks read now.
     fn open_waits(&self, _pid: u32, _layout: &Layout, _start_ns: u64, _lines: bool) {}
+    /// The recording ends, still attached, and process `pid` (which
+    /// announced `layout`) may have waits open: reads what it keeps of them.
+    fn close_waits(&self, _pid: u32, _layout: &Layout, _lines: bool) {}
     /// Names of code objects it read itself: (process, code, name).
     fn names(&self) -> Vec<(u32, u64, String)> {
         Vec::new()

@@ -7,8 +7,15 @@
 //! sampled, each kept one weighted by 1/p (the profile says so). A return
 //! to the CPU the kernel did not report is counted at the thread's next
 //! departure, ending at its last `sched_waking`, and said in a note.
+//!
+//! Where the kernel has kprobes, the stacks are read at the return
+//! instead, in the returning thread (a kprobe on `finish_task_switch`),
+//! and only for the waits kept: the thread has not run since it left, so
+//! they are the stacks it left with. A wait still open at the end has its
+//! Python stack read here, from the process's memory.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -59,8 +66,12 @@ struct Sched<'o> {
     wakeups: bool,
     /// Waits shorter than this are sampled; 0: none.
     sample_below_ns: u64,
-    /// Names of the code objects of the waits open at the start.
+    /// Names of the code objects of the waits open at the start and of
+    /// those still open at the end whose stacks userspace read.
     names: RefCell<Vec<(u32, u64, String)>>,
+    /// Stacks of waits still open at the end, read by userspace (their
+    /// stacks are read at the return, which did not come): by tid.
+    closed: RefCell<HashMap<u32, u64>>,
     /// Waits and wake-ups of exited threads (each keyed by the thread that
     /// waited, whose own return counts it).
     retired_offcpu: Retired<types::offcpu_key, time_hist>,
@@ -73,9 +84,18 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
     let offcpu = s.views.contains(&ViewKind::Offcpu);
     let wakeups = s.views.contains(&ViewKind::Wakeup);
     let sample_below_ns = s.sample_waits_below_ns;
-    let (skel, links) = btf_or_raw(slots, |st, v| {
-        open(st, s.shared, v, wakeups, sample_below_ns)
-    })?;
+    // A kernel whose kprobe cannot be attached after all is recorded the
+    // departure's way.
+    let mut load = |back| {
+        btf_or_raw(slots, |st, v| {
+            open(st, s.shared, v, wakeups, sample_below_ns, back)
+        })
+    };
+    let back = kernel::return_probe();
+    let (skel, links) = match load(back) {
+        Err(_) if back.is_some() => load(None)?,
+        loaded => loaded?,
+    };
     Ok(Box::new(Sched {
         skel,
         links,
@@ -83,6 +103,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         wakeups,
         sample_below_ns,
         names: RefCell::new(Vec::new()),
+        closed: RefCell::new(HashMap::new()),
         retired_offcpu: Retired::default(),
         retired_wakeups: Retired::default(),
     }))
@@ -94,6 +115,7 @@ fn open<'o>(
     v: Variant,
     wakeups: bool,
     sample_below_ns: u64,
+    back: Option<&str>,
 ) -> Result<(SchedSkel<'o>, Vec<Link>)> {
     let mut open = SchedSkelBuilder::default()
         .open(storage)
@@ -108,10 +130,13 @@ fn open<'o>(
         .context("the scheduler programs have no rodata")?;
     rodata.wakeup_view = u8::from(wakeups);
     rodata.sample_below_ns = sample_below_ns;
+    rodata.walk_at_return = u8::from(back.is_some());
     // sched_waking also times the wake-ups that end returns the kernel
     // does not report.
-    kernel::choose_programs(open.open_object_mut(), v, |h| {
-        h == "switch" || h == "wakeup" || wakeups
+    kernel::choose_programs(open.open_object_mut(), v, |h| match h {
+        "back" => back.is_some(),
+        "wakeup_new" => wakeups,
+        _ => true,
     });
     let skel = crate::errors::loaded("load the scheduler programs", || open.load())?;
     let o = skel.object();
@@ -122,10 +147,69 @@ fn open<'o>(
     if wakeups {
         links.push(attach_tp(o, "wakeup_new", v, "sched_wakeup_new")?);
     }
+    if let Some(f) = back {
+        links.push(
+            kernel::program(o, "back", v)?
+                .attach_kprobe(false, f)
+                .with_context(|| format!("attach a kprobe to {f}"))?,
+        );
+    }
     Ok((skel, links))
 }
 
 impl Sched<'_> {
+    /// Reads the stacks of process `pid`'s threads that are off the CPU now
+    /// from its memory (userspace's walk), puts each in `pystacks`, and
+    /// hands it to `keep` (tid, stack id); names its code if `keep` says
+    /// yes. A process it cannot read is left alone.
+    fn read_stacks(
+        &self,
+        pid: u32,
+        layout: &Layout,
+        lines: bool,
+        mut keep: impl FnMut(u32, u64) -> bool,
+    ) {
+        let Ok(snapshot) = walk::snapshot(pid, layout) else {
+            return;
+        };
+        let m = &self.skel.maps;
+        let mut namer = Namer::new(pid, Some(*layout));
+        for t in snapshot
+            .threads
+            .iter()
+            .filter(|t| walk::blocked(pid, t.tid))
+        {
+            let n = t.frames.len().min(walk_contract::MAX_FRAMES);
+            let frames: Vec<(u64, u32)> = t.frames[..n]
+                .iter()
+                .map(|&(c, i)| (c, if lines { i } else { LASTI_NONE }))
+                .collect();
+            let truncated = t.truncated || t.frames.len() > n;
+            let mut s = pystack {
+                len: n as u32,
+                truncated: u32::from(truncated),
+                ..Default::default()
+            };
+            for (k, &(c, i)) in frames.iter().enumerate() {
+                s.frames[k] = c;
+                s.lasti[k] = i;
+            }
+            let id = walk::stack_id(pid, &frames, lines, truncated);
+            // SAFETY: plain C data without padding.
+            let stack = unsafe { plain::as_bytes(&s) };
+            // A stack the kernel side has already is the same stack.
+            let _ = m
+                .pystacks
+                .update(&id.to_ne_bytes(), stack, MapFlags::NO_EXIST);
+            if keep(t.tid, id) {
+                let mut names = self.names.borrow_mut();
+                for &(c, _) in &frames {
+                    names.push((pid, c, namer.name(c).to_string()));
+                }
+            }
+        }
+    }
+
     /// The kernel stack of a wait: taken at departure (an id in
     /// `kstacks`) or as the thread came back (a hash in `kstacks_back`).
     fn kernel_frames(&self, id: i32, back: u64) -> Result<Vec<u64>> {
@@ -159,10 +243,14 @@ impl Sched<'_> {
             } else {
                 kernel_stack(&m.kstacks, o.kstack)?
             };
+            let pystack = match o.pystack {
+                0 => self.closed.borrow().get(&tid).copied().unwrap_or(0),
+                id => id,
+            };
             out.push(RawSample {
                 pid: o.tgid,
                 tid,
-                python: python_stack(&m.pystacks, o.pystack)?,
+                python: python_stack(&m.pystacks, pystack)?,
                 tail: Tail::Kernel(kernel),
                 value: ns,
                 count: 1,
@@ -313,34 +401,8 @@ impl Recorder for Sched<'_> {
         if !self.offcpu {
             return;
         }
-        // A process it cannot read is recorded from its threads' next
-        // departures, as before.
-        let Ok(snapshot) = walk::snapshot(pid, layout) else {
-            return;
-        };
         let m = &self.skel.maps;
-        let mut namer = Namer::new(pid, Some(*layout));
-        for t in snapshot
-            .threads
-            .iter()
-            .filter(|t| walk::blocked(pid, t.tid))
-        {
-            let n = t.frames.len().min(walk_contract::MAX_FRAMES);
-            let frames: Vec<(u64, u32)> = t.frames[..n]
-                .iter()
-                .map(|&(c, i)| (c, if lines { i } else { LASTI_NONE }))
-                .collect();
-            let truncated = t.truncated || t.frames.len() > n;
-            let mut s = pystack {
-                len: n as u32,
-                truncated: u32::from(truncated),
-                ..Default::default()
-            };
-            for (k, &(c, i)) in frames.iter().enumerate() {
-                s.frames[k] = c;
-                s.lasti[k] = i;
-            }
-            let id = walk::stack_id(pid, &frames, lines, truncated);
+        self.read_stacks(pid, layout, lines, |tid, id| {
             let out = types::sched_thread {
                 out: types::switch_out {
                     ts: start_ns,
@@ -351,22 +413,39 @@ impl Recorder for Sched<'_> {
                 ..Default::default()
             };
             // SAFETY: plain C data without padding.
-            let (stack, out) = unsafe { (plain::as_bytes(&s), plain::as_bytes(&out)) };
-            // A stack the kernel side has already is the same stack; a
-            // departure it noted meanwhile is the truer one.
-            let _ = m
-                .pystacks
-                .update(&id.to_ne_bytes(), stack, MapFlags::NO_EXIST);
-            if m.sched_threads
-                .update(&t.tid.to_ne_bytes(), out, MapFlags::NO_EXIST)
+            let out = unsafe { plain::as_bytes(&out) };
+            // A departure the kernel side noted meanwhile is the truer one.
+            m.sched_threads
+                .update(&tid.to_ne_bytes(), out, MapFlags::NO_EXIST)
                 .is_ok()
-            {
-                let mut names = self.names.borrow_mut();
-                for &(c, _) in &frames {
-                    names.push((pid, c, namer.name(c).to_string()));
-                }
-            }
+        });
+    }
+
+    fn close_waits(&self, pid: u32, layout: &Layout, lines: bool) {
+        if !self.offcpu {
+            return;
         }
+        // Waits still open whose stacks are read at the return: read now,
+        // while the threads are still away.
+        let Ok(open) = entries::<u32, types::sched_thread>(&self.skel.maps.sched_threads) else {
+            return;
+        };
+        let unread: Vec<u32> = open
+            .into_iter()
+            .filter(|(_, t)| t.out.tgid == pid && t.out.ts != 0 && t.out.pystack == 0)
+            .map(|(tid, _)| tid)
+            .collect();
+        if unread.is_empty() {
+            return;
+        }
+        let mut closed = self.closed.borrow_mut();
+        self.read_stacks(pid, layout, lines, |tid, id| {
+            if !unread.contains(&tid) {
+                return false;
+            }
+            closed.insert(tid, id);
+            true
+        });
     }
 
     fn names(&self) -> Vec<(u32, u64, String)> {

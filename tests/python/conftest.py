@@ -76,6 +76,12 @@ VARIANTS = [
              "raw_tp" if _no_loop else ("bounded" if _no_btf else None)),
 ]
 
+# The offcpu and wakeup views read a wait's stacks at the thread's return
+# where the kernel has kprobes (the return probe), else at every
+# departure: the departure's way forced, where the kernel has both.
+AT_DEPARTURE = _variant({"PYUSDT_PROF_WALK_AT_DEPARTURE": "1"}, "at_departure",
+                        None if KERNEL.get("return_probe") else "tp_btf")
+
 
 def need_bpf(*tools):
     """Skips (or, with PYUSDT_REQUIRE_BPF=1, fails) unless this process can

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf, prof_binary
+from conftest import AT_DEPARTURE, PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf, prof_binary
 
 SHAPES = str(SCRIPTS / "shapes.py")
 
@@ -139,8 +139,9 @@ def test_every_program_variant_counts_the_same(tmp_path, variant):
         "pyusdt-poll" not in "".join(s) for s in fold(path, "wakeup")), kinds
 
 
-def test_offcpu_sleep_time_within_5_percent(tmp_path):
-    code, path = record(tmp_path, "sleep", views="offcpu")
+@pytest.mark.parametrize("variant", [pytest.param({}, id="tp_btf"), AT_DEPARTURE])
+def test_offcpu_sleep_time_within_5_percent(tmp_path, variant):
+    code, path = record(tmp_path, "sleep", views="offcpu", env=variant)
     assert code == 0
     stacks = fold(path, "offcpu", merge=True)
     slept = under(stacks, "sleeper")
@@ -149,7 +150,7 @@ def test_offcpu_sleep_time_within_5_percent(tmp_path):
     assert any(s[-1].endswith("_[k]") for s in stacks if under({s: 1}, "sleeper"))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + [AT_DEPARTURE])
 def test_lock_wait_and_its_waker(tmp_path, variant):
     code, path = record(tmp_path, "lock", views="offcpu,wakeup", env=variant)
     assert code == 0

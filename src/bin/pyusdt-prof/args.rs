@@ -85,7 +85,10 @@ pub enum Command {
     ///   offcpu   time blocked or waiting for a CPU, with the kernel stack;
     ///            waits under 1 ms sampled (--sample-waits-below); ~1.3 us
     ///            per context switch: http.server 1.09x slower (every
-    ///            wait, 2.8 us per switch: 1.15x).
+    ///            wait, 2.8 us per switch: 1.15x). Measured on a kernel
+    ///            without kprobes; with them (`check` says) the stacks
+    ///            are read only for the waits kept, as the thread comes
+    ///            back.
     ///   wakeup   time waited, under the thread and frames that woke it;
     ///            sampled alike; ~0.4 us per wake-up: http.server 1.05x.
     ///   syscall  time inside each syscall, and calls; ~0.2-0.9 us per
