@@ -72,6 +72,9 @@ struct Sched<'o> {
     /// Stacks of waits still open at the end, read by userspace (their
     /// stacks are read at the return, which did not come): by tid.
     closed: RefCell<HashMap<u32, u64>>,
+    /// Where the stacks were read, if not at every departure as without
+    /// kprobes: a note of both views.
+    way: Option<String>,
     /// Waits and wake-ups of exited threads (each keyed by the thread that
     /// waited, whose own return counts it).
     retired_offcpu: Retired<types::offcpu_key, time_hist>,
@@ -92,9 +95,20 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         })
     };
     let back = kernel::return_probe();
-    let (skel, links) = match load(back) {
-        Err(_) if back.is_some() => load(None)?,
-        loaded => loaded?,
+    let (way, (skel, links)) = match (back, load(back)) {
+        (Some(f), Err(e)) => (
+            Some(format!(
+                "stacks read at every departure: the kprobe on {f} did not attach ({e:#})"
+            )),
+            load(None)?,
+        ),
+        (Some(f), loaded) => (
+            Some(format!(
+                "stacks read as each kept wait's thread came back (a kprobe on {f})"
+            )),
+            loaded?,
+        ),
+        (None, loaded) => (None, loaded?),
     };
     Ok(Box::new(Sched {
         skel,
@@ -104,6 +118,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         sample_below_ns,
         names: RefCell::new(Vec::new()),
         closed: RefCell::new(HashMap::new()),
+        way,
         retired_offcpu: Retired::default(),
         retired_wakeups: Retired::default(),
     }))
@@ -319,8 +334,10 @@ impl Sched<'_> {
 }
 
 impl Sched<'_> {
-    /// Says how `v`'s waits were sampled, with the offcpu view's figures.
+    /// Says how `v`'s waits were sampled, with the offcpu view's figures,
+    /// and where their stacks were read.
     fn note_sampling(&self, v: &mut RawView) {
+        v.notes.extend(self.way.clone());
         if self.sample_below_ns == 0 {
             return;
         }

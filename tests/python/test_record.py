@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import AT_DEPARTURE, PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf, prof_binary
+from conftest import (AT_DEPARTURE, KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf,
+                      prof_binary)
 
 SHAPES = str(SCRIPTS / "shapes.py")
 
@@ -143,6 +144,10 @@ def test_every_program_variant_counts_the_same(tmp_path, variant):
 def test_offcpu_sleep_time_within_5_percent(tmp_path, variant):
     code, path = record(tmp_path, "sleep", views="offcpu", env=variant)
     assert code == 0
+    # The way this kernel reads the stacks, as the profile says it.
+    [notes] = [v.get("notes", []) for v in json.loads(path.read_text())["views"]]
+    at_return = bool(KERNEL.get("return_probe")) and not variant
+    assert any("came back (a kprobe on finish_task_switch" in n for n in notes) == at_return, notes
     stacks = fold(path, "offcpu", merge=True)
     slept = under(stacks, "sleeper")
     assert abs(slept - 500e6) <= 0.05 * 500e6, f"{slept / 1e6:.1f} ms off-CPU under sleeper"
