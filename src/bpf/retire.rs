@@ -166,7 +166,9 @@ const PASS_SHARE: u32 = 8;
 /// departure) come after `/proc` stops listing it, within microseconds.
 /// A pass reads the whole map (its every bucket), so passes are as far
 /// apart as the rate at which threads' keys turn to exited threads' lets
-/// them be ([`next_pass`]).
+/// them be: an eighth of the map between two passes, at the rate the last
+/// pass saw, and 0.5 s to 4 s apart. Entries of exited threads then fill
+/// at most about a quarter of the map.
 #[derive(Debug)]
 pub struct Retired<K, V> {
     moved: Moved<K, V>,
@@ -175,29 +177,6 @@ pub struct Retired<K, V> {
     /// When the last pass was, and when the next one is due.
     last: Instant,
     next: Instant,
-    /// Entries a second turning to exited threads' ([`next_pass`]).
-    rate: f64,
-}
-
-/// When the next pass over a map of `max` entries is due after one that
-/// found `newly` entries of threads gone since the pass `since` before, and
-/// `entries` in all; with `rate`, the estimate of the passes before,
-/// updated. An eighth of the map between two passes at the rate estimated,
-/// 0.5 s to 4 s apart: entries of exited threads then fill about a quarter
-/// of it (an entry moves at its second sighting). The estimate halves at
-/// each pass that sees fewer (a pass between two bursts of exits sees
-/// none), and a map half full is passed over as often as passes go.
-fn next_pass(newly: u32, since: f64, entries: u32, max: u32, rate: &mut f64) -> Duration {
-    *rate = (f64::from(newly) / since.max(1e-3)).max(*rate / 2.0);
-    let room = f64::from(max / PASS_SHARE);
-    let wait = if entries > max / 2 {
-        PASS_MIN
-    } else if *rate > 0.0 {
-        Duration::from_secs_f64((room / *rate).min(PASS_MAX.as_secs_f64()))
-    } else {
-        PASS_MAX
-    };
-    wait.clamp(PASS_MIN, PASS_MAX)
 }
 
 impl<K, V> Default for Retired<K, V> {
@@ -208,7 +187,6 @@ impl<K, V> Default for Retired<K, V> {
             gone: HashSet::new(),
             last: now,
             next: now + PASS_MIN,
-            rate: 0.0,
         }
     }
 }
@@ -226,10 +204,8 @@ impl<K: ThreadKey, V: Count> Retired<K, V> {
         let mut out = Vec::new();
         // Entries of threads found gone since the last pass.
         let mut newly = 0u32;
-        let mut entries = 0u32;
         // Only the entries to move are decoded whole.
         let scanned = hash_scan(map, |kb, vb| {
-            entries += 1;
             let mut k = K::default();
             plain::copy_from_bytes(&mut k, kb).map_err(|_| anyhow::anyhow!("a short map key"))?;
             let (tgid, tid) = k.thread();
@@ -251,9 +227,14 @@ impl<K: ThreadKey, V: Count> Retired<K, V> {
         self.moved.take(map, &out);
         self.gone = gone;
         let since = now.duration_since(self.last).as_secs_f64();
-        let wait = next_pass(newly, since, entries, map.max_entries(), &mut self.rate);
+        let room = f64::from(map.max_entries() / PASS_SHARE);
+        let wait = if newly == 0 {
+            PASS_MAX
+        } else {
+            Duration::from_secs_f64(room * since / f64::from(newly))
+        };
         self.last = now;
-        self.next = now + wait;
+        self.next = now + wait.clamp(PASS_MIN, PASS_MAX);
     }
 
     /// The entries of `map` now and those moved out of it.
@@ -265,28 +246,6 @@ impl<K: ThreadKey, V: Count> Retired<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passes_come_as_often_as_exits_fill_the_map() {
-        let mut rate = 0.0;
-        // 2,048 entries of exited threads a second, a map of 16,384: an
-        // eighth of it fills in 1 s.
-        let wait = next_pass(2_048, 1.0, 4_000, 16_384, &mut rate);
-        assert_eq!(wait, Duration::from_secs(1));
-        // A pass that sees no exit (between two bursts) halves the rate.
-        assert_eq!(
-            next_pass(0, 1.0, 4_000, 16_384, &mut rate),
-            Duration::from_secs(2)
-        );
-        assert_eq!(next_pass(0, 2.0, 4_000, 16_384, &mut rate), PASS_MAX);
-        // A map half full: at once.
-        assert_eq!(next_pass(0, 4.0, 9_000, 16_384, &mut rate), PASS_MIN);
-        // Nothing exits: as far apart as passes go.
-        let mut none = 0.0;
-        assert_eq!(next_pass(0, 4.0, 10, 16_384, &mut none), PASS_MAX);
-        // Many exits: as close as they go.
-        assert_eq!(next_pass(100_000, 0.5, 10, 16_384, &mut none), PASS_MIN);
-    }
 
     #[test]
     fn counts_of_one_key_add_up() {
