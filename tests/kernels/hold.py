@@ -1,7 +1,6 @@
 """Keeps, for as long as it runs, what a recording turns on and off in the
 kernel turned on: two do-nothing BPF programs on each tracepoint that
-pyusdt-prof attaches to, a perf event of this process, and a kprobe on
-finish_task_switch where the kernel has kprobes.
+pyusdt-prof attaches to, and a perf event of this process.
 
 usage: python hold.py    (prints "holding" once everything is held)
 
@@ -11,9 +10,7 @@ kernel's code while other CPUs run it, and QEMU's multi-threaded TCG lets
 a CPU run such code half patched (6.12 died of "Oops: int3" in __schedule
 one boot in two). With two programs held on a tracepoint, attaching a
 third or detaching it changes no code; with one task-bound perf event
-held, perf's scheduler hooks stay on; with a kprobe held on
-finish_task_switch, the one a recording attaches joins it, and the
-function's code stays patched.
+held, perf's scheduler hooks stay on.
 """
 
 import ctypes
@@ -70,24 +67,6 @@ def main():
                                                    PERF_COUNT_SW_DUMMY).ljust(128, b"\0"), 128)
     held.append(syscall(NR_PERF_EVENT_OPEN, attr, ctypes.c_int(0), ctypes.c_int(-1),
                         ctypes.c_int(-1), ctypes.c_ulong(0)))
-    # A kprobe (the perf kprobe PMU): config1 is the function's name,
-    # config2 the offset; it is armed as it is opened.
-    try:
-        with open("/sys/bus/event_source/devices/kprobe/type") as f:
-            kprobe_type = int(f.read())
-        with open("/proc/kallsyms") as f:
-            names = sorted({line.split()[2] for line in f
-                            if line.split()[2].split(".")[0] == "finish_task_switch"})
-        if not names:
-            raise OSError(0, "no finish_task_switch")
-        func = ctypes.create_string_buffer(names[0].encode())
-        attr = ctypes.create_string_buffer(
-            struct.pack("<IIQ", kprobe_type, 128, 0).ljust(56, b"\0")
-            + struct.pack("<QQ", ctypes.addressof(func), 0), 128)
-        held.append(syscall(NR_PERF_EVENT_OPEN, attr, ctypes.c_int(-1), ctypes.c_int(0),
-                            ctypes.c_int(-1), ctypes.c_ulong(0)))
-    except (OSError, ValueError) as e:
-        missed.append(f"kprobe: {e.strerror if isinstance(e, OSError) else e}")
     print("holding", len(held), *(["missed:", *missed] if missed else []), flush=True)
     signal.pause()
 
