@@ -330,7 +330,7 @@ back:
  * would read them at every departure. A wait noted by userspace at the
  * start has its Python stack already.
  */
-static __always_inline int on_back(void *ctx, const int loops)
+static __always_inline int back_body(struct pt_regs *ctx, const int loops)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
@@ -351,11 +351,6 @@ static __always_inline int on_back(void *ctx, const int loops)
 		t->out.kstack = kernel_stack_id_skip(ctx, 1);
 	count_return(tgid, tid, t, ns, weight, 0);
 	return 0;
-}
-
-static __always_inline int back_body(struct pt_regs *ctx, const int loops)
-{
-	return on_back(ctx, loops);
 }
 
 /* finish_task_switch, as the kernel names it (userspace attaches it by

@@ -75,6 +75,8 @@ struct Sched<'o> {
     /// Where the stacks were read, if not at every departure as without
     /// kprobes: a note of both views.
     way: Option<String>,
+    /// Whether the stacks are read at the return (the kprobe attached).
+    at_return: bool,
     /// Waits and wake-ups of exited threads (each keyed by the thread that
     /// waited, whose own return counts it).
     retired_offcpu: Retired<types::offcpu_key, time_hist>,
@@ -95,20 +97,22 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         })
     };
     let back = kernel::return_probe();
-    let (way, (skel, links)) = match (back, load(back)) {
+    let (at_return, way, (skel, links)) = match (back, load(back)) {
         (Some(f), Err(e)) => (
+            false,
             Some(format!(
                 "stacks read at every departure: the kprobe on {f} did not attach ({e:#})"
             )),
             load(None)?,
         ),
         (Some(f), loaded) => (
+            true,
             Some(format!(
                 "stacks read as each kept wait's thread came back (a kprobe on {f})"
             )),
             loaded?,
         ),
-        (None, loaded) => (None, loaded?),
+        (None, loaded) => (false, None, loaded?),
     };
     Ok(Box::new(Sched {
         skel,
@@ -119,6 +123,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         names: RefCell::new(Vec::new()),
         closed: RefCell::new(HashMap::new()),
         way,
+        at_return,
         retired_offcpu: Retired::default(),
         retired_wakeups: Retired::default(),
     }))
@@ -439,7 +444,9 @@ impl Recorder for Sched<'_> {
     }
 
     fn close_waits(&self, pid: u32, layout: &Layout, lines: bool) {
-        if !self.offcpu {
+        // Only the return's way leaves departures unread (at departure,
+        // a stack missing is a walk that failed then).
+        if !self.offcpu || !self.at_return {
             return;
         }
         // Waits still open whose stacks are read at the return: read now,
