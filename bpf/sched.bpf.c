@@ -33,6 +33,17 @@
  * Python and kernel stacks are still the ones it left with, frame for
  * frame; they are read there for the waits kept alone. Waits still open
  * at the end are read by userspace, from the process's memory.
+ *
+ * Without kprobes, where the kernel can say which syscall a thread leaving
+ * is in (tp_btf and bpf_task_pt_regs) and the recording asks for it
+ * (walk_at_sys_exit), a departure inside a syscall notes only its time
+ * too, and the stacks of its wait, if kept as the thread comes back, are
+ * read at the syscall's exit (`sys_back`, raw_syscalls sys_exit), in the
+ * thread, before it runs its own code. A departure outside a syscall (a
+ * preemption in user mode, a page fault) is read as it leaves. The kernel
+ * stack is still taken at the return, from the saved stack. Every syscall
+ * of the machine then runs sys_back, which looks at one byte (late_marks)
+ * for most of them.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -60,6 +71,16 @@ struct waker {
 	__u64 weight;
 };
 
+/* A wait counted once its Python stack is read (walk_at_sys_exit): how
+ * long it was, the waits it stands for (0: none), its kernel stack taken
+ * as it came back, and its waker. */
+struct late_wait {
+	__u64 ns;
+	__u64 weight;
+	__u64 kback;
+	struct waker waker;
+};
+
 /*
  * What the scheduler's events note of a target thread: its departure, when
  * it was last woken (sched_waking), and its last waker while it is off the
@@ -75,6 +96,12 @@ struct sched_thread {
 	struct switch_out out;
 	__u64 woken_at;
 	struct waker waker;
+	/* The departure in `out` was made inside a syscall, its stacks left
+	 * to be read as the syscall exits (walk_at_sys_exit). */
+	__u64 in_syscall;
+	/* A wait of such a departure, kept as its thread came back, counted
+	 * as the syscall exits, when its Python stack is read. */
+	struct late_wait late;
 };
 
 /*
@@ -90,15 +117,27 @@ struct {
 	__type(value, struct sched_thread);
 } sched_threads SEC(".maps");
 
+/* An empty entry, never written: not on the BPF stack (its 224 bytes
+ * would be there, with sched_switch's own). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sched_thread);
+} sched_thread_empty SEC(".maps");
+
 /* Makes thread `tid`'s entry, empty, at its first event, unless the
  * other kind of event made it meanwhile (a departure and a wake-up of the
  * thread may race; each then writes only its own fields); returns it, or
  * NULL. */
 static __always_inline struct sched_thread *sched_thread_make(__u32 tid)
 {
-	struct sched_thread empty = {};
+	__u32 zero = 0;
+	struct sched_thread *empty = bpf_map_lookup_elem(&sched_thread_empty, &zero);
 
-	bpf_map_update_elem(&sched_threads, &tid, &empty, BPF_NOEXIST);
+	if (!empty)
+		return NULL;
+	bpf_map_update_elem(&sched_threads, &tid, empty, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&sched_threads, &tid);
 }
 
@@ -113,6 +152,38 @@ const volatile __u64 sample_below_ns = 0;
  * there); else by sched_switch, which reads the stacks at every
  * departure. */
 const volatile __u8 walk_at_return = 0;
+
+/* Whether a departure inside a syscall leaves its stacks to the
+ * syscall's exit, `sys_back` (tp_btf and bpf_task_pt_regs; see there). */
+const volatile __u8 walk_at_sys_exit = 0;
+
+/*
+ * A byte per thread id, 64 to an entry: set while the thread's departure
+ * is noted as made inside a syscall, or a wait of it is left to the
+ * syscall's exit (walk_at_sys_exit); what sys_back looks at first, so
+ * that the syscalls with nothing to do there (most) cost an array's
+ * lookup, not a hash's. Userspace sizes it to pid_max; a thread id past
+ * its end is never left to the syscall's exit.
+ */
+struct late_marks {
+	__u8 tid[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4194304 / 64);
+	__type(key, __u32);
+	__type(value, struct late_marks);
+} late_marks SEC(".maps");
+
+/* Thread `tid`'s mark, or NULL past the map's end. */
+static __always_inline __u8 *late_mark(__u32 tid)
+{
+	__u32 k = tid / 64;
+	struct late_marks *m = bpf_map_lookup_elem(&late_marks, &k);
+
+	return m ? &m->tid[tid % 64] : NULL;
+}
 
 /* A kernel stack taken as its thread comes back, leaf first, 0 after its
  * end. */
@@ -158,8 +229,11 @@ __u64 wakeups_joined = 0;
 __u64 lost_offcpu = 0;
 __u64 lost_wakeups = 0;
 /* Returns to the CPU the kernel did not report, counted at the thread's
- * next departure (see woken_at). */
+ * next departure (see woken_at); and those with no wake-up after the
+ * departure to end the wait at (a thread preempted, which no one wakes),
+ * not counted: when they came back is unknown. */
 __u64 returns_unreported = 0;
+__u64 returns_unknown = 0;
 /* Waits shorter than τ, and those of them kept (the rest are counted by
  * the kept ones' weights). */
 __u64 short_waits = 0;
@@ -216,43 +290,104 @@ static __always_inline __u64 kstack_back(struct task_struct *t)
 	return h;
 }
 
-/* Thread `tid` of `tgid`, whose entry is `t`, was away `ns` since the
- * departure `t->out`: counts it as `weight` waits (0: not at all; see
- * sample_weight) with the kernel stack `kback` if it has none from its
- * departure, joins it to its waker, and forgets the departure. */
-static __always_inline void count_return(__u32 tgid, __u32 tid, struct sched_thread *t, __u64 ns,
-					 __u64 weight, __u64 kback)
+/* Counts a wait of thread `tid` of `tgid` of `ns`, as `weight` waits (0:
+ * not at all; see sample_weight), under the Python stack `pystack` and the
+ * kernel stack `kstack` from the departure or `kback` from the return,
+ * and joins it to its waker `w`, if kept. */
+static __always_inline void count_wait(__u32 tgid, __u32 tid, __u64 pystack, __s32 kstack,
+				       __u64 kback, __u64 ns, __u64 weight, struct waker *w)
 {
-	struct switch_out *out = &t->out;
-	struct waker *w = &t->waker;
 	struct offcpu_key key = {};
 
 	if (weight) {
 		key.tgid = tgid;
 		key.tid = tid;
-		key.pystack = out->pystack;
-		key.kstack = out->kstack;
+		key.pystack = pystack;
+		key.kstack = kstack;
 		key.kstack_back = kback;
 		add_time_weighted(&offcpu, &key, ns, weight, &lost_offcpu);
 	}
 	if (w->weight) {
-		w->key.pystack = out->pystack;
+		w->key.pystack = pystack;
 		__sync_fetch_and_add(&wakeups_joined, 1);
 		add_time(&wakeups, &w->key, ns * w->weight, w->weight, &lost_wakeups);
 		w->weight = 0;
 	}
-	out->ts = 0;
+}
+
+/* Thread `tid` of `tgid`, whose entry is `t`, was away `ns` since the
+ * departure `t->out`: counts it (see count_wait) with the kernel stack
+ * `kback` if it has none from its departure, and forgets the departure. */
+static __always_inline void count_return(__u32 tgid, __u32 tid, struct sched_thread *t, __u64 ns,
+					 __u64 weight, __u64 kback)
+{
+	count_wait(tgid, tid, t->out.pystack, t->out.kstack, kback, ns, weight, &t->waker);
+	t->out.ts = 0;
+}
+
+/* Thread `tid` of `tgid`, whose entry is `t`, is running at `now` though
+ * its last departure is still noted: it came back unseen, and its wait
+ * ended when it was woken. */
+static __always_inline void count_unreported(__u32 tgid, __u32 tid, struct sched_thread *t,
+					     __u64 now)
+{
+	__u64 woke = t->woken_at, ns;
+
+	if (woke > t->out.ts && woke <= now) {
+		ns = woke - t->out.ts;
+		__sync_fetch_and_add(&returns_unreported, 1);
+		count_return(tgid, tid, t, ns, sample_weight(ns, sample_below_ns), 0);
+	} else {
+		/* Preempted, not woken: when it came back is unknown. */
+		__sync_fetch_and_add(&returns_unknown, 1);
+		t->waker.weight = 0;
+		t->out.ts = 0;
+	}
+}
+
+/* Counts thread `tid`'s late wait, if any, under `pystack`. */
+static __always_inline void count_late(__u32 tgid, __u32 tid, struct sched_thread *t,
+				       __u64 pystack)
+{
+	struct late_wait *lw = &t->late;
+
+	count_wait(tgid, tid, pystack, KSTACK_NONE, lw->kback, lw->ns, lw->weight, &lw->waker);
+	lw->weight = 0;
+}
+
+/* From the kernel's sched.h (defines are not in BTF). */
+#define PF_IO_WORKER 0x00000010
+#define PF_KTHREAD 0x00200000
+
+/* Whether thread `t` (not running) left inside a syscall, and is a user
+ * thread, whose syscall's exit `sys_back` sees before the thread runs its
+ * own code again. x86's entry code leaves the syscall's number in the
+ * saved orig_ax, and -1 for an interrupt or an exception (the kernel's own
+ * test for a syscall to restart, syscall_get_nr). */
+static __always_inline int left_in_syscall(struct task_struct *t, const int btf_args)
+{
+	struct pt_regs *regs;
+
+	if (!btf_args || !walk_at_sys_exit ||
+	    !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		return 0;
+	if (t->flags & (PF_KTHREAD | PF_IO_WORKER))
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	return (long)regs->orig_ax >= 0;
 }
 
 static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct task_struct *next,
 				     const int loops, const int btf_args)
 {
-	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
-	__u32 next_tgid = BPF_CORE_READ(next, tgid), next_tid = BPF_CORE_READ(next, pid);
+	__u32 prev_tgid = TP_FIELD(prev, tgid), prev_tid = TP_FIELD(prev, pid);
+	__u32 next_tgid = TP_FIELD(next, tgid), next_tid = TP_FIELD(next, pid);
 	/* A thread leaving counts only inside the span (with --span); one
 	 * coming back counts if it left inside it (its entry says). */
 	int prev_ours = is_target(prev_tgid) && in_span(prev_tid), next_ours = is_target(next_tgid);
-	__u64 now;
+	__u64 now, pystack = PYSTACK_NONE;
+	__u8 *mark;
+	int walked = 0;
 
 	if (!prev_ours && !next_ours)
 		return 0;
@@ -262,29 +397,26 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 	if (prev_ours) {
 		struct sched_thread *t = bpf_map_lookup_elem(&sched_threads, &prev_tid);
 
-		if (t && t->out.ts) {
-			/* It came back unseen: its wait ended when it was woken. */
-			__u64 woke = t->woken_at;
-
-			if (woke > t->out.ts && woke <= now) {
-				__u64 ns = woke - t->out.ts;
-
-				__sync_fetch_and_add(&returns_unreported, 1);
-				count_return(prev_tgid, prev_tid, t, ns,
-					     sample_weight(ns, sample_below_ns), 0);
-			} else {
-				/* Preempted, not woken: when it came back is unknown. */
-				__sync_fetch_and_add(&lost_offcpu, 1);
-				t->waker.weight = 0;
-			}
+		/* Left inside a syscall and back, and leaving again with no exit
+		 * from it between (sys_back would have seen one): still in that
+		 * syscall, with the stack it first left with. A late wait is
+		 * counted under it now, and this departure has it too. */
+		if (t && (t->late.weight || t->late.waker.weight || (t->out.ts && t->in_syscall))) {
+			pystack = py_stack_id(prev_tgid, prev_tid, loops);
+			walked = 1;
+			count_late(prev_tgid, prev_tid, t, pystack);
+			if (t->out.ts && t->in_syscall)
+				t->out.pystack = pystack;
 		}
+		if (t && t->out.ts)
+			count_unreported(prev_tgid, prev_tid, t, now);
 		__sync_fetch_and_add(&switches, 1);
 		/* A thread that has exited (its Python thread state is gone)
 		 * leaves for good: nothing of its departure would count. Its
 		 * process, if it is the launched one, may stay a zombie until
 		 * the recording ends, and its departure would have counted as
 		 * a wait open until then. */
-		if (BPF_CORE_READ(prev, exit_state))
+		if (TP_FIELD(prev, exit_state))
 			goto back;
 		if (!t)
 			t = sched_thread_make(prev_tid);
@@ -293,9 +425,19 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 			goto back;
 		}
 		t->out.tgid = prev_tgid;
+		t->in_syscall = 0;
 		if (walk_at_return) {
 			t->out.pystack = PYSTACK_NONE;
 			t->out.kstack = KSTACK_NONE;
+		} else if (walked) {
+			t->out.pystack = pystack;
+			t->out.kstack = KSTACK_NONE;
+		} else if (sample_below_ns && left_in_syscall(prev, btf_args) &&
+			   (mark = late_mark(prev_tid))) {
+			t->out.pystack = PYSTACK_NONE;
+			t->out.kstack = KSTACK_NONE;
+			t->in_syscall = 1;
+			*mark = 1;
 		} else {
 			t->out.pystack = py_stack_id(prev_tgid, prev_tid, loops);
 			t->out.kstack = btf_args && sample_below_ns ? KSTACK_NONE :
@@ -317,7 +459,61 @@ back:
 					       &short_waits_kept);
 		if (btf_args && weight && t->out.kstack == KSTACK_NONE)
 			kback = kstack_back(next);
+		if (t->in_syscall && !weight && !t->waker.weight) {
+			/* Nothing is left to the syscall's exit. */
+			mark = late_mark(next_tid);
+			if (mark)
+				*mark = 0;
+		} else if (t->in_syscall) {
+			/* Its Python stack is read as the syscall exits. */
+			t->late.ns = ns;
+			t->late.weight = weight;
+			t->late.kback = kback;
+			t->late.waker = t->waker;
+			t->waker.weight = 0;
+			t->out.ts = 0;
+			return 0;
+		}
 		count_return(next_tgid, next_tid, t, ns, weight, kback);
+	}
+	return 0;
+}
+
+/*
+ * The syscall exit of a target thread (tp_btf, with walk_at_sys_exit),
+ * which is current: the first point where its memory is mapped after a
+ * departure inside the syscall, and before it runs its own code, so its
+ * Python stack is still the one it left with, frame for frame. It is read
+ * here, only for the waits kept as the thread came back (the time away
+ * decides), where sched_switch would read it at every departure; and for
+ * a departure whose return the kernel did not report (the thread is back,
+ * or it would not be here), counted here.
+ */
+static __always_inline int on_sys_back(const int loops)
+{
+	__u64 id = bpf_get_current_pid_tgid(), pystack;
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct sched_thread *t;
+	int unreported;
+	__u8 *mark;
+
+	if (!is_target(tgid))
+		return 0;
+	mark = late_mark(tid);
+	if (!mark || !*mark)
+		return 0;
+	*mark = 0;
+	t = bpf_map_lookup_elem(&sched_threads, &tid);
+	if (!t)
+		return 0;
+	unreported = t->out.ts && t->in_syscall;
+	if (!unreported && !t->late.weight && !t->late.waker.weight)
+		return 0;
+	pystack = py_stack_id(tgid, tid, loops);
+	count_late(tgid, tid, t, pystack);
+	if (unreported) {
+		t->out.pystack = pystack;
+		count_unreported(tgid, tid, t, bpf_ktime_get_ns());
 	}
 	return 0;
 }
@@ -406,6 +602,8 @@ TP_WALK(sched_switch, switch, on_switch(ctx, prev, next, loops, btf_args),
  * idle task is current there); sched_waking always fires in the waker.
  */
 TP_WALK(sched_waking, wakeup, on_wakeup(p, loops), struct task_struct *p)
+
+TP_WALK(sys_exit, sys_back, on_sys_back(loops), struct pt_regs *regs, long ret)
 
 TP_WALK(sched_wakeup_new, wakeup_new, on_wakeup(p, loops), struct task_struct *p)
 

@@ -2,6 +2,7 @@
 #ifndef PYUSDT_TP_TWIN_BPF_H
 #define PYUSDT_TP_TWIN_BPF_H
 
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
@@ -25,6 +26,13 @@
 		const int btf_args __attribute__((unused)) = 0;                     \
 		return call;                                                        \
 	}
+
+/*
+ * Field F of kernel struct pointer P in a TP_TWIN body: a plain load
+ * where the arguments are BTF pointers (tp_btf: the verifier checks it,
+ * no helper call), else bpf_probe_read_kernel (raw_tp).
+ */
+#define TP_FIELD(p, f) (btf_args ? (p)->f : BPF_CORE_READ(p, f))
 
 /*
  * A tracepoint handler that walks Python stacks, four times: the twins of

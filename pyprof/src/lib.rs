@@ -197,7 +197,8 @@ struct Live {
 ///
 /// `Recording(pid, views=("cpu",), freq=99, lines=False,
 /// subprocesses=False, duration=None, exact=False, span=None,
-/// gil_probes=False, sample_waits_below=0.001)`, as `record -p` takes
+/// gil_probes=False, sample_waits_below=0.001, offcpu_stacks_at="auto")`,
+/// as `record -p` takes
 /// them: the views as names or
 /// one string (`"cpu,syscall"`, `"all"`); freq the CPU samples per second;
 /// lines names Python frames by line; subprocesses records the processes
@@ -205,7 +206,8 @@ struct Live {
 /// itself; exact adds the calls view (every Python call, 3.12+); span
 /// keeps to what threads do inside `pyusdt.span(span)`; gil_probes
 /// measures the gil view by uprobes on every take of the GIL;
-/// sample_waits_below (seconds) is `--sample-waits-below` (0: every wait).
+/// sample_waits_below (seconds) is `--sample-waits-below` (0: every wait);
+/// offcpu_stacks_at is `--offcpu-stacks-at`.
 ///
 /// `start()` returns once every probe and sampler is attached; `stop()`
 /// returns the Profile. As a context manager it starts on enter and stops
@@ -271,7 +273,7 @@ impl Drop for Recording {
 #[pymethods]
 impl Recording {
     #[new]
-    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None, gil_probes=false, sample_waits_below=0.001))]
+    #[pyo3(signature = (pid, views=None, freq=99, lines=false, subprocesses=false, duration=None, exact=false, span=None, gil_probes=false, sample_waits_below=0.001, offcpu_stacks_at="auto"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         pid: u32,
@@ -284,7 +286,18 @@ impl Recording {
         span: Option<String>,
         gil_probes: bool,
         sample_waits_below: f64,
+        offcpu_stacks_at: &str,
     ) -> PyResult<Self> {
+        let stacks_at = match offcpu_stacks_at {
+            "auto" => record::StacksAt::Auto,
+            "syscall-exit" => record::StacksAt::SyscallExit,
+            "departure" => record::StacksAt::Departure,
+            other => {
+                return Err(value_error(anyhow::anyhow!(
+                    "offcpu_stacks_at is auto, syscall-exit or departure, not {other:?}"
+                )))
+            }
+        };
         if !(0.0..=1.0).contains(&sample_waits_below) {
             return Err(value_error(anyhow::anyhow!(
                 "sample_waits_below is in seconds, from 0 (every wait) to 1"
@@ -307,6 +320,7 @@ impl Recording {
             attached: true,
             gil_probes,
             sample_waits_below_ns: (sample_waits_below * 1e9).round() as u64,
+            stacks_at,
         };
         opts.check().map_err(value_error)?;
         Ok(Recording {

@@ -115,20 +115,90 @@ impl Kernel {
 /// Set to 1, the offcpu and wakeup views read a wait's stacks as its
 /// thread leaves, at every departure (for comparison).
 const AT_DEPARTURE_ENV: &str = "PYUSDT_PROF_WALK_AT_DEPARTURE";
+/// Set to 1, they read them at the syscall's exit where the kernel can,
+/// even where it has kprobes (for comparison).
+const AT_SYS_EXIT_ENV: &str = "PYUSDT_PROF_WALK_AT_SYS_EXIT";
 
 /// The function a thread runs first when it is back on the CPU, in the
 /// thread (`finish_task_switch`, by the name the kernel gives it), to
 /// attach a kprobe to; None where the kernel has no kprobes (no perf
-/// kprobe PMU: built without them, or before 4.17) or no such function,
-/// or `PYUSDT_PROF_WALK_AT_DEPARTURE` says no.
+/// kprobe PMU: built without them, or before 4.17) or no such function.
 pub fn return_probe() -> Option<&'static str> {
-    if env_set(AT_DEPARTURE_ENV) {
-        return None;
-    }
     if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         return None;
     }
     crate::profile::ksym::function_named("finish_task_switch")
+}
+
+/// Where the offcpu and wakeup views read the stacks of a wait they keep.
+/// A thread's memory is mapped only while it runs: `sched_switch` runs in
+/// the thread leaving, before the wait's length is known, and reports the
+/// return in another thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// As the thread comes back, in it: a kprobe on this function
+    /// ([`return_probe`]); only for the waits kept.
+    Return(&'static str),
+    /// At the exit of the syscall the thread left in (raw_syscalls
+    /// `sys_exit`, in the thread, before it runs its own code), only for
+    /// the waits kept; at the departure for one made outside a syscall (a
+    /// preemption in user mode, a page fault). Needs tp_btf programs and
+    /// `bpf_task_pt_regs()` (Linux 5.15), which tell a syscall.
+    SysExit,
+    /// At every departure.
+    Departure,
+}
+
+/// Where a recording asks the offcpu and wakeup views to read the stacks
+/// of the waits they keep (`record --offcpu-stacks-at`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StacksAt {
+    /// At the return where the kernel has kprobes, else at every
+    /// departure.
+    #[default]
+    Auto,
+    /// At the syscall's exit where the kernel can tell a syscall (tp_btf
+    /// and `bpf_task_pt_regs()`, Linux 5.15), even where it has kprobes;
+    /// else at every departure. Every syscall of the machine then pays a
+    /// tracepoint.
+    SyscallExit,
+    /// At every departure.
+    Departure,
+}
+
+impl Walk {
+    /// The way of variant `v`'s programs on this kernel, as `at` asks;
+    /// `sampled`: waits are sampled (else every wait is kept, and its
+    /// stacks are read at departure, as it leaves, at no cost that reading
+    /// later would save, unless a kprobe reads them); `kprobes`: a kprobe
+    /// may be tried. The environment's PYUSDT_PROF_WALK_AT_DEPARTURE and
+    /// PYUSDT_PROF_WALK_AT_SYS_EXIT stand for `at` where it is `Auto`.
+    pub fn of(v: Variant, sampled: bool, kprobes: bool, at: StacksAt) -> Walk {
+        let at = match at {
+            StacksAt::Auto if env_set(AT_DEPARTURE_ENV) => StacksAt::Departure,
+            StacksAt::Auto if env_set(AT_SYS_EXIT_ENV) => StacksAt::SyscallExit,
+            at => at,
+        };
+        let sys_exit = sampled && v.btf && kernel().task_pt_regs;
+        match at {
+            StacksAt::Departure => Walk::Departure,
+            StacksAt::SyscallExit if sys_exit => Walk::SysExit,
+            StacksAt::SyscallExit => Walk::Departure,
+            StacksAt::Auto => match return_probe().filter(|_| kprobes) {
+                Some(f) => Walk::Return(f),
+                None => Walk::Departure,
+            },
+        }
+    }
+
+    /// Its name in `check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Walk::Return(_) => "return",
+            Walk::SysExit => "syscall exit",
+            Walk::Departure => "departure",
+        }
+    }
 }
 
 /// What `pyusdt-prof check` says of this machine: whether it can record,
@@ -148,6 +218,12 @@ pub struct Check {
     pub task_pt_regs: Option<bool>,
     /// A kprobe on `finish_task_switch` ([`return_probe`]).
     pub return_probe: Option<bool>,
+    /// Where the offcpu and wakeup views read the stacks of the waits
+    /// they keep, by default ([`Walk::name`]).
+    pub offcpu_stacks: Option<&'static str>,
+    /// Whether they can read them at the syscall's exit
+    /// (`--offcpu-stacks-at syscall-exit`).
+    pub offcpu_stacks_at_syscall_exit: Option<bool>,
     /// The lockdown mode, where the kernel has one.
     pub lockdown: Option<String>,
     /// The capabilities this process lacks to load BPF programs.
@@ -181,6 +257,12 @@ impl Check {
             perf_event_dynamic_maps: probed(k.perf_event_dynamic_maps),
             task_pt_regs: probed(k.task_pt_regs),
             return_probe: probed(return_probe().is_some()),
+            offcpu_stacks: missing
+                .is_empty()
+                .then(|| Walk::of(v, true, true, StacksAt::Auto).name()),
+            offcpu_stacks_at_syscall_exit: probed(
+                Walk::of(v, true, false, StacksAt::SyscallExit) == Walk::SysExit,
+            ),
             ok: btf
                 && k.ringbuf
                 && missing.is_empty()
@@ -231,7 +313,17 @@ impl std::fmt::Display for Check {
             (
                 "kprobes",
                 yes(self.return_probe),
-                "offcpu, wakeup: stacks read for kept waits, else at every switch",
+                "offcpu, wakeup: stacks read for kept waits as they return",
+            ),
+            (
+                "offcpu stacks at",
+                self.offcpu_stacks.unwrap_or("?"),
+                "the return (kprobes), else each departure",
+            ),
+            (
+                "  or syscall exit",
+                yes(self.offcpu_stacks_at_syscall_exit),
+                "--offcpu-stacks-at syscall-exit (tp_btf, 5.15)",
             ),
         ];
         for (what, has, why) in rows {

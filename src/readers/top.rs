@@ -392,6 +392,7 @@ pub fn run(
         attached: true,
         gil_probes: false,
         sample_waits_below_ns: sample_below_ns,
+        stacks_at: Default::default(),
     };
     let mut title = format!(
         "pyusdt-prof top: process {} ({})",

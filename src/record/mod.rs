@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::bail;
 use pyusdt_contract::walk::{self, WalkError};
 
+pub use crate::bpf::kernel::StacksAt;
 use crate::profile::ViewKind;
 use crate::Result;
 
@@ -71,6 +72,9 @@ pub struct Options {
     /// Waits off the CPU shorter than this (offcpu and wakeup views) are
     /// sampled, each kept one weighted by 1/p; 0 keeps every wait.
     pub sample_waits_below_ns: u64,
+    /// Where the offcpu and wakeup views read the stacks of the waits they
+    /// keep (`--offcpu-stacks-at`).
+    pub stacks_at: StacksAt,
 }
 
 /// Live figures, for a progress line.

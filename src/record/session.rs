@@ -84,6 +84,7 @@ fn load<'o>(
         variant: kernel::kernel().variant(),
         gil_probes: opts.gil_probes,
         sample_waits_below_ns: opts.sample_waits_below_ns,
+        stacks_at: opts.stacks_at,
     };
     let mut views = Vec::new();
     for entry in REGISTRY {

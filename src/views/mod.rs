@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use libbpf_rs::MapCore;
 
-use crate::bpf::kernel::Variant;
+use crate::bpf::kernel::{StacksAt, Variant};
 use crate::bpf::load::{Shared, Slots};
 use crate::bpf::maps::PyStack;
 use crate::bpf::retire::LiveThreads;
@@ -76,6 +76,8 @@ pub struct Setup<'a> {
     pub gil_probes: bool,
     /// Waits off the CPU shorter than this are sampled; 0: none.
     pub sample_waits_below_ns: u64,
+    /// Where the offcpu and wakeup views read the stacks of kept waits.
+    pub stacks_at: StacksAt,
 }
 
 /// What a view needs to turn its maps into rows.

@@ -23,7 +23,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags};
 use pyusdt_contract::walk as walk_contract;
 
-use crate::bpf::kernel::{self, Variant};
+use crate::bpf::kernel::{self, Variant, Walk};
 use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
 use crate::bpf::maps::{
     comm_str, entries, histogram_of, kernel_stack, kernel_stack_at, live, python_stack, trimmed,
@@ -90,30 +90,41 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
     let wakeups = s.views.contains(&ViewKind::Wakeup);
     let sample_below_ns = s.sample_waits_below_ns;
     // A kernel whose kprobe cannot be attached after all is recorded the
-    // departure's way.
-    let mut load = |back| {
+    // way it would be without kprobes.
+    let mut load = |kprobe| {
         btf_or_raw(slots, |st, v| {
-            open(st, s.shared, v, wakeups, sample_below_ns, back)
+            let walk = Walk::of(v, sample_below_ns > 0, kprobe, s.stacks_at);
+            open(st, s.shared, v, wakeups, sample_below_ns, walk)
         })
     };
-    let back = kernel::return_probe();
-    let (at_return, way, (skel, links)) = match (back, load(back)) {
-        (Some(f), Err(e)) => (
-            false,
-            Some(format!(
-                "stacks read at every departure: the kprobe on {f} did not attach ({e:#})"
-            )),
-            load(None)?,
-        ),
-        (Some(f), loaded) => (
-            true,
-            Some(format!(
-                "stacks read as each kept wait's thread came back (a kprobe on {f})"
-            )),
-            loaded?,
-        ),
-        (None, loaded) => (false, None, loaded?),
+    let (skel, links, walk, why) = match load(true) {
+        Ok((skel, links, walk)) => (skel, links, walk, None),
+        Err(e)
+            if matches!(
+                Walk::of(s.variant, sample_below_ns > 0, true, s.stacks_at),
+                Walk::Return(_)
+            ) =>
+        {
+            let (skel, links, walk) = load(false)?;
+            (skel, links, walk, Some(e))
+        }
+        Err(e) => return Err(e),
     };
+    let way = match (walk, why) {
+        (Walk::Return(f), _) => Some(format!(
+            "stacks read as each kept wait's thread came back (a kprobe on {f})"
+        )),
+        (Walk::SysExit, _) => Some(
+            "stacks read as each kept wait's thread came back from the syscall it left in \
+             (at its exit), and at the departure for one made outside a syscall"
+                .to_string(),
+        ),
+        (Walk::Departure, Some(e)) => Some(format!(
+            "stacks read at every departure: the kprobe did not attach ({e:#})"
+        )),
+        (Walk::Departure, None) => None,
+    };
+    let at_return = walk != Walk::Departure;
     Ok(Box::new(Sched {
         skel,
         links,
@@ -135,14 +146,26 @@ fn open<'o>(
     v: Variant,
     wakeups: bool,
     sample_below_ns: u64,
-    back: Option<&str>,
-) -> Result<(SchedSkel<'o>, Vec<Link>)> {
+    walk: Walk,
+) -> Result<(SchedSkel<'o>, Vec<Link>, Walk)> {
+    let back = match walk {
+        Walk::Return(f) => Some(f),
+        _ => None,
+    };
+    let sys_exit = walk == Walk::SysExit;
     let mut open = SchedSkelBuilder::default()
         .open(storage)
         .context("open the scheduler programs")?;
     share!(open, shared, "the scheduler programs");
     size_counts(&mut open.maps.offcpu)?;
     size_counts(&mut open.maps.wakeups)?;
+    // A byte per possible thread id, 64 to an entry (unused without the
+    // syscall exit's way).
+    let marks = if sys_exit { pid_max().div_ceil(64) } else { 1 };
+    open.maps
+        .late_marks
+        .set_max_entries(marks)
+        .context("size the map of threads left to their syscall's exit")?;
     let rodata = open
         .maps
         .rodata_data
@@ -151,19 +174,25 @@ fn open<'o>(
     rodata.wakeup_view = u8::from(wakeups);
     rodata.sample_below_ns = sample_below_ns;
     rodata.walk_at_return = u8::from(back.is_some());
+    rodata.walk_at_sys_exit = u8::from(sys_exit);
     // sched_waking also times the wake-ups that end returns the kernel
     // does not report.
     kernel::choose_programs(open.open_object_mut(), v, |h| match h {
         "back" => back.is_some(),
+        "sys_back" => sys_exit,
         "wakeup_new" => wakeups,
         _ => true,
     });
     let skel = crate::errors::loaded("load the scheduler programs", || open.load())?;
     let o = skel.object();
-    let mut links = vec![
-        attach_tp(o, "switch", v, "sched_switch")?,
-        attach_tp(o, "wakeup", v, "sched_waking")?,
-    ];
+    let mut links = Vec::new();
+    // Before sched_switch: every departure it leaves to a syscall's exit
+    // is seen there.
+    if sys_exit {
+        links.push(attach_tp(o, "sys_back", v, "raw_syscalls:sys_exit")?);
+    }
+    links.push(attach_tp(o, "switch", v, "sched_switch")?);
+    links.push(attach_tp(o, "wakeup", v, "sched_waking")?);
     if wakeups {
         links.push(attach_tp(o, "wakeup_new", v, "sched_wakeup_new")?);
     }
@@ -174,7 +203,17 @@ fn open<'o>(
                 .with_context(|| format!("attach a kprobe to {f}"))?,
         );
     }
-    Ok((skel, links))
+    Ok((skel, links, walk))
+}
+
+/// The kernel's bound on thread ids (`kernel.pid_max`): at most 4,194,304
+/// (its limit on 64-bit machines), which it is taken to be if unreadable.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
+        .min(4_194_304)
 }
 
 impl Sched<'_> {
@@ -247,6 +286,25 @@ impl Sched<'_> {
         // thread left with (a thread that is gone left for good). A thread
         // on the CPU has ts 0.
         for (tid, t) in entries::<u32, types::sched_thread>(&m.sched_threads)? {
+            // A kept wait whose thread came back but had not left its
+            // syscall when the recording ended: its Python stack was not
+            // read (the thread has run since).
+            let late = &t.late;
+            if late.weight > 0 && r.recorded.contains(&t.out.tgid) {
+                out.push(RawSample {
+                    pid: t.out.tgid,
+                    tid,
+                    python: python_stack(&m.pystacks, 0)?,
+                    tail: Tail::Kernel(self.kernel_frames(walk_contract::KSTACK_NONE, late.kback)?),
+                    value: late.ns.saturating_mul(late.weight),
+                    count: late.weight,
+                    hist: histogram_of(late.ns)
+                        .into_iter()
+                        .map(|n| n * late.weight)
+                        .collect(),
+                    gil_wait: false,
+                });
+            }
             let o = t.out;
             if o.ts == 0 {
                 continue;
@@ -382,16 +440,19 @@ impl Recorder for Sched<'_> {
         let mut out = Vec::new();
         if self.offcpu {
             let mut v = view(ViewKind::Offcpu, &counters, self.offcpu_samples(r)?);
-            let unseen = self
-                .skel
-                .maps
-                .bss_data
-                .as_deref()
-                .map_or(0, |b| live(&b.returns_unreported));
+            let (unseen, unknown) = self.skel.maps.bss_data.as_deref().map_or((0, 0), |b| {
+                (live(&b.returns_unreported), live(&b.returns_unknown))
+            });
             if unseen > 0 {
                 v.notes.push(format!(
                     "{unseen} returns to the CPU the kernel did not report: \
                      each wait counted up to the thread's wake-up"
+                ));
+            }
+            if unknown > 0 {
+                v.notes.push(format!(
+                    "{unknown} returns to the CPU the kernel did not report, with no \
+                     wake-up to end the wait at (preempted threads): those waits not counted"
                 ));
             }
             self.note_sampling(&mut v);

@@ -76,11 +76,27 @@ VARIANTS = [
              "raw_tp" if _no_loop else ("bounded" if _no_btf else None)),
 ]
 
-# The offcpu and wakeup views read a wait's stacks at the thread's return
-# where the kernel has kprobes (the return probe), else at every
-# departure: the departure's way forced, where the kernel has both.
+# Where the offcpu and wakeup views read a kept wait's stacks (`check`'s
+# offcpu_stacks): at the thread's return where the kernel has kprobes,
+# else at every departure; with --offcpu-stacks-at syscall-exit, at the
+# exit of the syscall the thread left in where the kernel can tell a
+# syscall (tp_btf and bpf_task_pt_regs). The other ways forced, where the
+# kernel has them.
+WALK_AT = KERNEL.get("offcpu_stacks")
+_SYS_EXIT = bool(KERNEL.get("offcpu_stacks_at_syscall_exit"))
 AT_DEPARTURE = _variant({"PYUSDT_PROF_WALK_AT_DEPARTURE": "1"}, "at_departure",
-                        None if KERNEL.get("return_probe") else "tp_btf")
+                        "tp_btf" if WALK_AT == "departure" else None)
+AT_SYS_EXIT = _variant({"PYUSDT_PROF_WALK_AT_SYS_EXIT": "1"}, "at_sys_exit",
+                       None if _SYS_EXIT else "at_departure")
+
+
+def walk_at(variant):
+    """Where `variant` (a case of the ways above, or {}) reads the stacks."""
+    if "PYUSDT_PROF_WALK_AT_DEPARTURE" in variant:
+        return "departure"
+    if "PYUSDT_PROF_WALK_AT_SYS_EXIT" in variant:
+        return "syscall exit" if _SYS_EXIT else "departure"
+    return WALK_AT
 
 
 def need_bpf(*tools):

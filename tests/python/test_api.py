@@ -193,6 +193,8 @@ def test_without_privileges_start_is_a_permission_error():
     ({"freq": 0}, "freq is CPU samples per second from 1 to 10000, not 0"),
     ({"duration": -1.0}, "duration must be a number of seconds"),
     ({"sample_waits_below": 2.0}, "sample_waits_below is in seconds, from 0 (every wait) to 1"),
+    ({"offcpu_stacks_at": "exit"},
+     'offcpu_stacks_at is auto, syscall-exit or departure, not "exit"'),
 ])
 def test_bad_arguments_are_value_errors(kwargs, message):
     with pytest.raises(ValueError) as e:

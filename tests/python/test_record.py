@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (AT_DEPARTURE, KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS, Child, need_bpf,
-                      prof_binary)
+from conftest import (AT_DEPARTURE, AT_SYS_EXIT, KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS,
+                      WALK_AT, Child, need_bpf, prof_binary, walk_at)
 
 SHAPES = str(SCRIPTS / "shapes.py")
 
@@ -140,14 +140,24 @@ def test_every_program_variant_counts_the_same(tmp_path, variant):
         "pyusdt-poll" not in "".join(s) for s in fold(path, "wakeup")), kinds
 
 
-@pytest.mark.parametrize("variant", [pytest.param({}, id="tp_btf"), AT_DEPARTURE])
+# The notes that say where a recording read the stacks (none: at every
+# departure).
+WAY_NOTES = {
+    "return": "came back (a kprobe on finish_task_switch",
+    "syscall exit": "came back from the syscall it left in",
+}
+WAYS = [pytest.param({}, id="tp_btf"), AT_DEPARTURE, AT_SYS_EXIT]
+
+
+@pytest.mark.parametrize("variant", WAYS)
 def test_offcpu_sleep_time_within_5_percent(tmp_path, variant):
     code, path = record(tmp_path, "sleep", views="offcpu", env=variant)
     assert code == 0
     # The way this kernel reads the stacks, as the profile says it.
     [notes] = [v.get("notes", []) for v in json.loads(path.read_text())["views"]]
-    at_return = bool(KERNEL.get("return_probe")) and not variant
-    assert any("came back (a kprobe on finish_task_switch" in n for n in notes) == at_return, notes
+    way = walk_at(variant)
+    for w, note in WAY_NOTES.items():
+        assert any(note in n for n in notes) == (w == way), (way, notes)
     stacks = fold(path, "offcpu", merge=True)
     slept = under(stacks, "sleeper")
     assert abs(slept - 500e6) <= 0.05 * 500e6, f"{slept / 1e6:.1f} ms off-CPU under sleeper"
@@ -155,7 +165,27 @@ def test_offcpu_sleep_time_within_5_percent(tmp_path, variant):
     assert any(s[-1].endswith("_[k]") for s in stacks if under({s: 1}, "sleeper"))
 
 
-@pytest.mark.parametrize("variant", VARIANTS + [AT_DEPARTURE])
+@pytest.mark.parametrize("way", ["auto", "syscall-exit", "departure"])
+def test_a_thread_preempted_outside_a_syscall_waits_under_its_own_frames(tmp_path, way):
+    # A thread pinned beside a spinning child process is preempted in
+    # user mode about half of 1 s, in spin, with a getppid under
+    # getppid_now between spins: a wait whose stack were read at the next
+    # syscall's exit (wrongly) would land there. Those that truly begin
+    # there (about 3% of the time is there) stay far below 10%.
+    code, path = record(tmp_path, "preempted", views="offcpu",
+                        extra=("--offcpu-stacks-at", way))
+    assert code == 0
+    [notes] = [v.get("notes", []) for v in json.loads(path.read_text())["views"]]
+    took = {"auto": WALK_AT, "departure": "departure"}.get(way, walk_at(AT_SYS_EXIT.values[0]))
+    for w, note in WAY_NOTES.items():
+        assert any(note in n for n in notes) == (w == took), (took, notes)
+    stacks = fold(path, "offcpu", merge=True)
+    spun, between = under(stacks, "spin"), under(stacks, "getppid_now")
+    assert 0.25e9 <= spun <= 0.75e9, f"{spun / 1e6:.1f} ms off-CPU under spin"
+    assert between <= 0.1 * spun, f"{between / 1e6:.1f} ms off-CPU under getppid_now"
+
+
+@pytest.mark.parametrize("variant", VARIANTS + [AT_DEPARTURE, AT_SYS_EXIT])
 def test_lock_wait_and_its_waker(tmp_path, variant):
     code, path = record(tmp_path, "lock", views="offcpu,wakeup", env=variant)
     assert code == 0
@@ -178,7 +208,7 @@ def test_lock_wait_and_its_waker(tmp_path, variant):
     assert "holder" in after, stack
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + [AT_SYS_EXIT])
 def test_a_syscall_that_blocks_many_times_counts_every_block_under_its_caller(
         tmp_path, variant):
     # One write of 1 MiB into a pipe that another thread empties 64 KiB
@@ -468,6 +498,8 @@ def test_two_recorders_on_one_process_both_count_exactly(tmp_path):
     (["-o", "/nonexistent/dir/p.json", "-p", "1"], "cannot write /nonexistent/dir/p.json"),
     (["-p", "4000000"], "no process with PID 4000000"),
     (["--gil-probes", "-p", "1"], "--gil-probes is how the gil view measures: add it, --views ...,gil"),
+    (["--offcpu-stacks-at", "exit", "-p", "1"],
+     "invalid value 'exit' for '--offcpu-stacks-at <WAY>'"),
     ([], "the following required arguments were not provided"),
 ])
 def test_bad_record_arguments_get_one_clear_line(args, message):
@@ -537,12 +569,10 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     profile = json.loads(path.read_text())
     by_kind = {v["kind"]: v for v in profile["views"]}
     lost = {k: v["lost"] for k, v in by_kind.items()}
-    # The offcpu view also counts as lost a wait whose return to the CPU
-    # it did not see and whose wake-up came before it left (0 to 2 in a run
-    # of this shape, with maps of any size).
-    lost_waits = lost.pop("offcpu")
-    assert lost_waits <= 5
-    assert lost == dict.fromkeys(["cpu", "wakeup", "syscall", "gil"], 0)
+    # A wait whose return to the CPU the kernel did not report and whose
+    # wake-up came before it left is not counted, and a note says how many
+    # (0 to 2 in a run of this shape, 8 once): not a loss of the maps.
+    assert lost == dict.fromkeys(["cpu", "offcpu", "wakeup", "syscall", "gil"], 0)
     assert len(by_kind["syscall"]["samples"]) > keys
     # Each thread's syscalls, by the thread the kernel ran them in (not by
     # the Python stack, which a walk may fail to read): exactly one write
@@ -561,13 +591,15 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     # Every GIL wait counted is in the profile once: moved or not.
     gil = by_kind["gil"]
     assert sum(s["count"] for s in gil["samples"]) == gil["events"] > 0
-    # Every thread waited off the CPU (for its nap at least), or a wait is
-    # counted as lost; but for a rare miss of the offcpu view, not
-    # understood: a nap missing with no loss counted, seen on 6.1 under
-    # TCG only (2 runs of 5 once, at departure; a thread then left with no
-    # wait at all in 1 run of 7, at the return).
+    # Every thread waited off the CPU (for its nap at least), or a wait's
+    # return is noted as unknown; but for a rare miss of the offcpu view,
+    # not understood: a nap missing with no loss counted, seen on 6.1
+    # under TCG only (2 runs of 5 once, at departure; a thread then left
+    # with no wait at all in 1 run of 7, at the return).
+    unknown = sum(int(m.group(1)) for n in by_kind["offcpu"].get("notes", [])
+                  for m in [re.match(r"(\d+) returns to the CPU .* no wake-up", n)] if m)
     waited = {s[0] for s in fold(path, "offcpu")} - set(main)
-    assert 3_000 - lost_waits - 2 <= len(waited & set(calls)), len(waited & set(calls))
+    assert 3_000 - unknown - 2 <= len(waited & set(calls)), len(waited & set(calls))
 
 
 def test_a_recording_holds_only_its_process(tmp_path):
@@ -698,7 +730,8 @@ def test_forked_children_of_a_recorded_process_live(tmp_path, extra):
     assert p.stdout.strip() == str([0] * 10), p.stdout
 
 
-def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp_path):
+@pytest.mark.parametrize("variant", [pytest.param({}, id="tp_btf"), AT_SYS_EXIT])
+def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp_path, variant):
     """4000 sleeps of about 150 us, all below the default 1 ms of
     --sample-waits-below: about one in 6 is kept, weighted 6, so the
     offcpu and wakeup views' counts and times estimate the true ones
@@ -706,7 +739,7 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
     them). The syscall view beside them counts exactly. With
     --sample-waits-below 0 every wait is counted, once."""
     views = "offcpu,wakeup,syscall"
-    code, path = record(tmp_path, "shortsleeps", views=views)
+    code, path = record(tmp_path, "shortsleeps", views=views, env=variant)
     assert code == 0
     sleeps = under(fold(path, "syscall", count=True, merge=True), "short_sleeper")
     in_syscall = under(fold(path, "syscall", merge=True), "short_sleeper")
@@ -729,7 +762,7 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
 
     exact = tmp_path / "exact"
     exact.mkdir()
-    code, path = record(exact, "shortsleeps", views=views,
+    code, path = record(exact, "shortsleeps", views=views, env=variant,
                         extra=("--sample-waits-below", "0"))
     assert code == 0
     prof = json.loads(path.read_text())
@@ -738,6 +771,6 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
     # Each sleep is one wait; a preemption now and then adds one. A return
     # to the CPU the kernel did not report (README, "offcpu") is counted
     # at the thread's next departure if a wake-up came after its own, else
-    # lost (the view's `lost` counts it): on one 6.18 build CI saw 10 such
-    # returns in these 4000 sleeps, 9 of them lost.
+    # not counted (a note says how many): on one 6.18 build CI saw 10 such
+    # returns in these 4000 sleeps, 9 of them not counted.
     assert 4000 * 0.98 <= waits <= 4000 + 40, waits

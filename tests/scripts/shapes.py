@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -173,6 +174,40 @@ def shape_cpu():
             took[work.__name__] += time.thread_time_ns() - start
         time.sleep(rng.uniform(0.0005, 0.0015))
     print(f"heavy {took['heavy']} light {took['light']}", flush=True)
+
+
+def contended_spin(seconds):
+    """Spins for `seconds` of wall time, with a syscall under getppid_now
+    after every 2,000 additions (about 3% of the time)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        spin(2_000)
+        getppid_now()
+
+
+def getppid_now():
+    return os.getppid()
+
+
+def shape_preempted():
+    """Pinned to one CPU beside a child process that spins there:
+    contended_spin runs 1 s of wall time, about half of it off the CPU,
+    preempted in user mode in spin (outside a syscall: its waits' stacks
+    are read as it leaves). A wait read later, at the exit of the next
+    syscall, would land under getppid_now."""
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import os; os.sched_setaffinity(0, {{{cpu}}}); print(flush=True)\n"
+         "while True: pass"],
+        stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # pinned, and about to spin
+        contended_spin(1.0)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def short_lived():

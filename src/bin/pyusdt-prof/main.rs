@@ -58,6 +58,7 @@ fn record_command(a: RecordArgs, verbose: bool) -> Result<u8> {
         span,
         gil_probes,
         sample_waits_below,
+        offcpu_stacks_at,
         command,
     } = a;
     let mut views = views.into_iter().flatten().collect::<BTreeSet<_>>();
@@ -74,6 +75,7 @@ fn record_command(a: RecordArgs, verbose: bool) -> Result<u8> {
         attached: command.is_empty(),
         gil_probes,
         sample_waits_below_ns: sample_waits_below,
+        stacks_at: offcpu_stacks_at,
     };
     catch_signals();
     let r = Run {
