@@ -11,8 +11,11 @@
 //! Where the kernel has kprobes, the stacks are read at the return
 //! instead, in the returning thread (a kprobe on `finish_task_switch`),
 //! and only for the waits kept: the thread has not run since it left, so
-//! they are the stacks it left with. A wait still open at the end has its
-//! Python stack read here, from the process's memory.
+//! they are the stacks it left with. On request (`--offcpu-stacks-at
+//! syscall-exit`), a thread that left inside a syscall has them read at
+//! that syscall's exit, in the thread, for the same reason. A wait still
+//! open at the end has its Python stack read here, from the process's
+//! memory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -75,7 +78,9 @@ struct Sched<'o> {
     /// Where the stacks were read, if not at every departure as without
     /// kprobes: a note of both views.
     way: Option<String>,
-    /// Whether the stacks are read at the return (the kprobe attached).
+    /// Whether the stacks of kept waits are read after the departure (at
+    /// the return, or at the syscall's exit): those of waits still open at
+    /// the end are then read here.
     at_return: bool,
     /// Waits and wake-ups of exited threads (each keyed by the thread that
     /// waited, whose own return counts it).
