@@ -190,7 +190,8 @@ HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf"
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
             "drop_gil_enter": "drop_gil entry", "gil_futex_enter_btf": "sys_enter (gil)",
-            "gil_futex_exit_btf": "sys_exit (gil)", "gil_switch_btf": "sched_switch (gil)"}
+            "gil_futex_exit_btf": "sys_exit (gil)", "gil_switch_btf": "sched_switch (gil)",
+            "sys_back_btf": "sys_exit (offcpu)"}
 
 
 def workload_cmd(w):
@@ -384,7 +385,8 @@ def main():
 
     workloads = ["fib", "writes", "pingpong", "http"] + [f"pyperf:{b}" for b in PYPERF_BENCHES]
     columns = (["plain", "pyusdt", "record all"] + [f"record {v}" for v in VIEWS]
-               + ["record offcpu --sample-waits-below 0", "record gil --gil-probes",
+               + ["record offcpu --sample-waits-below 0",
+                  "record offcpu --offcpu-stacks-at syscall-exit", "record gil --gil-probes",
                   "record --exact", "monitoring no-op", "monitoring clock",
                   "monitoring tsc", "cProfile", "py-spy", "py-spy --nonblocking",
                   "bpftrace (seed)", "bpftrace (seed, trap)", "floor", "floor sched"])
@@ -454,7 +456,9 @@ def main():
               "there; `floor sched` the same at sched_switch and sched_waking alone, the "
               "offcpu and wakeup views' attach points. The offcpu and wakeup columns sample "
               "the waits under 1 ms (the default); `record offcpu --sample-waits-below 0` "
-              "counts every wait.", ""]
+              "counts every wait; `record offcpu --offcpu-stacks-at syscall-exit` reads a "
+              "kept wait's stacks at the exit of the syscall it left in, not at every "
+              "departure.", ""]
 
     def fib_ratio(col):
         cells = ratio_cells(results.get("fib", {}), "plain", "seconds")
