@@ -625,7 +625,7 @@ pub struct RecordArgs {
     /// where threads switch often and make few syscalls between (two
     /// threads handing a lock to each other: the handlers' time fell from
     /// 24 to 14 ms over 20,000 switches); on http.server (5 syscalls a
-    /// switch) from 82 to 67 ms, the requests a second within the noise;
+    /// switch) from 88 to 67 ms, the requests a second within the noise;
     /// 1-byte writes ran 1.6x slower than plain, against 1.1x. The views'
     /// notes say which way a recording took.
     #[arg(long, value_name = "WAY", value_enum, default_value_t = StacksAt::Auto)]
