@@ -401,7 +401,8 @@ static __always_inline int on_switch(void *ctx, struct task_struct *prev, struct
 		 * from it between (sys_back would have seen one): still in that
 		 * syscall, with the stack it first left with. A late wait is
 		 * counted under it now, and this departure has it too. */
-		if (t && (t->late.weight || t->late.waker.weight || (t->out.ts && t->in_syscall))) {
+		if (walk_at_sys_exit && t &&
+		    (t->late.weight || t->late.waker.weight || (t->out.ts && t->in_syscall))) {
 			pystack = py_stack_id(prev_tgid, prev_tid, loops);
 			walked = 1;
 			count_late(prev_tgid, prev_tid, t, pystack);
@@ -459,20 +460,21 @@ back:
 					       &short_waits_kept);
 		if (btf_args && weight && t->out.kstack == KSTACK_NONE)
 			kback = kstack_back(next);
-		if (t->in_syscall && !weight && !t->waker.weight) {
+		if (walk_at_sys_exit && t->in_syscall) {
+			if (weight || t->waker.weight) {
+				/* Its Python stack is read as the syscall exits. */
+				t->late.ns = ns;
+				t->late.weight = weight;
+				t->late.kback = kback;
+				t->late.waker = t->waker;
+				t->waker.weight = 0;
+				t->out.ts = 0;
+				return 0;
+			}
 			/* Nothing is left to the syscall's exit. */
 			mark = late_mark(next_tid);
 			if (mark)
 				*mark = 0;
-		} else if (t->in_syscall) {
-			/* Its Python stack is read as the syscall exits. */
-			t->late.ns = ns;
-			t->late.weight = weight;
-			t->late.kback = kback;
-			t->late.waker = t->waker;
-			t->waker.weight = 0;
-			t->out.ts = 0;
-			return 0;
 		}
 		count_return(next_tgid, next_tid, t, ns, weight, kback);
 	}

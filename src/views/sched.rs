@@ -78,10 +78,10 @@ struct Sched<'o> {
     /// Where the stacks were read, if not at every departure as without
     /// kprobes: a note of both views.
     way: Option<String>,
-    /// Whether the stacks of kept waits are read after the departure (at
-    /// the return, or at the syscall's exit): those of waits still open at
-    /// the end are then read here.
-    at_return: bool,
+    /// Where the stacks of kept waits are read: after the departure (at
+    /// the return, or at the syscall's exit), those of waits still open at
+    /// the end are read here.
+    walk: Walk,
     /// Waits and wake-ups of exited threads (each keyed by the thread that
     /// waited, whose own return counts it).
     retired_offcpu: Retired<types::offcpu_key, time_hist>,
@@ -129,7 +129,6 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         )),
         (Walk::Departure, None) => None,
     };
-    let at_return = walk != Walk::Departure;
     Ok(Box::new(Sched {
         skel,
         links,
@@ -139,7 +138,7 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
         names: RefCell::new(Vec::new()),
         closed: RefCell::new(HashMap::new()),
         way,
-        at_return,
+        walk,
         retired_offcpu: Retired::default(),
         retired_wakeups: Retired::default(),
     }))
@@ -512,7 +511,7 @@ impl Recorder for Sched<'_> {
     fn close_waits(&self, pid: u32, layout: &Layout, lines: bool) {
         // Only the return's way leaves departures unread (at departure,
         // a stack missing is a walk that failed then).
-        if !self.offcpu || !self.at_return {
+        if !self.offcpu || self.walk == Walk::Departure {
             return;
         }
         // Waits still open whose stacks are read at the return: read now,
