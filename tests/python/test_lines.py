@@ -91,6 +91,11 @@ def test_lines_in_every_view_drop_no_names_and_never_fall_back_to_the_def_line(t
             for frame in stack:
                 if f" ({SHAPES}:" in frame:
                     line = int(frame.rsplit(":", 1)[1].rstrip(")"))
-                    assert not source[line - 1].lstrip().startswith("def "), (view, frame)
+                    # A function's frame on its own `def` line fell back;
+                    # the module's on a `def` line runs that statement (a
+                    # cpu sample as the script starts: CI saw it once).
+                    name = frame.split(" (", 1)[0].rsplit(".", 1)[-1]
+                    own_def = f"def {name}("
+                    assert not source[line - 1].lstrip().startswith(own_def), (view, frame)
                     seen += 1
     assert seen > 0
