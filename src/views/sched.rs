@@ -509,13 +509,14 @@ impl Recorder for Sched<'_> {
     }
 
     fn close_waits(&self, pid: u32, layout: &Layout, lines: bool) {
-        // Only the return's way leaves departures unread (at departure,
-        // a stack missing is a walk that failed then).
+        // Only the ways that read after the departure (at the return, at
+        // the syscall's exit) leave departures unread; at departure, a
+        // stack missing is a walk that failed then.
         if !self.offcpu || self.walk == Walk::Departure {
             return;
         }
-        // Waits still open whose stacks are read at the return: read now,
-        // while the threads are still away.
+        // Waits still open whose stacks would be read after their return:
+        // read now, while the threads are still away.
         let Ok(open) = entries::<u32, types::sched_thread>(&self.skel.maps.sched_threads) else {
             return;
         };
