@@ -168,7 +168,16 @@ def test_an_io_thread_waits_after_each_read_under_the_call(tmp_path, variant):
     times = per_thread(fold(out, "gil"), "io")
     waited = sum(times.values())
     under_call = sum(v for s, v in times.items() if waiter_leaf(s) == "io_call")
-    assert under_call >= 0.95 * waited
+    # The rest: the thread's start (no Python frame of its own yet, or in
+    # set_thread_name, 46 ms seen once on 3.12), and the drops forced
+    # while io held the GIL between two reads, in its loop (a preemption
+    # of io there makes cpu wait the switch interval). CI saw 16% of io's
+    # time outside io_call once, on 3.14. Never under a function io does
+    # not run.
+    elsewhere = {s: v for s, v in times.items() if waiter_leaf(s) != "io_call"}
+    shown = "\n".join(f"{v / 1e6:.1f} ms: {' ; '.join(s)}" for s, v in elsewhere.items())
+    assert {waiter_leaf(s) for s in elsewhere} <= {None, "io_loop", "Event.is_set", "set_thread_name"}, shown
+    assert under_call >= 0.75 * waited, shown
     by_cpu = sum(v for s, v in times.items()
                  if waiter_leaf(s) == "io_call" and (holder(s) or "").startswith("GIL held by thread cpu ("))
     assert by_cpu >= 0.9 * under_call
