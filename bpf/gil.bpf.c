@@ -364,15 +364,17 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 static __always_inline int on_gil_switch(struct task_struct *prev, struct task_struct *next,
 					 const int loops, const int btf_args)
 {
-	__u32 prev_tgid = BPF_CORE_READ(prev, tgid), prev_tid = BPF_CORE_READ(prev, pid);
-	__u32 next_tid = BPF_CORE_READ(next, pid);
+	__u32 prev_tgid = TP_FIELD(prev, tgid), prev_tid, next_tid;
 	const struct pyusdt_layout *l;
 	struct gil_switch_block *b;
 	struct pt_regs *regs;
 	__u64 now, ns;
 
-	/* A target thread comes back: a block of it ends. */
-	if (is_target(BPF_CORE_READ(next, tgid))) {
+	/* A target thread comes back: a block of it ends. (Every switch of
+	 * the machine runs this: the task's fields are plain loads on tp_btf,
+	 * and read only where they are needed.) */
+	if (is_target(TP_FIELD(next, tgid))) {
+		next_tid = TP_FIELD(next, pid);
 		b = bpf_map_lookup_elem(&gil_switch_blocks, &next_tid);
 		if (b && b->since) {
 			now = bpf_ktime_get_ns();
@@ -386,13 +388,15 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 			b->ended = b->interval && ns >= b->interval - b->interval / 8 ? now : 0;
 		}
 	}
-	if (!btf_args || !is_target(prev_tgid) || !in_span(prev_tid) ||
-	    !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
+	if (!btf_args || !is_target(prev_tgid))
+		return 0;
+	prev_tid = TP_FIELD(prev, pid);
+	if (!in_span(prev_tid) || !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
 		return 0;
 	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
 		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
-	if (BPF_CORE_READ(regs, orig_ax) != SYS_FUTEX)
+	if (regs->orig_ax != SYS_FUTEX)
 		return 0;
 	l = gil_cond_wait(prev_tgid, regs);
 	if (l)

@@ -557,16 +557,18 @@ static __always_inline int back_body(struct pt_regs *ctx, const int loops)
 WALK_TWIN("kprobe", back, struct pt_regs)
 
 /* The waker is current; note it for the wakee. */
-static __always_inline int on_wakeup(struct task_struct *p, const int loops)
+static __always_inline int on_wakeup(struct task_struct *p, const int loops, const int btf_args)
 {
-	__u32 tgid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
-	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = TP_FIELD(p, tgid), tid;
 	struct sched_thread *t;
 	struct waker w = {};
-	__u64 now, left;
+	__u64 id, now, left;
 
+	/* Every wake-up of the machine runs this: the rest waits for a
+	 * target's thread. */
 	if (!is_target(tgid))
 		return 0;
+	tid = TP_FIELD(p, pid);
 	now = bpf_ktime_get_ns();
 	t = bpf_map_lookup_elem(&sched_threads, &tid);
 	if (!t)
@@ -584,6 +586,7 @@ static __always_inline int on_wakeup(struct task_struct *p, const int loops)
 		t->waker.weight = 0;
 		return 0;
 	}
+	id = bpf_get_current_pid_tgid();
 	w.key.tgid = tgid;
 	w.key.tid = tid;
 	w.key.waker_tgid = id >> 32;
@@ -603,11 +606,11 @@ TP_WALK(sched_switch, switch, on_switch(ctx, prev, next, loops, btf_args),
  * queued, which for a wakee on another CPU is that CPU's interrupt (the
  * idle task is current there); sched_waking always fires in the waker.
  */
-TP_WALK(sched_waking, wakeup, on_wakeup(p, loops), struct task_struct *p)
+TP_WALK(sched_waking, wakeup, on_wakeup(p, loops, btf_args), struct task_struct *p)
 
 TP_WALK(sys_exit, sys_back, on_sys_back(loops), struct pt_regs *regs, long ret)
 
-TP_WALK(sched_wakeup_new, wakeup_new, on_wakeup(p, loops), struct task_struct *p)
+TP_WALK(sched_wakeup_new, wakeup_new, on_wakeup(p, loops, btf_args), struct task_struct *p)
 
 /* Puts the key and value types in the skeleton's types. */
 struct offcpu_key _offcpu_key = {};
