@@ -364,7 +364,7 @@ static __always_inline void gil_block_begins(__u32 tgid, __u32 tid, const struct
 static __always_inline int on_gil_switch(struct task_struct *prev, struct task_struct *next,
 					 const int loops, const int btf_args)
 {
-	__u32 prev_tgid = TP_FIELD(prev, tgid), prev_tid, next_tid;
+	__u32 prev_tgid, prev_tid, next_tid;
 	const struct pyusdt_layout *l;
 	struct gil_switch_block *b;
 	struct pt_regs *regs;
@@ -388,7 +388,10 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 			b->ended = b->interval && ns >= b->interval - b->interval / 8 ? now : 0;
 		}
 	}
-	if (!btf_args || !is_target(prev_tgid))
+	if (!btf_args)
+		return 0;
+	prev_tgid = TP_FIELD(prev, tgid);
+	if (!is_target(prev_tgid))
 		return 0;
 	prev_tid = TP_FIELD(prev, pid);
 	if (!in_span(prev_tid) || !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
