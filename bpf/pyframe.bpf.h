@@ -77,7 +77,10 @@ struct {
 	__type(value, struct code_lines);
 } code_lines_scratch SEC(".maps");
 
-/* Thread id -> its name, kept current (threads rename themselves). */
+/* Thread id -> its name, kept current (threads rename themselves). The
+ * recorder moves exited threads' names out as it records (their tgid says
+ * whose they are), so that a program that starts a thread per request
+ * does not fill it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -421,14 +424,14 @@ static __always_inline void name_codes(__u32 tgid, const int loops)
 }
 
 /* Keeps the current thread's name in `comms`. */
-static __always_inline void note_comm(__u32 tid)
+static __always_inline void note_comm(__u32 tgid, __u32 tid)
 {
-	struct comm_value c = {}, *known;
+	struct comm_value c = { .tgid = tgid }, *known;
 	const __u64 *a, *b;
 
 	bpf_get_current_comm(c.comm, sizeof(c.comm));
 	known = bpf_map_lookup_elem(&comms, &tid);
-	if (known) {
+	if (known && known->tgid == tgid) {
 		/* COMM_LEN is 16: compare as two words. */
 		a = (const __u64 *)known->comm;
 		b = (const __u64 *)c.comm;
@@ -718,7 +721,7 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 	/* Every thread's name, Python's or not: pyusdt's poll thread is
 	 * known by it, even in a child that exits before /proc is read. */
 	if (current)
-		note_comm(tid);
+		note_comm(tgid, tid);
 	if (!l) {
 		pystack_error(PYSTACK_ERR_NO_LAYOUT);
 		return PYSTACK_NONE;

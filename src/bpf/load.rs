@@ -262,11 +262,24 @@ pub fn load_procs<'o>(
 /// size otherwise, 65,536 or 131,072), for the tests, which fill them.
 const COUNT_KEYS: &str = "PYUSDT_PROF_COUNT_KEYS";
 
+/// Set to a number: the keys of each object's map of thread names
+/// (`comms`, 65,536 otherwise), for the tests, which fill it.
+const NAME_KEYS: &str = "PYUSDT_PROF_NAME_KEYS";
+
 /// Sizes count map `map` as [`COUNT_KEYS`] asks, if it does.
 pub fn size_counts(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
-    let Some(keys) = std::env::var(COUNT_KEYS).ok().and_then(|v| v.parse().ok()) else {
+    size_as(map, COUNT_KEYS)
+}
+
+/// Sizes the thread names' map `map` as [`NAME_KEYS`] asks, if it does.
+pub fn size_names(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
+    size_as(map, NAME_KEYS)
+}
+
+fn size_as(map: &mut libbpf_rs::OpenMapMut<'_>, var: &str) -> Result<()> {
+    let Some(keys) = std::env::var(var).ok().and_then(|v| v.parse().ok()) else {
         return Ok(());
     };
     map.set_max_entries(keys)
-        .with_context(|| format!("size a count map as {COUNT_KEYS} asks"))
+        .with_context(|| format!("size a map as {var} asks"))
 }

@@ -5,8 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::bpf::maps::{comm_str, entries};
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::bpf::maps::{comm_str, decode, entries, hash_scan};
 use crate::bpf::procs::types as walk_types;
+use crate::bpf::retire::LiveThreads;
 use crate::profile::frame::program_frames;
 use crate::profile::ksym::KernelSymbolizer;
 use crate::profile::pyname::{code_name, Namer};
@@ -59,6 +62,46 @@ pub fn learn_names(
     for (tid, c) in entries::<u32, walk_types::comm_value>(comms)? {
         threads.insert(tid, comm_str(&c.comm));
     }
+    Ok(())
+}
+
+/// Moves the names of exited threads out of one object's `comms` map into
+/// `into` (what [`learn_names`] fills at the end), as the recording goes:
+/// a program that starts a thread per request (`ThreadingHTTPServer`)
+/// names a new thread at each, and a full map would name none that
+/// follow. A thread id a new thread takes between the scan and the
+/// delete loses its name until its next walk notes it again.
+pub fn move_exited_names(
+    comms: &dyn MapCore,
+    live: &mut LiveThreads,
+    into: &mut BTreeMap<u32, String>,
+) -> Result<()> {
+    let mut gone = Vec::new();
+    hash_scan(comms, |kb, vb| {
+        let (tid, c) = decode::<u32, walk_types::comm_value>(kb, vb)?;
+        if !live.alive(c.tgid, tid) {
+            gone.push((tid, comm_str(&c.comm)));
+        }
+        Ok(())
+    })?;
+    for chunk in gone.chunks(1024) {
+        let keys: Vec<u8> = chunk
+            .iter()
+            .flat_map(|(tid, _)| tid.to_ne_bytes())
+            .collect();
+        let n = chunk.len() as u32;
+        if comms
+            .delete_batch(&keys, n, MapFlags::ANY, MapFlags::ANY)
+            .is_err()
+        {
+            // A batch that failed part-way: the rest one by one (a key
+            // already gone is one the batch deleted).
+            for (tid, _) in chunk {
+                let _ = comms.delete(&tid.to_ne_bytes());
+            }
+        }
+    }
+    into.extend(gone);
     Ok(())
 }
 

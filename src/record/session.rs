@@ -21,7 +21,7 @@ use crate::bpf::retire::LiveThreads;
 use crate::bpf::{procs, span};
 use crate::profile::Profile;
 use crate::record::build::{build_profile, counters, Meta, Objects};
-use crate::record::names::proc_threads;
+use crate::record::names::{move_exited_names, proc_threads};
 use crate::record::span::load_span;
 use crate::record::tracker::Tracker;
 use crate::record::{Options, Progress};
@@ -279,6 +279,11 @@ pub fn record(
         if ticks % NAME_TICKS == 0 {
             for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
                 proc_threads(p, &mut threads);
+            }
+            // A map that cannot be read keeps its names: it may fill,
+            // and threads that follow go unnamed.
+            for v in &o.views {
+                let _ = move_exited_names(v.walker().comms, &mut live, &mut threads);
             }
         }
         ticks += 1;

@@ -552,7 +552,7 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     syscall view's map (65,000 under TCG), held to 32,768 keys
     (PYUSDT_PROF_COUNT_KEYS, every view's count map): the counts of exited
     threads are moved out while recording, so no view loses any, and every
-    thread's syscalls are still counted exactly. (16,384 keys left a 5.10
+    thread's syscalls are still counted exactly, under its name. (16,384 keys left a 5.10
     guest under TCG, where the recorder gets little of the CPU, short of
     room between two passes in 2 runs of 4.)"""
     keys = 32_768
@@ -562,7 +562,10 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     # both): under TCG the return's kprobe slows every context switch,
     # and the recorder's passes fell behind (33 and 199 syscalls lost in 2
     # of 7 runs on 6.1, none in 3 runs at departure).
-    env = {"PYUSDT_PROF_COUNT_KEYS": str(keys), "PYUSDT_PROF_WALK_AT_DEPARTURE": "1"}
+    # The thread names' maps hold 1,024 (PYUSDT_PROF_NAME_KEYS): the names
+    # of exited threads are moved out too, and every thread keeps its own.
+    env = {"PYUSDT_PROF_COUNT_KEYS": str(keys), "PYUSDT_PROF_WALK_AT_DEPARTURE": "1",
+           "PYUSDT_PROF_NAME_KEYS": "1024"}
     code, path = record(tmp_path, "churn", views=views, extra=["--sample-waits-below", "0"],
                         env=env)
     assert code == 0
@@ -585,6 +588,11 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     main = [t for t in calls if t.startswith("thread MainThread ")]
     assert len(main) == 1 and calls.pop(main[0]) == {"syscall:clock_nanosleep": 30}
     assert len(calls) == 3_000
+    # Each one's name as the kernel knew it (Python's names come from the
+    # process, and label the threads without it).
+    tids = {int(re.findall(r"\((\d+)(?:, [^)]*)?\)", t)[-1]) for t in calls}
+    unnamed = sorted(tids - {int(t) for t in profile["threads"]})
+    assert len(tids) == 3_000 and not unnamed, (len(unnamed), unnamed[:3])
     expected = {"syscall:write": 1, "syscall:clock_nanosleep": 1}
     odd = {t: c for t, c in calls.items() if c != expected}
     assert not odd, list(odd.items())[:3]
