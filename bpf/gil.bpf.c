@@ -393,13 +393,15 @@ static __always_inline int on_gil_switch(struct task_struct *prev, struct task_s
 	prev_tgid = TP_FIELD(prev, tgid);
 	if (!is_target(prev_tgid))
 		return 0;
-	prev_tid = TP_FIELD(prev, pid);
-	if (!in_span(prev_tid) || !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
-		return 0;
 	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
 		return 0;
+	/* The saved syscall number first: a load, where the rest are map
+	 * lookups, and most of a target's departures are in other syscalls. */
 	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
 	if (regs->orig_ax != SYS_FUTEX)
+		return 0;
+	prev_tid = TP_FIELD(prev, pid);
+	if (!in_span(prev_tid) || !bpf_map_lookup_elem(&gil_by_blocks, &prev_tgid))
 		return 0;
 	l = gil_cond_wait(prev_tgid, regs);
 	if (l)
