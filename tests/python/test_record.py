@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (AT_DEPARTURE, AT_SYS_EXIT, KERNEL, PY, SCRIPTS, TIMEOUT, VARIANTS,
-                      WALK_AT, Child, need_bpf, prof_binary, walk_at)
+from conftest import (AT_DEPARTURE, AT_SYS_EXIT, EMULATED, KERNEL, PY, SCRIPTS, TIMEOUT,
+                      VARIANTS, WALK_AT, Child, need_bpf, prof_binary, walk_at)
 
 SHAPES = str(SCRIPTS / "shapes.py")
 
@@ -677,9 +677,11 @@ def test_subprocesses_are_recorded_each_under_its_root(tmp_path):
         total = sum(mine.values())
         spin = under(mine, "spin_for")
         # 0.5 s at 99 Hz: about 50 samples on an idle machine, nearly all in
-        # child_spin.
+        # child_spin. The rest: the child's start and exit (the fork's
+        # copied pages, the exit's teardown), slower in an emulated guest
+        # (5.10 under TCG: 40 of 45 in CI once).
         assert total >= 10, (pid, mine)
-        assert spin >= 0.9 * total, (pid, mine)
+        assert spin >= (0.8 if EMULATED else 0.9) * total, (pid, mine)
         assert all("child_spin" in {fn(f) for f in s} for s in mine if s and fn(s[-1]) == "spin_for")
     ex = cpu.get(execd[0], {})
     # 0.6 s, less the time it takes to receive the new program's layout.
