@@ -159,6 +159,7 @@ macro_rules! share {
                 .set_max_entries(1)
                 .context("shrink the unused line table map")?;
         }
+        $crate::bpf::load::size_names(&mut $open.maps.comms)?;
         $open
             .maps
             .targets

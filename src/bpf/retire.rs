@@ -91,21 +91,10 @@ impl<K: plain::Plain + Default + Copy, V: Count> Moved<K, V> {
     /// each one is kept once it is out of the map, so that none is
     /// counted twice nor dropped.
     pub fn take(&mut self, map: &dyn MapCore, out: &[(K, V)]) {
-        for chunk in out.chunks(MOVE_BATCH) {
-            let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| key_bytes(k)).collect();
-            let deleted = map
-                .delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
-                .is_ok();
-            for (k, v) in chunk {
-                // A batch that failed part-way deleted some: each key
-                // alone, where one already gone is one the batch deleted.
-                let gone = || match map.delete(&key_bytes(k)) {
-                    Ok(()) => true,
-                    Err(e) => e.kind() == libbpf_rs::ErrorKind::NotFound,
-                };
-                if deleted || gone() {
-                    self.add(k, v);
-                }
+        let keys: Vec<K> = out.iter().map(|(k, _)| *k).collect();
+        for ((k, v), gone) in out.iter().zip(delete_keys(map, &keys)) {
+            if gone {
+                self.add(k, v);
             }
         }
     }
@@ -129,6 +118,28 @@ impl<K: plain::Plain + Default + Copy, V: Count> Moved<K, V> {
         out.extend(self.iter().copied());
         Ok(out)
     }
+}
+
+/// Deletes `keys` from `map`, a batch at a time; says of each key whether
+/// it is out of the map now (deleted, by its batch or alone).
+pub fn delete_keys<K: plain::Plain>(map: &dyn MapCore, keys: &[K]) -> Vec<bool> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(MOVE_BATCH) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(key_bytes).collect();
+        let deleted = map
+            .delete_batch(&bytes, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .is_ok();
+        // A batch that failed part-way deleted some: each key alone, where
+        // one already gone is one the batch deleted.
+        out.extend(chunk.iter().map(|k| {
+            deleted
+                || match map.delete(&key_bytes(k)) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == libbpf_rs::ErrorKind::NotFound,
+                }
+        }));
+    }
+    out
 }
 
 fn key_bytes<K: plain::Plain>(k: &K) -> Vec<u8> {

@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::MapCore;
 
 use crate::bpf::maps::{comm_str, decode, entries, hash_scan};
 use crate::bpf::procs::types as walk_types;
-use crate::bpf::retire::LiveThreads;
+use crate::bpf::retire::{delete_keys, LiveThreads};
 use crate::profile::frame::program_frames;
 use crate::profile::ksym::KernelSymbolizer;
 use crate::profile::pyname::{code_name, Namer};
@@ -84,23 +84,8 @@ pub fn move_exited_names(
         }
         Ok(())
     })?;
-    for chunk in gone.chunks(1024) {
-        let keys: Vec<u8> = chunk
-            .iter()
-            .flat_map(|(tid, _)| tid.to_ne_bytes())
-            .collect();
-        let n = chunk.len() as u32;
-        if comms
-            .delete_batch(&keys, n, MapFlags::ANY, MapFlags::ANY)
-            .is_err()
-        {
-            // A batch that failed part-way: the rest one by one (a key
-            // already gone is one the batch deleted).
-            for (tid, _) in chunk {
-                let _ = comms.delete(&tid.to_ne_bytes());
-            }
-        }
-    }
+    let tids: Vec<u32> = gone.iter().map(|(tid, _)| *tid).collect();
+    delete_keys(comms, &tids);
     into.extend(gone);
     Ok(())
 }

@@ -9,7 +9,7 @@ use pyusdt_contract::walk;
 
 use crate::bpf::cpu::{types, CpuSkel, CpuSkelBuilder};
 use crate::bpf::kernel;
-use crate::bpf::load::{attach_sampler, share, size_counts, size_names, slot, Slots};
+use crate::bpf::load::{attach_sampler, share, size_counts, slot, Slots};
 use crate::bpf::maps::{kernel_stack, live, python_stack};
 use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
 use crate::profile::ViewKind;
@@ -42,7 +42,6 @@ pub fn load<'o>(slots: &mut Slots<'o>, s: &Setup<'_>) -> Result<Box<dyn Recorder
             .context("preallocate the line table map")?;
     }
     size_counts(&mut open.maps.cpu_samples)?;
-    size_names(&mut open.maps.comms)?;
     kernel::choose_programs(open.open_object_mut(), s.variant, |_| true);
     let skel = crate::errors::loaded("load the CPU sampler", || open.load())?;
     let prog = kernel::program(skel.object(), "on_cpu_sample", s.variant)?;

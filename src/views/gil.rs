@@ -22,7 +22,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use crate::bpf::gil::{types, GilSkel, GilSkelBuilder};
 use crate::bpf::kernel;
 use crate::bpf::kernel::Variant;
-use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, size_names, Shared, Slots};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
 use crate::bpf::maps::{live, python_stack, trimmed};
 use crate::bpf::procs::types::time_hist;
 use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
@@ -115,7 +115,6 @@ fn open<'o>(
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the GIL probes");
     size_counts(&mut open.maps.gil)?;
-    size_names(&mut open.maps.comms)?;
     // Blocks are seen with --gil-probes too, in an interpreter without
     // the symbols.
     let switch = at_switch(v);

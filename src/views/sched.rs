@@ -27,7 +27,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use pyusdt_contract::walk as walk_contract;
 
 use crate::bpf::kernel::{self, Variant, Walk};
-use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, size_names, Shared, Slots};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
 use crate::bpf::maps::{
     comm_str, entries, histogram_of, kernel_stack, kernel_stack_at, live, python_stack, trimmed,
 };
@@ -163,7 +163,6 @@ fn open<'o>(
     share!(open, shared, "the scheduler programs");
     size_counts(&mut open.maps.offcpu)?;
     size_counts(&mut open.maps.wakeups)?;
-    size_names(&mut open.maps.comms)?;
     // A byte per possible thread id, 64 to an entry (unused without the
     // syscall exit's way).
     let marks = if sys_exit { pid_max().div_ceil(64) } else { 1 };

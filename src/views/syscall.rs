@@ -7,7 +7,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::Link;
 
 use crate::bpf::kernel::{self, Variant};
-use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, size_names, Shared, Slots};
+use crate::bpf::load::{attach_tp, btf_or_raw, share, size_counts, Shared, Slots};
 use crate::bpf::maps::{live, python_stack, trimmed};
 use crate::bpf::procs::types::time_hist;
 use crate::bpf::retire::{thread_keys, LiveThreads, Retired};
@@ -52,7 +52,6 @@ fn open<'o>(
         .context("shrink the unused kernel stack map")?;
     share!(open, shared, "the syscall programs");
     size_counts(&mut open.maps.syscalls)?;
-    size_names(&mut open.maps.comms)?;
     kernel::choose_programs(open.open_object_mut(), v, |_| true);
     let skel = crate::errors::loaded("load the syscall programs", || open.load())?;
     let o = skel.object();
