@@ -505,4 +505,3 @@ struct pystack _pystack = {};
 struct code_name _code_name = {};
 struct code_key _code_key = {};
 struct code_lines _code_lines = {};
-struct comm_value _comm_value = {};

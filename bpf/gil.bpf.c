@@ -195,7 +195,7 @@ static __always_inline void gil_holder(struct gil_key *key, const struct pyusdt_
 		return;
 	key->holder_tid = (__u32)read_u64(holder + l->tstate_native_thread_id, &err);
 	if (key->holder_tid && key->holder_tid != key->tid && !err)
-		key->holder_pystack = py_stack_id_of(key->tgid, key->holder_tid, loops);
+		key->holder_pystack = py_stack_id(key->tgid, key->holder_tid, loops);
 }
 
 /* Process `tgid`'s layout if `regs`, a thread's saved registers at a
@@ -423,4 +423,3 @@ struct time_hist _time_hist = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
 struct code_key _code_key = {};
-struct comm_value _comm_value = {};

@@ -8,6 +8,9 @@
  * fork, exec and exit through a ring buffer, to name the processes and to
  * ask an exec'd Python for its layout.
  *
+ * It also notes the name of every recorded thread that exits (`comms`),
+ * whether or not children are followed.
+ *
  * This object owns `targets` and `layouts`; every view's object shares
  * them.
  */
@@ -27,6 +30,22 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } follow_events SEC(".maps");
+
+/*
+ * Thread id -> its name, noted as it exits (sched_process_exit runs in
+ * the thread): its last name, which a thread that renames itself took
+ * last. Threads alive at the end are named from /proc. The recorder moves
+ * the names out as it records (their tgid says whose they are), so that a
+ * program that starts a thread per request does not fill it. One note per
+ * thread, where the walkers used to note the name at every walk (a
+ * lookup, and the name read, in each of them).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct comm_value);
+} comms SEC(".maps");
 
 /* Processes followed, and what could not be: a child not recorded because
  * `targets` was full, events userspace did not hear of. */
@@ -84,10 +103,17 @@ static __always_inline int on_exec(struct task_struct *p)
 
 static __always_inline int on_exit(struct task_struct *p)
 {
-	__u32 pid = BPF_CORE_READ(p, tgid);
+	__u32 pid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
+	struct comm_value c = { .tgid = pid };
 
+	if (!is_target(pid))
+		return 0;
+	/* Every thread's name, Python's or not: pyusdt's poll thread is
+	 * known by it, even in a child that exits before /proc is read. */
+	bpf_get_current_comm(c.comm, sizeof(c.comm));
+	bpf_map_update_elem(&comms, &tid, &c, BPF_ANY);
 	/* Once per process: the thread whose exit ends the thread group. */
-	if (BPF_CORE_READ(p, signal, live.counter) != 0 || !bpf_map_lookup_elem(&targets, &pid))
+	if (!follow || BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0;
 	/* The pid may be reused by a process this recording must not see. */
 	bpf_map_delete_elem(&targets, &pid);

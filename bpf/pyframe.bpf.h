@@ -77,17 +77,6 @@ struct {
 	__type(value, struct code_lines);
 } code_lines_scratch SEC(".maps");
 
-/* Thread id -> its name, kept current (threads rename themselves). The
- * recorder moves exited threads' names out as it records (their tgid says
- * whose they are), so that a program that starts a thread per request
- * does not fill it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct comm_value);
-} comms SEC(".maps");
-
 /* Puts `value` at `key` in hash `map` unless one is there: returns 1 if it
  * put it, 0 if one was there, -1 if the map is full. It looks first: an
  * update takes the bucket's lock even when the key is there, and most
@@ -423,24 +412,6 @@ static __always_inline void name_codes(__u32 tgid, const int loops)
 	}
 }
 
-/* Keeps the current thread's name in `comms`. */
-static __always_inline void note_comm(__u32 tgid, __u32 tid)
-{
-	struct comm_value c = { .tgid = tgid }, *known;
-	const __u64 *a, *b;
-
-	bpf_get_current_comm(c.comm, sizeof(c.comm));
-	known = bpf_map_lookup_elem(&comms, &tid);
-	if (known && known->tgid == tgid) {
-		/* COMM_LEN is 16: compare as two words. */
-		a = (const __u64 *)known->comm;
-		b = (const __u64 *)c.comm;
-		if (a[0] == b[0] && a[1] == b[1])
-			return;
-	}
-	bpf_map_update_elem(&comms, &tid, &c, BPF_ANY);
-}
-
 
 /* Kernel stacks, by id. */
 struct {
@@ -705,10 +676,9 @@ BOUNDED_CHUNK_FN(frame_walk_bounded, frame_walk_scratch, frame_step)
 
 /*
  * Thread `tid`'s Python stack, stored in `pystacks`; returns its id, or
- * PYSTACK_NONE (and counts why). `current`: the thread is the one running
- * (its name is noted too).
+ * PYSTACK_NONE (and counts why).
  */
-static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int current)
+static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops)
 {
 	const struct pyusdt_layout *l = bpf_map_lookup_elem(&layouts, &tgid);
 	struct frame_walk fw = {};
@@ -718,10 +688,6 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
 	__u64 t, frame, id;
 	int err = 0, cframe;
 
-	/* Every thread's name, Python's or not: pyusdt's poll thread is
-	 * known by it, even in a child that exits before /proc is read. */
-	if (current)
-		note_comm(tgid, tid);
 	if (!l) {
 		pystack_error(PYSTACK_ERR_NO_LAYOUT);
 		return PYSTACK_NONE;
@@ -819,33 +785,25 @@ static __always_inline __u64 py_walk(__u32 tgid, __u32 tid, const int loops, int
  * change: sched_switch 1,239 and 1,269 ns, sys_enter 365 and 360 ns
  * (bpf_stats, 6 interleaved rounds).
  */
-__noinline __u64 py_stack_id_looped(__u32 tgid, __u32 tid, int current)
+__noinline __u64 py_stack_id_looped(__u32 tgid, __u32 tid)
 {
-	return py_walk(tgid, tid, 1, current);
+	return py_walk(tgid, tid, 1);
 }
 
 /* py_walk for programs without bpf_loop. */
-__noinline __u64 py_stack_id_bounded(__u32 tgid, __u32 tid, int current)
+__noinline __u64 py_stack_id_bounded(__u32 tgid, __u32 tid)
 {
-	return py_walk(tgid, tid, 0, current);
+	return py_walk(tgid, tid, 0);
 }
 
-/* The current thread's Python stack id (see py_walk), the way `loops`
- * says. */
+/* The Python stack id of thread `tid` of process `tgid` (see py_walk),
+ * the way `loops` says: the current thread's, or another's as its frames
+ * are now. */
 static __always_inline __u64 py_stack_id(__u32 tgid, __u32 tid, const int loops)
 {
 	if (loops)
-		return py_stack_id_looped(tgid, tid, 1);
-	return py_stack_id_bounded(tgid, tid, 1);
-}
-
-/* The Python stack id of another thread `tid` of process `tgid` (one
- * that is not running this program: its frames as they are now). */
-static __always_inline __u64 py_stack_id_of(__u32 tgid, __u32 tid, const int loops)
-{
-	if (loops)
-		return py_stack_id_looped(tgid, tid, 0);
-	return py_stack_id_bounded(tgid, tid, 0);
+		return py_stack_id_looped(tgid, tid);
+	return py_stack_id_bounded(tgid, tid);
 }
 
 #endif /* PYUSDT_PYFRAME_BPF_H */

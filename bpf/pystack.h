@@ -79,7 +79,7 @@ struct code_key {
 /* A thread's name as the kernel knows it. */
 struct comm_value {
 	char comm[COMM_LEN];
-	__u32 tgid; /* its process: the recorder moves exited threads' names out */
+	__u32 tgid; /* its process */
 	__u32 reserved;
 };
 

@@ -620,4 +620,3 @@ struct time_value _time_value = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
-struct comm_value _comm_value = {};

@@ -90,4 +90,3 @@ struct syscall_key _syscall_key = {};
 struct time_hist _time_hist = {};
 struct pystack _pystack = {};
 struct code_name _code_name = {};
-struct comm_value _comm_value = {};

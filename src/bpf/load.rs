@@ -159,7 +159,6 @@ macro_rules! share {
                 .set_max_entries(1)
                 .context("shrink the unused line table map")?;
         }
-        $crate::bpf::load::size_names(&mut $open.maps.comms)?;
         $open
             .maps
             .targets
@@ -223,12 +222,14 @@ pub fn attach_tp(
 /// The procs object: owns the process table and the layouts, and with
 /// `follow` adds each child of a recorded process to them. Exec is watched
 /// either way: a process that execs loses its layout until the new program
-/// announces one.
+/// announces one. With `name_exits`, each recorded thread's name is noted
+/// as it exits (`comms`), for the recorder to read.
 pub fn load_procs<'o>(
     storage: &'o mut MaybeUninit<OpenObject>,
     pid: u32,
     l: Option<&Layout>,
     follow: bool,
+    name_exits: bool,
     v: Variant,
 ) -> Result<(procs::ProcsSkel<'o>, Vec<Link>)> {
     let mut open = procs::ProcsSkelBuilder::default()
@@ -241,7 +242,10 @@ pub fn load_procs<'o>(
         .context("the process tracker has no rodata")?;
     ro.target_tgid = pid;
     ro.follow = u8::from(follow);
-    kernel::choose_programs(open.open_object_mut(), v, |h| h == "exec" || follow);
+    kernel::choose_programs(open.open_object_mut(), v, |h| {
+        h == "exec" || (h == "exit" && name_exits) || follow
+    });
+    size_names(&mut open.maps.comms)?;
     let skel = crate::errors::loaded("load the process tracker", || open.load())?;
     skel.maps
         .targets
@@ -252,9 +256,11 @@ pub fn load_procs<'o>(
     }
     let o = skel.object();
     let mut links = vec![attach_tp(o, "exec", v, "sched_process_exec")?];
+    if follow || name_exits {
+        links.push(attach_tp(o, "exit", v, "sched_process_exit")?);
+    }
     if follow {
         links.push(attach_tp(o, "fork", v, "sched_process_fork")?);
-        links.push(attach_tp(o, "exit", v, "sched_process_exit")?);
     }
     Ok((skel, links))
 }
@@ -263,8 +269,8 @@ pub fn load_procs<'o>(
 /// size otherwise, 65,536 or 131,072), for the tests, which fill them.
 const COUNT_KEYS: &str = "PYUSDT_PROF_COUNT_KEYS";
 
-/// Set to a number: the keys of each object's map of thread names
-/// (`comms`, 65,536 otherwise), for the tests, which fill it.
+/// Set to a number: the keys of the procs object's map of exited threads'
+/// names (`comms`, 65,536 otherwise), for the tests, which fill it.
 const NAME_KEYS: &str = "PYUSDT_PROF_NAME_KEYS";
 
 /// Sizes count map `map` as [`COUNT_KEYS`] asks, if it does.
@@ -273,7 +279,7 @@ pub fn size_counts(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
 }
 
 /// Sizes the thread names' map `map` as [`NAME_KEYS`] asks, if it does.
-pub fn size_names(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
+fn size_names(map: &mut libbpf_rs::OpenMapMut<'_>) -> Result<()> {
     size_as(map, NAME_KEYS)
 }
 

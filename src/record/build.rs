@@ -68,7 +68,7 @@ pub fn build_profile(
         by_pid: HashMap::new(),
     };
     for v in objects.views {
-        learn_names(&v.walker(), &mut namers, &mut threads)?;
+        learn_names(&v.walker(), &mut namers)?;
         for (pid, code, name) in v.names() {
             namers.get(pid).learn(code, name);
         }

@@ -9,7 +9,7 @@ use libbpf_rs::MapCore;
 
 use crate::bpf::maps::{comm_str, decode, entries, hash_scan};
 use crate::bpf::procs::types as walk_types;
-use crate::bpf::retire::{delete_keys, LiveThreads};
+use crate::bpf::retire::delete_keys;
 use crate::profile::frame::program_frames;
 use crate::profile::ksym::KernelSymbolizer;
 use crate::profile::pyname::{code_name, Namer};
@@ -37,16 +37,11 @@ impl Namers {
     }
 }
 
-/// The names the BPF side read at first sight, and the thread names it
-/// kept, from one object's `code_names` and `comms` maps.
-pub fn learn_names(
-    w: &Walker<'_>,
-    namers: &mut Namers,
-    threads: &mut BTreeMap<u32, String>,
-) -> Result<()> {
+/// The names the BPF side read at first sight, from one object's
+/// `code_names` (and `code_lines`) maps.
+pub fn learn_names(w: &Walker<'_>, namers: &mut Namers) -> Result<()> {
     let Walker {
         code_names,
-        comms,
         code_lines,
         ..
     } = *w;
@@ -59,29 +54,21 @@ pub fn learn_names(
     for (key, n) in entries::<walk_types::code_key, walk_types::code_name>(code_names)? {
         namers.get(key.tgid).learn(key.code, code_name(&n));
     }
-    for (tid, c) in entries::<u32, walk_types::comm_value>(comms)? {
-        threads.insert(tid, comm_str(&c.comm));
-    }
     Ok(())
 }
 
-/// Moves the names of exited threads out of one object's `comms` map into
-/// `into` (what [`learn_names`] fills at the end), as the recording goes:
-/// a program that starts a thread per request (`ThreadingHTTPServer`)
-/// names a new thread at each, and a full map would name none that
-/// follow. A thread id a new thread takes between the scan and the
-/// delete loses its name until its next walk notes it again.
-pub fn move_exited_names(
-    comms: &dyn MapCore,
-    live: &mut LiveThreads,
-    into: &mut BTreeMap<u32, String>,
-) -> Result<()> {
+/// The names of the threads that exited since the last call, which the
+/// procs object noted in its `comms` map as they exited, moved out of it
+/// into `into` (the names read from /proc): called as the recording goes,
+/// so that a program that starts a thread per request
+/// (`ThreadingHTTPServer`) does not fill the map, and once more at the
+/// end. An exited thread's name wins over the one /proc gave its id
+/// before: the last one it took.
+pub fn move_exited_names(comms: &dyn MapCore, into: &mut BTreeMap<u32, String>) -> Result<()> {
     let mut gone = Vec::new();
     hash_scan(comms, |kb, vb| {
         let (tid, c) = decode::<u32, walk_types::comm_value>(kb, vb)?;
-        if !live.alive(c.tgid, tid) {
-            gone.push((tid, comm_str(&c.comm)));
-        }
+        gone.push((tid, comm_str(&c.comm)));
         Ok(())
     })?;
     let tids: Vec<u32> = gone.iter().map(|(tid, _)| *tid).collect();

@@ -73,7 +73,7 @@ fn load<'o>(
 ) -> Result<Loaded<'o>> {
     let pid = target.pid;
     let follow = opts.subprocesses;
-    let (procs, procs_links) = btf_or_raw(slots, |s, v| load_procs(s, pid, l, follow, v))?;
+    let (procs, procs_links) = btf_or_raw(slots, |s, v| load_procs(s, pid, l, follow, true, v))?;
     let shared = Shared::new(&procs, pid, follow, opts.lines, opts.span.is_some());
     let setup = Setup {
         shared,
@@ -273,18 +273,15 @@ pub fn record(
         }
         // Threads are named from /proc once a second, not at every tick:
         // reading every thread's name at every tick cost the recorder 6%
-        // of a core with a process of 1,000 threads. A thread's name at
-        // its events is the BPF side's (kept current), which wins over
-        // these; these name the threads that had none.
+        // of a core with a process of 1,000 threads. Those that exited
+        // since are named as they exited.
         if ticks % NAME_TICKS == 0 {
             for (&p, _) in tracker.procs.iter().filter(|(_, f)| f.alive) {
                 proc_threads(p, &mut threads);
             }
             // A map that cannot be read keeps its names: it may fill,
             // and threads that follow go unnamed.
-            for v in &o.views {
-                let _ = move_exited_names(v.walker().comms, &mut live, &mut threads);
-            }
+            let _ = move_exited_names(&o.procs.maps.comms, &mut threads);
         }
         ticks += 1;
         let running = tracker.live();
@@ -339,6 +336,7 @@ pub fn record(
             proc_threads(p, &mut threads);
         }
     }
+    move_exited_names(&o.procs.maps.comms, &mut threads)?;
     let objects = Objects {
         procs: &o.procs,
         views: &o.views,

@@ -376,7 +376,7 @@ pub fn trace(
     }
     let procs = match &l {
         Some(l) => Some(btf_or_raw(&mut slots, |s, v| {
-            load_procs(s, pid, Some(l), false, v)
+            load_procs(s, pid, Some(l), false, false, v)
         })?),
         None => None,
     };

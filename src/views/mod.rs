@@ -148,10 +148,10 @@ pub trait Recorder {
 }
 
 /// What every object that walks Python stacks keeps beside its counts: the
-/// names it read, and why walks failed.
+/// names of code objects it read, and why walks failed. (Thread names are
+/// the procs object's, noted as threads exit.)
 pub struct Walker<'a> {
     pub code_names: &'a dyn MapCore,
-    pub comms: &'a dyn MapCore,
     pub code_lines: &'a dyn MapCore,
     pub errors: [u64; 6],
 }
@@ -161,7 +161,6 @@ macro_rules! walker {
     ($s:expr) => {
         $crate::views::Walker {
             code_names: &$s.maps.code_names,
-            comms: &$s.maps.comms,
             code_lines: &$s.maps.code_lines,
             errors: $s
                 .maps

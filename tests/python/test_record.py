@@ -562,8 +562,9 @@ def test_exited_threads_leave_the_maps_and_nothing_is_lost(tmp_path):
     # both): under TCG the return's kprobe slows every context switch,
     # and the recorder's passes fell behind (33 and 199 syscalls lost in 2
     # of 7 runs on 6.1, none in 3 runs at departure).
-    # The thread names' maps hold 1,024 (PYUSDT_PROF_NAME_KEYS): the names
-    # of exited threads are moved out too, and every thread keeps its own.
+    # The map of the names threads had as they exited holds 1,024
+    # (PYUSDT_PROF_NAME_KEYS): they are moved out while recording too, and
+    # every thread keeps its own.
     env = {"PYUSDT_PROF_COUNT_KEYS": str(keys), "PYUSDT_PROF_WALK_AT_DEPARTURE": "1",
            "PYUSDT_PROF_NAME_KEYS": "1024"}
     code, path = record(tmp_path, "churn", views=views, extra=["--sample-waits-below", "0"],
