@@ -24,10 +24,10 @@ def label(name, tid, kernel):
     return f"{name} ({tid}, python)"
 
 
-def record_napper(tmp_path, renamed):
+def record_napper(tmp_path, renamed, kname=None):
     """Attaches to names.py once its napper runs, has it write 300 times
-    (and take the name RENAMED if `renamed`); returns (napper tid, profile
-    path)."""
+    (and take the name RENAMED if `renamed`, and the kernel name `kname`
+    if given); returns (napper tid, profile path)."""
     need_bpf(prof_binary())
     out = tmp_path / "names.json"
     with pyusdt_child("names.py") as target:
@@ -40,6 +40,9 @@ def record_napper(tmp_path, renamed):
             target.expect("^done$")
             if renamed:
                 target.send(f"rename {RENAMED}")
+                target.expect("^done$")
+            if kname:
+                target.send(f"kname {kname}")
                 target.expect("^done$")
             target.send("exit")
             assert target.finish()[0] == 0
@@ -91,6 +94,18 @@ def test_a_thread_renamed_while_recorded_has_its_last_name(tmp_path):
     me = label(RENAMED, tid, profile["threads"][str(tid)])
     roots = {s[0] for s in fold(out, "syscall", count=True)}
     assert f"thread {me}" in roots, roots
+
+
+def test_a_thread_has_the_kernel_name_it_exited_with(tmp_path):
+    """The napper takes another kernel name after its writes, and exits
+    with its process before the recording ends: the profile has the name
+    it had as it exited (noted then), beside its Python name."""
+    tid, out = record_napper(tmp_path, renamed=False, kname="last-kname")
+    profile = json.loads(out.read_text())
+    assert profile["threads"][str(tid)] == "last-kname", profile["threads"]
+    assert profile["python_threads"][str(tid)] == FIRST
+    roots = {s[0] for s in fold(out, "syscall", count=True)}
+    assert f"thread {FIRST} ({tid}, last-kname)" in roots, roots
 
 
 FORKS = """\

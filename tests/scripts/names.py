@@ -11,10 +11,13 @@ hands it while the main thread waits for its answer:
                20 ms nap (the main thread, waiting, is woken by the napper)
   rename NAME  the napper takes NAME as its threading name (and, on 3.14+,
                as its kernel name, cut to 15 bytes, as threading does)
+  kname NAME   the napper takes NAME (at most 15 bytes) as its kernel name
+               alone (prctl PR_SET_NAME), as C code it calls might
   exit         (or end of input) exits 0
 Each command is answered "done".
 """
 
+import ctypes
 import os
 import queue
 import sys
@@ -39,6 +42,9 @@ def napper(orders, answers):
             time.sleep(0.02)
         elif verb == "rename":
             threading.current_thread().name = arg
+        elif verb == "kname":
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.prctl(15, arg.encode(), 0, 0, 0) == 0  # PR_SET_NAME
         answers.put("done")
 
 
