@@ -359,44 +359,70 @@ impl Sched<'_> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
         for (k, v) in self.retired_wakeups.entries(&m.wakeups)? {
-            // pyusdt's poll thread is instrumentation: a wait it ends (the
-            // join at exit) is not the program's.
-            if r.recorded.contains(&k.waker_tgid) && comm_str(&k.waker_comm) == POLL_THREAD {
-                continue;
+            out.extend(self.wakeup_sample(r, &k, v.ns, v.count)?);
+        }
+        // A kept wait whose thread came back but had not left its syscall
+        // when the recording ended (see offcpu_samples): joined to its
+        // waker here, as its return would have, without its Python stack.
+        for (_, t) in entries::<u32, types::sched_thread>(&m.sched_threads)? {
+            let w = &t.late.waker;
+            if w.weight > 0 && r.recorded.contains(&t.out.tgid) {
+                let k = types::wakeup_key {
+                    pystack: 0,
+                    ..w.key
+                };
+                let (ns, count) = (t.late.ns.saturating_mul(w.weight), w.weight);
+                out.extend(self.wakeup_sample(r, &k, ns, count)?);
             }
-            let waker = if k.waker_tgid == 0 {
-                "waker [kernel]".to_string()
-            } else if r.recorded.contains(&k.waker_tgid) {
-                let name = r.thread_label(k.waker_tid, Some(&comm_str(&k.waker_comm)));
-                if k.waker_tgid == k.tgid {
-                    format!("waker thread {name}")
-                } else {
-                    format!("waker thread {name} of process {}", k.waker_tgid)
-                }
-            } else {
-                format!(
-                    "waker {} ({}) of process {}",
-                    comm_str(&k.waker_comm),
-                    k.waker_tid,
-                    k.waker_tgid
-                )
-            };
-            out.push(RawSample {
-                pid: k.tgid,
-                tid: k.tid,
-                python: python_stack(&m.pystacks, k.pystack)?,
-                tail: Tail::Waker(
-                    waker,
-                    k.waker_tgid,
-                    python_stack(&m.pystacks, k.waker_pystack)?,
-                ),
-                value: v.ns,
-                count: v.count,
-                hist: Vec::new(),
-                gil_wait: false,
-            });
         }
         Ok(out)
+    }
+
+    /// The wakeup view's sample of `count` wake-ups of key `k`, `ns` in
+    /// all; none for pyusdt's poll thread, which is instrumentation (a
+    /// wait it ends, the join at exit, is not the program's).
+    fn wakeup_sample(
+        &self,
+        r: &Reading<'_>,
+        k: &types::wakeup_key,
+        ns: u64,
+        count: u64,
+    ) -> Result<Option<RawSample>> {
+        let m = &self.skel.maps;
+        if r.recorded.contains(&k.waker_tgid) && comm_str(&k.waker_comm) == POLL_THREAD {
+            return Ok(None);
+        }
+        let waker = if k.waker_tgid == 0 {
+            "waker [kernel]".to_string()
+        } else if r.recorded.contains(&k.waker_tgid) {
+            let name = r.thread_label(k.waker_tid, Some(&comm_str(&k.waker_comm)));
+            if k.waker_tgid == k.tgid {
+                format!("waker thread {name}")
+            } else {
+                format!("waker thread {name} of process {}", k.waker_tgid)
+            }
+        } else {
+            format!(
+                "waker {} ({}) of process {}",
+                comm_str(&k.waker_comm),
+                k.waker_tid,
+                k.waker_tgid
+            )
+        };
+        Ok(Some(RawSample {
+            pid: k.tgid,
+            tid: k.tid,
+            python: python_stack(&m.pystacks, k.pystack)?,
+            tail: Tail::Waker(
+                waker,
+                k.waker_tgid,
+                python_stack(&m.pystacks, k.waker_pystack)?,
+            ),
+            value: ns,
+            count,
+            hist: Vec::new(),
+            gil_wait: false,
+        }))
     }
 }
 
