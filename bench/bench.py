@@ -186,7 +186,8 @@ class BpfStats:
         return per
 
 
-HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf": "thread exit", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
+HANDLERS = {"on_calls": "calls batch (128 calls and returns)", "thread_exit_btf": "thread exit",
+            "task_exit_btf": "sched_process_exit (thread names)", "on_cpu_sample": "cpu sample", "switch_btf": "sched_switch",
             "wakeup_btf": "sched_waking", "enter_btf": "sys_enter", "exit_btf": "sys_exit",
             "take_gil_enter": "take_gil entry", "take_gil_return": "take_gil return",
             "drop_gil_enter": "drop_gil entry", "gil_futex_enter_btf": "sys_enter (gil)",

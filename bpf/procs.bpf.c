@@ -35,8 +35,8 @@ struct {
  * Thread id -> its name, noted as it exits (sched_process_exit runs in
  * the thread): its last name, which a thread that renames itself took
  * last. Threads alive at the end are named from /proc. The recorder moves
- * the names out as it records (their tgid says whose they are), so that a
- * program that starts a thread per request does not fill it. One note per
+ * the names out once a second, so that a program that starts a thread per
+ * request does not fill it. One note per
  * thread, where the walkers used to note the name at every walk (a
  * lookup, and the name read, in each of them).
  */
@@ -127,7 +127,7 @@ TP_TWIN(sched_process_fork, fork, on_fork(parent, child),
 
 TP_TWIN(sched_process_exec, exec, on_exec(p), struct task_struct *p)
 
-TP_TWIN(sched_process_exit, exit, on_exit(p), struct task_struct *p)
+TP_TWIN(sched_process_exit, task_exit, on_exit(p), struct task_struct *p)
 
 /* Puts the event type in the skeleton's types. */
 struct follow_event _follow_event = {};

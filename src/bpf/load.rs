@@ -243,9 +243,16 @@ pub fn load_procs<'o>(
     ro.target_tgid = pid;
     ro.follow = u8::from(follow);
     kernel::choose_programs(open.open_object_mut(), v, |h| {
-        h == "exec" || (h == "exit" && name_exits) || follow
+        h == "exec" || (h == "task_exit" && name_exits) || follow
     });
-    size_names(&mut open.maps.comms)?;
+    if name_exits {
+        size_names(&mut open.maps.comms)?;
+    } else {
+        open.maps
+            .comms
+            .set_max_entries(1)
+            .context("shrink the unused map of thread names")?;
+    }
     let skel = crate::errors::loaded("load the process tracker", || open.load())?;
     skel.maps
         .targets
@@ -257,7 +264,7 @@ pub fn load_procs<'o>(
     let o = skel.object();
     let mut links = vec![attach_tp(o, "exec", v, "sched_process_exec")?];
     if follow || name_exits {
-        links.push(attach_tp(o, "exit", v, "sched_process_exit")?);
+        links.push(attach_tp(o, "task_exit", v, "sched_process_exit")?);
     }
     if follow {
         links.push(attach_tp(o, "fork", v, "sched_process_fork")?);
