@@ -36,9 +36,8 @@ struct {
  * the thread): its last name, which a thread that renames itself took
  * last. Threads alive at the end are named from /proc. The recorder moves
  * the names out once a second, so that a program that starts a thread per
- * request does not fill it. One note per
- * thread, where the walkers used to note the name at every walk (a
- * lookup, and the name read, in each of them).
+ * request does not fill it. One note per thread, where the walkers used to
+ * note the name at every walk (a lookup, and the name read, in each).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -104,7 +103,7 @@ static __always_inline int on_exec(struct task_struct *p)
 static __always_inline int on_exit(struct task_struct *p)
 {
 	__u32 pid = BPF_CORE_READ(p, tgid), tid = BPF_CORE_READ(p, pid);
-	struct comm_value c = { .tgid = pid };
+	struct comm_value c;
 
 	if (!is_target(pid))
 		return 0;

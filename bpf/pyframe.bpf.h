@@ -412,7 +412,6 @@ static __always_inline void name_codes(__u32 tgid, const int loops)
 	}
 }
 
-
 /* Kernel stacks, by id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);

@@ -79,8 +79,6 @@ struct code_key {
 /* A thread's name as the kernel knows it. */
 struct comm_value {
 	char comm[COMM_LEN];
-	__u32 tgid; /* its process */
-	__u32 reserved;
 };
 
 /* Why a walk found no stack; counted per reason. */

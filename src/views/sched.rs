@@ -283,13 +283,18 @@ impl Sched<'_> {
         kernel_stack_at(&m.kstacks_back, &back.to_ne_bytes())
     }
 
-    fn offcpu_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
+    /// `threads`: the entries of `sched_threads`, read once for both views.
+    fn offcpu_samples(
+        &self,
+        r: &Reading<'_>,
+        threads: &[(u32, types::sched_thread)],
+    ) -> Result<Vec<RawSample>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
         // Waits still open at the end count up to it, under the stacks the
         // thread left with (a thread that is gone left for good). A thread
         // on the CPU has ts 0.
-        for (tid, t) in entries::<u32, types::sched_thread>(&m.sched_threads)? {
+        for &(tid, t) in threads {
             // A kept wait whose thread came back but had not left its
             // syscall when the recording ended: its Python stack was not
             // read (the thread has run since).
@@ -355,7 +360,11 @@ impl Sched<'_> {
         Ok(out)
     }
 
-    fn wakeup_samples(&self, r: &Reading<'_>) -> Result<Vec<RawSample>> {
+    fn wakeup_samples(
+        &self,
+        r: &Reading<'_>,
+        threads: &[(u32, types::sched_thread)],
+    ) -> Result<Vec<RawSample>> {
         let m = &self.skel.maps;
         let mut out = Vec::new();
         for (k, v) in self.retired_wakeups.entries(&m.wakeups)? {
@@ -364,7 +373,7 @@ impl Sched<'_> {
         // A kept wait whose thread came back but had not left its syscall
         // when the recording ended (see offcpu_samples): joined to its
         // waker here, as its return would have, without its Python stack.
-        for (_, t) in entries::<u32, types::sched_thread>(&m.sched_threads)? {
+        for (_, t) in threads {
             let w = &t.late.waker;
             if w.weight > 0 && r.recorded.contains(&t.out.tgid) {
                 let k = types::wakeup_key {
@@ -467,9 +476,14 @@ impl Recorder for Sched<'_> {
 
     fn rows(&self, r: &Reading<'_>) -> Result<Vec<RawView>> {
         let counters = self.counters();
+        let threads = entries::<u32, types::sched_thread>(&self.skel.maps.sched_threads)?;
         let mut out = Vec::new();
         if self.offcpu {
-            let mut v = view(ViewKind::Offcpu, &counters, self.offcpu_samples(r)?);
+            let mut v = view(
+                ViewKind::Offcpu,
+                &counters,
+                self.offcpu_samples(r, &threads)?,
+            );
             let (unseen, unknown) = self.skel.maps.bss_data.as_deref().map_or((0, 0), |b| {
                 (live(&b.returns_unreported), live(&b.returns_unknown))
             });
@@ -489,7 +503,11 @@ impl Recorder for Sched<'_> {
             out.push(v);
         }
         if self.wakeups {
-            let mut v = view(ViewKind::Wakeup, &counters, self.wakeup_samples(r)?);
+            let mut v = view(
+                ViewKind::Wakeup,
+                &counters,
+                self.wakeup_samples(r, &threads)?,
+            );
             self.note_sampling(&mut v);
             out.push(v);
         }
